@@ -1,0 +1,108 @@
+//! # closenotify: end TLS connections correctly
+//!
+//! Everyone calls `SSL_shutdown`; few get it right. Servers hang on peers that never
+//! answer, clients cannot tell a complete response from a truncated one, the last
+//! bytes vanish in an RST, sessions break, C programs die of `SIGPIPE`.
+//! `closenotify` drives the end of an OpenSSL connection through four stages and
+//! says, with a typed [`Report`], exactly how it ended:
+//!
+//! 1. **flush** — get our close_notify into the kernel (`SSL_shutdown`), waiting for
+//!    WRITE readiness when the peer is not reading;
+//! 2. **half-close** — `shutdown(SHUT_WR)` once, and only once, close_notify is out;
+//! 3. **await_peer** — read (with `SSL_read`, never a second `SSL_shutdown`) until
+//!    the peer's close_notify, discarding at most `drain_limit` bytes of data;
+//! 4. **linger** (optional) — wait for the kernel send queue to empty before close.
+//!
+//! Each stage is bounded by the [`Policy`]; nothing ever busy-loops.
+//!
+//! ```
+//! # use std::net::{TcpListener, TcpStream};
+//! # use openssl::ssl::{SslAcceptor, SslConnector, SslMethod, SslVerifyMode};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (cert, key) = closenotify::doc_support::self_signed("localhost")?;
+//! # let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
+//! # acceptor.set_certificate(&cert)?;
+//! # acceptor.set_private_key(&key)?;
+//! # let acceptor = acceptor.build();
+//! # let listener = TcpListener::bind("127.0.0.1:0")?;
+//! # let addr = listener.local_addr()?;
+//! # let server = std::thread::spawn(move || {
+//! #     let (tcp, _) = listener.accept().unwrap();
+//! #     let mut tls = acceptor.accept(tcp).unwrap();
+//! #     // A well-behaved peer: answers our close_notify with its own.
+//! #     let _ = std::io::Read::read(&mut tls, &mut [0u8; 16]);
+//! #     let _ = tls.shutdown();
+//! # });
+//! # let mut connector = SslConnector::builder(SslMethod::tls())?;
+//! # connector.set_verify(SslVerifyMode::NONE);
+//! # let connector = connector.build();
+//! use closenotify::{shutdown_blocking, Outcome, Policy};
+//! use std::time::Duration;
+//!
+//! // `stream` is an established `openssl::ssl::SslStream<std::net::TcpStream>`.
+//! let mut stream = connector.connect("localhost", TcpStream::connect(addr)?)?;
+//!
+//! let policy = Policy::builder()
+//!     .peer_timeout(Duration::from_millis(500))
+//!     .build()?;
+//! let report = shutdown_blocking(&mut stream, &policy);
+//!
+//! assert_eq!(report.outcome, Outcome::Clean); // both close_notify alerts exchanged
+//! assert!(report.session_resumable);
+//! println!("{report}");
+//! report.result()?; // or turn any other outcome into an error (and an io::Error)
+//! # server.join().unwrap();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Choosing an entry point
+//! - Blocking code: [`shutdown_blocking`].
+//! - Your own event loop: [`Shutdown`] is the state machine itself. Call
+//!   [`Shutdown::poll`] with the current time and what the socket reported; it
+//!   answers with a [`Wait`] (an [`Interest`] and a deadline) or the [`Report`]. It
+//!   never sleeps and never reads the clock. With mio, register the socket once for
+//!   `READABLE | WRITABLE` and pass [`Ready::from`] each event.
+//! - A raw `SSL*` and socket, as C callers own them: [`RawConnection`], and the C
+//!   API in `include/closenotify.h`.
+//!
+//! ## Guarantees
+//! - `SIGPIPE` is never raised in the host process ([`RawConnection`] blocks it
+//!   around OpenSSL's writes; Rust streams send with `MSG_NOSIGNAL`).
+//! - `truncated` is never reported as `clean`, also when the context sets
+//!   `SSL_OP_IGNORE_UNEXPECTED_EOF` (suspended while the shutdown reads).
+//! - Sessions stay resumable only after `clean` or `sent_only`; every other outcome
+//!   removes them from the cache (see [`Report::session_resumable`]).
+//! - A second shutdown of the same connection returns the same report.
+//! - A connection whose handshake never finished, or that already hit a fatal
+//!   error, gets a `quiet` shutdown: nothing is sent and `SSL_shutdown` is not
+//!   called in a state OpenSSL forbids.
+//! - Each stage transition is logged at debug level with the `log` crate.
+
+#![warn(missing_docs)]
+#![deny(unused_must_use)]
+
+mod blocking;
+mod error;
+mod machine;
+mod ossl;
+mod policy;
+mod report;
+mod sigpipe;
+mod socket;
+
+#[doc(hidden)]
+pub mod doc_support;
+
+pub use blocking::shutdown_blocking;
+pub use error::Error;
+pub use machine::{Connection, Interest, Progress, Ready, Shutdown, Status, TlsError, Wait};
+pub use ossl::RawConnection;
+pub use policy::{
+    Mode, Policy, PolicyBuilder, ResetOnTimeout, DEFAULT_DRAIN_LIMIT, DEFAULT_FLUSH_TIMEOUT,
+    DEFAULT_PEER_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT,
+};
+pub use report::{Alert, AlertDirection, AlertRecord, Initiator, Outcome, Report, Stage, TlsVersion};
+
+/// Re-exported so that users name the same `openssl-sys` types as the crate.
+pub use openssl_sys;
