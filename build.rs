@@ -17,7 +17,9 @@ fn main() {
         // LibreSSL/BoringSSL builds of openssl-sys do not publish it; the
         // conservative choice is the 1.1.1 behaviour, which is also checked at
         // run time for an EOF reported as SSL_ERROR_SYSCALL.
-        println!("cargo:warning=DEP_OPENSSL_VERSION_NUMBER not set; assuming OpenSSL 1.1.1 conventions");
+        println!(
+            "cargo:warning=DEP_OPENSSL_VERSION_NUMBER not set; assuming OpenSSL 1.1.1 conventions"
+        );
         return;
     };
     let version = u64::from_str_radix(hex.trim(), 16).unwrap_or(0);

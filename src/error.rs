@@ -82,7 +82,10 @@ mod tests {
         }
         .into();
         assert_eq!(timed_out.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(timed_out.to_string(), "shutdown timed out in stage await_peer");
+        assert_eq!(
+            timed_out.to_string(),
+            "shutdown timed out in stage await_peer"
+        );
 
         let reset: io::Error = Error::Reset {
             os_error: libc::ECONNRESET,

@@ -102,7 +102,9 @@ pub use policy::{
     Mode, Policy, PolicyBuilder, ResetOnTimeout, DEFAULT_DRAIN_LIMIT, DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_PEER_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT,
 };
-pub use report::{Alert, AlertDirection, AlertRecord, Initiator, Outcome, Report, Stage, TlsVersion};
+pub use report::{
+    Alert, AlertDirection, AlertRecord, Initiator, Outcome, Report, Stage, TlsVersion,
+};
 
 /// Re-exported so that users name the same `openssl-sys` types as the crate.
 pub use openssl_sys;

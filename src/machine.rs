@@ -364,7 +364,8 @@ impl<C: Connection> Shutdown<C> {
                 if now >= next_check {
                     self.linger(now)
                 } else {
-                    self.waiting().map_or_else(|| unreachable_done(), Progress::Wait)
+                    self.waiting()
+                        .map_or_else(|| unreachable_done(), Progress::Wait)
                 }
             }
         }
@@ -534,8 +535,7 @@ impl<C: Connection> Shutdown<C> {
                     return self.linger_or_finish(now, Outcome::Clean);
                 }
                 Err(want @ (TlsError::WantRead | TlsError::WantWrite)) => {
-                    if want == TlsError::WantRead && !retried_pending && self.conn.has_pending()
-                    {
+                    if want == TlsError::WantRead && !retried_pending && self.conn.has_pending() {
                         retried_pending = true;
                         continue;
                     }
@@ -613,7 +613,8 @@ impl<C: Connection> Shutdown<C> {
             debug_assert_eq!(stage, self.stage);
             return self.timed_out(now);
         }
-        self.waiting().map_or_else(|| unreachable_done(), Progress::Wait)
+        self.waiting()
+            .map_or_else(|| unreachable_done(), Progress::Wait)
     }
 
     fn timed_out(&mut self, now: Instant) -> Progress {
@@ -922,9 +923,15 @@ mod tests {
     #[test]
     fn reset_on_timeout_always_and_never() {
         let t0 = Instant::now();
-        for (reset, expected) in [(ResetOnTimeout::Always, true), (ResetOnTimeout::Never, false)]
-        {
-            let p = policy().to_builder().reset_on_timeout(reset).build().unwrap();
+        for (reset, expected) in [
+            (ResetOnTimeout::Always, true),
+            (ResetOnTimeout::Never, false),
+        ] {
+            let p = policy()
+                .to_builder()
+                .reset_on_timeout(reset)
+                .build()
+                .unwrap();
             let conn = Script::usable().shutdown(Err(TlsError::WantWrite));
             let mut sd = Shutdown::new(conn, &p);
             let _ = sd.poll(t0, Ready::NONE);
@@ -1081,11 +1088,17 @@ mod tests {
                 Outcome::Reset => assert_eq!(r.os_error, Some(libc::ECONNRESET)),
                 Outcome::PeerAlert => {
                     let a = r.alert.unwrap();
-                    assert_eq!((a.alert.name(), a.direction), ("unknown_ca", AlertDirection::Received));
+                    assert_eq!(
+                        (a.alert.name(), a.direction),
+                        ("unknown_ca", AlertDirection::Received)
+                    );
                 }
                 Outcome::ProtocolError => {
                     let a = r.alert.unwrap();
-                    assert_eq!((a.alert, a.direction), (Alert::BadRecordMac, AlertDirection::Sent));
+                    assert_eq!(
+                        (a.alert, a.direction),
+                        (Alert::BadRecordMac, AlertDirection::Sent)
+                    );
                     assert_eq!(r.detail, Some("bad record mac"));
                 }
                 _ => assert!(r.alert.is_none() && r.os_error.is_none()),

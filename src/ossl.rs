@@ -57,14 +57,14 @@ const ERR_LIB_SSL: c_int = 20;
 fn alert_for_reason(r: c_int) -> Option<u8> {
     let alert = match r {
         // Garbage: the record header's version bytes are wrong.
-        267 => 70, // WRONG_VERSION_NUMBER -> protocol_version
-        281 => 20, // DECRYPTION_FAILED_OR_BAD_RECORD_MAC -> bad_record_mac
+        267 => 70,                   // WRONG_VERSION_NUMBER -> protocol_version
+        281 => 20,                   // DECRYPTION_FAILED_OR_BAD_RECORD_MAC -> bad_record_mac
         198 | 150 | 140 | 146 => 22, // *_LENGTH_TOO_LONG -> record_overflow
-        107 => 30, // BAD_DECOMPRESSION -> decompression_failure
-        160 | 159 => 50, // LENGTH_TOO_SHORT, LENGTH_MISMATCH -> decode_error
-        122 => 50, // BAD_KEY_UPDATE -> decode_error
+        107 => 30,                   // BAD_DECOMPRESSION -> decompression_failure
+        160 | 159 => 50,             // LENGTH_TOO_SHORT, LENGTH_MISMATCH -> decode_error
+        122 => 50,                   // BAD_KEY_UPDATE -> decode_error
         443 | 271 | 298 | 293 | 145 | 133 | 205 | 409 | 245 | 244 | 103 | 182 => 10, // unexpected_message
-        339 => 40, // NO_RENEGOTIATION -> handshake_failure
+        339 => 40,                               // NO_RENEGOTIATION -> handshake_failure
         246 | 152 => 47, // UNKNOWN_ALERT_TYPE, EXCESSIVE_MESSAGE_SIZE -> illegal_parameter
         _ if r & reason::COMMON_FLAG != 0 => 80, // internal_error
         _ => return None,
@@ -83,7 +83,7 @@ fn classify(code: ErrorCode, stack: Option<&ErrorStack>, os_error: Option<i32>) 
         ErrorCode::WANT_WRITE => TlsError::WantWrite,
         ErrorCode::ZERO_RETURN => TlsError::CloseNotify,
         ErrorCode::SYSCALL | ErrorCode::SSL => {
-            if let Some(err) = stack.and_then(|s| s.errors().first()) {
+            if let Some(err) = stack.and_then(|s| most_relevant(s.errors())) {
                 return classify_queued(err);
             }
             match os_error {
@@ -100,6 +100,22 @@ fn classify(code: ErrorCode, stack: Option<&ErrorStack>, os_error: Option<i32>) 
             detail: "unexpected SSL_get_error code",
         },
     }
+}
+
+/// The entry that explains a failure: a system error if there is one, else the
+/// last entry of the SSL library (the one `SSLfatal` pushed, after lower layers
+/// such as EVP's "cipher operation failed"), else the first.
+fn most_relevant(errors: &[openssl::error::Error]) -> Option<&openssl::error::Error> {
+    errors
+        .iter()
+        .find(|e| e.library_code() == ffi::ERR_LIB_SYS)
+        .or_else(|| {
+            errors
+                .iter()
+                .rev()
+                .find(|e| e.library_code() == ERR_LIB_SSL)
+        })
+        .or_else(|| errors.first())
 }
 
 fn classify_queued(err: &openssl::error::Error) -> TlsError {
@@ -236,7 +252,15 @@ mod on_ssl {
             (resumable, tickets)
         };
         // A server cannot revoke a stateless ticket: the client can still resume.
-        resumable || (stateless_tickets && ssl.is_init_finished())
+        resumable || (stateless_tickets && handshake_completed(ssl))
+    }
+
+    /// The handshake completed at least once (a Finished message was sent), even if
+    /// the connection failed since.
+    fn handshake_completed(ssl: &SslRef) -> bool {
+        // SAFETY: `ssl` is valid; with a null buffer and count 0 SSL_get_finished
+        // only returns the length of our Finished message.
+        unsafe { ffi::SSL_get_finished(ssl.as_ptr(), std::ptr::null_mut(), 0) > 0 }
     }
 
     pub fn saved_report(ssl: &SslRef) -> Option<Report> {
@@ -290,7 +314,9 @@ impl<S: Read + Write + AsFd> Connection for SslStream<S> {
     fn read_discard(&mut self) -> Result<usize, TlsError> {
         let mut buf = [MaybeUninit::<u8>::uninit(); DISCARD_BUF];
         on_ssl::clear_errors();
-        let result = self.ssl_read_uninit(&mut buf).map_err(|e| classify_stream(&e));
+        let result = self
+            .ssl_read_uninit(&mut buf)
+            .map_err(|e| classify_stream(&e));
         on_ssl::clear_errors();
         result
     }
@@ -378,8 +404,8 @@ impl RawConnection {
     /// neither it nor `fd` may be used by another thread while the value is in use.
     /// `fd` must stay open until the value is dropped.
     pub unsafe fn new(ssl: *mut ffi::SSL, fd: RawFd) -> Result<RawConnection, Error> {
-        let ssl =
-            NonNull::new(ssl).ok_or_else(|| Error::InvalidArgument("SSL pointer is null".into()))?;
+        let ssl = NonNull::new(ssl)
+            .ok_or_else(|| Error::InvalidArgument("SSL pointer is null".into()))?;
         if fd < 0 {
             return Err(Error::InvalidArgument(format!("fd {fd} is negative")));
         }

@@ -280,18 +280,25 @@ mod tests {
     fn zero_and_absurd_timeouts_are_rejected_with_the_knob_named() {
         let zero = Policy::builder().peer_timeout(Duration::ZERO).build();
         let msg = zero.unwrap_err().to_string();
-        assert!(msg.contains("peer_timeout") && msg.contains("SendOnly"), "{msg}");
+        assert!(
+            msg.contains("peer_timeout") && msg.contains("SendOnly"),
+            "{msg}"
+        );
 
         let zero = Policy::builder().flush_timeout(Duration::ZERO).build();
         assert!(zero.unwrap_err().to_string().contains("flush_timeout"));
 
-        let tiny = Policy::builder().flush_timeout(Duration::from_micros(10)).build();
+        let tiny = Policy::builder()
+            .flush_timeout(Duration::from_micros(10))
+            .build();
         assert!(tiny.unwrap_err().to_string().contains("resolution"));
 
         let huge = Policy::builder().peer_timeout(Duration::MAX).build();
         assert!(huge.unwrap_err().to_string().contains("one hour"));
 
-        let linger = Policy::builder().linger_timeout(Duration::from_secs(7200)).build();
+        let linger = Policy::builder()
+            .linger_timeout(Duration::from_secs(7200))
+            .build();
         assert!(linger.unwrap_err().to_string().contains("linger_timeout"));
     }
 

@@ -1,0 +1,566 @@
+//! Every peer behaviour, against real OpenSSL on real loopback sockets, in TLS 1.2
+//! and 1.3, with our side as client and as server.
+
+mod util;
+
+use std::os::fd::AsRawFd;
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use closenotify::{
+    shutdown_blocking, Alert, AlertDirection, Initiator, Mode, Outcome, Policy, ResetOnTimeout,
+    Stage,
+};
+use openssl::ssl::ErrorCode;
+use util::*;
+
+/// Waits (bounded) until `fd` reports one of `events`.
+fn wait_for(fd: i32, events: i16) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
+    assert_eq!(n, 1, "socket never became ready");
+}
+
+#[test]
+fn we_initiate_and_the_peer_answers_clean_local() {
+    for (tls, role) in matrix() {
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, peer } = ctx.pair(role);
+        let peer = spawn_peer(peer, answer);
+        let r = shutdown_blocking(&mut ours, &policy(500, 500));
+        let what = format!("{tls:?} as {role:?}");
+        assert_outcome(&r, Outcome::Clean, &what);
+        assert_eq!(r.initiator, Initiator::Local, "{what}");
+        assert_eq!(r.stage, Stage::AwaitPeer, "{what}");
+        assert!(
+            r.close_notify_sent && r.close_notify_received && r.half_closed,
+            "{what}"
+        );
+        assert_eq!(r.tls_version.map(|v| v.as_str()), Some(tls.name()));
+        assert!(r.session_resumable, "{what}");
+        assert!(r.elapsed < ms(500), "{what}: {:?}", r.elapsed);
+        drop(ours);
+        peer.join().unwrap();
+    }
+}
+
+#[test]
+fn the_peer_initiates_and_we_answer_clean_peer() {
+    for (tls, role) in matrix() {
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, peer } = ctx.pair(role);
+        let peer = spawn_peer(peer, |mut p| {
+            p.shutdown().unwrap();
+            read_until_close_notify(&mut p).expect("our answer");
+            wait_eof(p.get_mut())
+        });
+        // The application reads until the peer's close_notify, then shuts down.
+        assert!(read_until_close_notify(&mut ours).unwrap().is_empty());
+        let r = shutdown_blocking(&mut ours, &policy(500, 500));
+        let what = format!("{tls:?} as {role:?}");
+        assert_outcome(&r, Outcome::Clean, &what);
+        assert_eq!(r.initiator, Initiator::Peer, "{what}");
+        assert!(r.close_notify_sent && r.close_notify_received, "{what}");
+        assert_eq!(r.ssl_calls, 1, "{what}: answering needs one SSL_shutdown");
+        drop(ours);
+        assert_eq!(
+            peer.join().unwrap(),
+            None,
+            "{what}: peer saw an error, not EOF"
+        );
+    }
+}
+
+#[test]
+fn both_send_close_notify_at_the_same_moment_clean() {
+    for (tls, role) in matrix() {
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, peer } = ctx.pair(role);
+        let barrier = Arc::new(Barrier::new(2));
+        let b = barrier.clone();
+        let peer = spawn_peer(peer, move |mut p| {
+            b.wait();
+            p.shutdown().unwrap();
+            read_until_close_notify(&mut p).expect("our close_notify");
+            wait_eof(p.get_mut());
+        });
+        barrier.wait();
+        let r = shutdown_blocking(&mut ours, &policy(500, 500));
+        assert_outcome(&r, Outcome::Clean, &format!("{tls:?} as {role:?}"));
+        assert!(r.close_notify_sent && r.close_notify_received);
+        drop(ours);
+        peer.join().unwrap();
+    }
+}
+
+#[test]
+fn silent_peer_times_out_in_await_peer_with_a_fin() {
+    for (tls, role) in matrix() {
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, peer } = ctx.pair(role);
+        let (go, wait) = mpsc::channel::<()>();
+        let peer = spawn_peer(peer, move |mut p| {
+            wait.recv().unwrap();
+            // Our close_notify arrived; then a FIN, not an RST.
+            read_until_close_notify(&mut p).expect("our close_notify");
+            wait_eof(p.get_mut())
+        });
+        let r = shutdown_blocking(&mut ours, &policy(500, 200));
+        let what = format!("{tls:?} as {role:?}");
+        assert_outcome(&r, Outcome::TimedOut, &what);
+        assert_eq!(r.stage, Stage::AwaitPeer, "{what}");
+        assert!(
+            r.elapsed >= ms(200) && r.elapsed < ms(400),
+            "{what}: {:?}",
+            r.elapsed
+        );
+        assert!(r.close_notify_sent && !r.close_notify_received, "{what}");
+        assert_eq!(
+            r.session_resumable,
+            dropped_session_resumable(role),
+            "{what}"
+        );
+        drop(ours);
+        go.send(()).unwrap();
+        assert_eq!(peer.join().unwrap(), None, "{what}: the peer saw a reset");
+    }
+}
+
+#[test]
+fn peer_not_reading_times_out_in_flush_and_resets() {
+    for (tls, role) in matrix() {
+        for (reset, expect_rst) in [
+            (ResetOnTimeout::FlushOnly, true),
+            (ResetOnTimeout::Never, false),
+        ] {
+            let ctx = Contexts::new(tls);
+            let Pair { mut ours, peer } = ctx.pair(role);
+            // Unread input makes close() send an RST whatever the policy: read the
+            // TLS 1.3 tickets a client receives after the handshake.
+            if tls == Tls::V13 && role == Role::Client {
+                read_tickets(&mut ours);
+            }
+            fill_send_buffer(ours.get_ref());
+            let (go, wait) = mpsc::channel::<()>();
+            let peer = spawn_peer(peer, move |mut p| {
+                wait.recv().unwrap();
+                wait_eof(p.get_mut())
+            });
+            let p = policy(200, 500)
+                .to_builder()
+                .reset_on_timeout(reset)
+                .build()
+                .unwrap();
+            let r = shutdown_blocking(&mut ours, &p);
+            let what = format!("{tls:?} as {role:?} {reset:?}");
+            assert_outcome(&r, Outcome::TimedOut, &what);
+            assert_eq!(r.stage, Stage::Flush, "{what}");
+            assert!(
+                r.elapsed >= ms(200) && r.elapsed < ms(400),
+                "{what}: {:?}",
+                r.elapsed
+            );
+            assert!(!r.close_notify_sent && !r.half_closed, "{what}");
+            assert_eq!(r.ssl_calls, 1, "{what}: retried without readiness");
+            drop(ours);
+            go.send(()).unwrap();
+            let seen = peer.join().unwrap();
+            if expect_rst {
+                assert_eq!(seen, Some(std::io::ErrorKind::ConnectionReset), "{what}");
+            } else {
+                assert_eq!(seen, None, "{what}: expected the queued bytes, then a FIN");
+            }
+        }
+    }
+}
+
+#[test]
+fn peer_closes_without_close_notify_truncated() {
+    for (tls, role) in matrix() {
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, peer } = ctx.pair(role);
+        let peer = spawn_peer(peer, |mut p| {
+            read_until_close_notify(&mut p).expect("our close_notify");
+            drop(p); // TCP FIN, no close_notify
+        });
+        let r = shutdown_blocking(&mut ours, &policy(500, 1000));
+        let what = format!("{tls:?} as {role:?}");
+        assert_outcome(&r, Outcome::Truncated, &what);
+        assert_eq!(r.stage, Stage::AwaitPeer, "{what}");
+        assert!(!r.close_notify_received, "{what}");
+        assert_eq!(
+            r.session_resumable,
+            dropped_session_resumable(role),
+            "{what}"
+        );
+        assert!(r.elapsed < ms(1000), "{what}: waited for the timeout");
+        peer.join().unwrap();
+    }
+}
+
+#[test]
+fn peer_resets_while_we_await_reset_with_errno() {
+    for (tls, role) in matrix() {
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, peer } = ctx.pair(role);
+        let peer = spawn_peer(peer, |mut p| {
+            read_until_close_notify(&mut p).expect("our close_notify");
+            reset_on_drop(p.get_ref());
+        });
+        let r = shutdown_blocking(&mut ours, &policy(500, 1000));
+        let what = format!("{tls:?} as {role:?}");
+        assert_outcome(&r, Outcome::Reset, &what);
+        assert_eq!(r.os_error, Some(libc::ECONNRESET), "{what}");
+        assert_eq!(r.stage, Stage::AwaitPeer, "{what}");
+        assert_eq!(
+            r.session_resumable,
+            dropped_session_resumable(role),
+            "{what}"
+        );
+        peer.join().unwrap();
+    }
+}
+
+#[test]
+fn peer_reset_before_we_start_reset_in_flush() {
+    for (tls, role) in matrix() {
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, peer } = ctx.pair(role);
+        reset_on_drop(peer.get_ref());
+        drop(peer);
+        wait_for(ours.get_ref().as_raw_fd(), libc::POLLHUP | libc::POLLERR);
+        let r = shutdown_blocking(&mut ours, &policy(500, 500));
+        let what = format!("{tls:?} as {role:?}");
+        assert_outcome(&r, Outcome::Reset, &what);
+        assert!(
+            matches!(r.os_error, Some(libc::ECONNRESET) | Some(libc::EPIPE)),
+            "{what}: {:?}",
+            r.os_error
+        );
+        assert_eq!(r.stage, Stage::Flush, "{what}");
+    }
+}
+
+#[test]
+fn peer_sends_a_fatal_alert_peer_alert_with_its_name() {
+    for (tls, role) in matrix() {
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, peer } = ctx.pair(role);
+        let (go, wait) = mpsc::channel::<()>();
+        let peer = spawn_peer(peer, move |mut p| {
+            // Our forged record makes the peer's OpenSSL raise a real fatal alert.
+            let err = p.ssl_read(&mut [0u8; 64]).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::SSL);
+            wait.recv().unwrap();
+        });
+        write_raw(&mut ours, &forged_record());
+        wait_for(ours.get_ref().as_raw_fd(), libc::POLLIN);
+        let r = shutdown_blocking(&mut ours, &policy(500, 1000));
+        let what = format!("{tls:?} as {role:?}");
+        assert_outcome(&r, Outcome::PeerAlert, &what);
+        let alert = r.alert.expect("alert");
+        assert_eq!(alert.alert, Alert::BadRecordMac, "{what}");
+        assert_eq!(alert.alert.name(), "bad_record_mac");
+        assert_eq!(alert.direction, AlertDirection::Received);
+        assert_eq!(
+            r.session_resumable,
+            dropped_session_resumable(role),
+            "{what}"
+        );
+        go.send(()).unwrap();
+        peer.join().unwrap();
+    }
+}
+
+#[test]
+fn data_after_our_close_notify_is_drained_up_to_the_limit() {
+    for (tls, role) in matrix() {
+        for (sent, limit, outcome) in [
+            (10_000usize, 65_536u64, Outcome::Clean),
+            (200_000, 65_536, Outcome::DrainLimit),
+        ] {
+            let ctx = Contexts::new(tls);
+            let Pair { mut ours, peer } = ctx.pair(role);
+            let peer = spawn_peer(peer, move |mut p| {
+                read_until_close_notify(&mut p).expect("our close_notify");
+                // Legal: TLS lets the peer keep writing after our close_notify.
+                if std::io::Write::write_all(&mut p, &vec![7u8; sent]).is_ok() {
+                    let _ = p.shutdown();
+                }
+                wait_eof(p.get_mut());
+            });
+            let p = Policy::builder()
+                .peer_timeout(ms(1000))
+                .drain_limit(limit)
+                .build()
+                .unwrap();
+            let r = shutdown_blocking(&mut ours, &p);
+            let what = format!("{tls:?} as {role:?} sending {sent}");
+            assert_outcome(&r, outcome, &what);
+            if outcome == Outcome::Clean {
+                assert_eq!(r.discarded_bytes, sent as u64, "{what}");
+            } else {
+                assert!(r.discarded_bytes > limit, "{what}: {}", r.discarded_bytes);
+                assert!(
+                    r.discarded_bytes < limit + 16_385,
+                    "{what}: read past the limit"
+                );
+            }
+            drop(ours);
+            peer.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn garbage_after_the_handshake_protocol_error_with_our_alert() {
+    let cases: [(&[u8], Alert, &str); 2] = [
+        (
+            b"this is not TLS\n",
+            Alert::ProtocolVersion,
+            "wrong version number",
+        ),
+        (
+            &[],
+            Alert::BadRecordMac,
+            "decryption failed or bad record mac",
+        ),
+    ];
+    for (tls, role) in matrix() {
+        for (garbage, alert, detail) in cases {
+            let garbage = if garbage.is_empty() {
+                forged_record()
+            } else {
+                garbage.to_vec()
+            };
+            let ctx = Contexts::new(tls);
+            let Pair { mut ours, peer } = ctx.pair(role);
+            let (go, wait) = mpsc::channel::<()>();
+            let peer = spawn_peer(peer, move |mut p| {
+                read_until_close_notify(&mut p).expect("our close_notify");
+                write_raw(&mut p, &garbage);
+                wait.recv().unwrap();
+            });
+            let r = shutdown_blocking(&mut ours, &policy(500, 1000));
+            let what = format!("{tls:?} as {role:?} {alert}");
+            assert_outcome(&r, Outcome::ProtocolError, &what);
+            let a = r
+                .alert
+                .unwrap_or_else(|| panic!("{what}: no alert in {r:?}"));
+            assert_eq!(
+                (a.alert, a.direction),
+                (alert, AlertDirection::Sent),
+                "{what}"
+            );
+            assert_eq!(r.detail, Some(detail), "{what}");
+            assert_eq!(
+                r.session_resumable,
+                dropped_session_resumable(role),
+                "{what}"
+            );
+            go.send(()).unwrap();
+            peer.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn tls13_tickets_and_key_updates_while_we_await_are_processed_clean() {
+    use foreign_types::ForeignTypeRef;
+    for role in ROLES {
+        for requested in [false, true] {
+            let ctx = Contexts::new(Tls::V13);
+            let Pair { mut ours, peer } = ctx.pair(role);
+            let peer = spawn_peer(peer, move |mut p| {
+                // Our close_notify is in the peer's socket buffer, unread: the
+                // peer's OpenSSL state is still fully open, and what it sends now
+                // reaches us while we await its close_notify.
+                wait_for(p.get_ref().as_raw_fd(), libc::POLLIN);
+                let ssl = p.ssl().as_ptr();
+                // SAFETY: the peer owns `p`; each call queues one post-handshake
+                // message that SSL_do_handshake then writes.
+                unsafe {
+                    if openssl_sys::SSL_is_server(ssl) == 1 {
+                        assert_eq!(util::sys::SSL_new_session_ticket(ssl), 1);
+                        assert_eq!(openssl_sys::SSL_do_handshake(ssl), 1);
+                    }
+                    let kind = if requested { 1 } else { 0 };
+                    assert_eq!(util::sys::SSL_key_update(ssl, kind), 1);
+                    assert_eq!(openssl_sys::SSL_do_handshake(ssl), 1);
+                }
+                read_until_close_notify(&mut p).expect("our close_notify");
+                p.shutdown().unwrap();
+                wait_eof(p.get_mut());
+            });
+            let r = shutdown_blocking(&mut ours, &policy(500, 1000));
+            let what = format!("as {role:?}, update requested: {requested}");
+            assert_outcome(&r, Outcome::Clean, &what);
+            assert!(r.ssl_calls >= 2, "{what}");
+            drop(ours);
+            peer.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn send_only_reports_sent_only_without_a_round_trip() {
+    for (tls, role) in matrix() {
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, peer } = ctx.pair(role);
+        let (go, wait) = mpsc::channel::<()>();
+        let peer = spawn_peer(peer, move |mut p| {
+            wait.recv().unwrap();
+            let got = read_until_close_notify(&mut p).map(|_| ());
+            (got.is_ok(), wait_eof(p.get_mut()))
+        });
+        let p = Policy::builder().mode(Mode::SendOnly).build().unwrap();
+        let r = shutdown_blocking(&mut ours, &p);
+        let what = format!("{tls:?} as {role:?}");
+        assert_outcome(&r, Outcome::SentOnly, &what);
+        assert_eq!(r.stage, Stage::HalfClose, "{what}");
+        assert!(
+            r.close_notify_sent && r.half_closed && !r.close_notify_received,
+            "{what}"
+        );
+        assert_eq!(r.ssl_calls, 1, "{what}");
+        assert!(r.elapsed < ms(50), "{what}: waited {:?}", r.elapsed);
+        // A TLS 1.3 client gets its tickets after the handshake; a send-only
+        // shutdown does not read them (openssl#6904), and the report says so.
+        let tickets_unread = tls == Tls::V13 && role == Role::Client;
+        assert_eq!(r.session_resumable, !tickets_unread, "{what}");
+        // Half-closed: the peer gets close_notify and EOF while we still hold the socket.
+        go.send(()).unwrap();
+        let (got_close_notify, eof) = peer.join().unwrap();
+        assert!(got_close_notify, "{what}");
+        assert_eq!(eof, None, "{what}");
+        drop(ours);
+    }
+}
+
+#[test]
+fn quiet_sends_nothing() {
+    for (tls, role) in matrix() {
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, peer } = ctx.pair(role);
+        let peer = spawn_peer(peer, |mut p| {
+            let mut buf = [0u8; 64];
+            p.ssl_read(&mut buf).map(|_| ()).map_err(|e| e.code())
+        });
+        let p = Policy::builder().mode(Mode::Quiet).build().unwrap();
+        let r = shutdown_blocking(&mut ours, &p);
+        let what = format!("{tls:?} as {role:?}");
+        assert_outcome(&r, Outcome::Quiet, &what);
+        assert!(!r.close_notify_sent && !r.half_closed, "{what}");
+        assert_eq!(r.ssl_calls, 0, "{what}");
+        assert_eq!(
+            r.session_resumable,
+            dropped_session_resumable(role),
+            "{what}"
+        );
+        drop(ours);
+        // The peer sees the transport end without close_notify.
+        let seen = peer.join().unwrap();
+        assert!(
+            matches!(seen, Err(ErrorCode::SYSCALL) | Err(ErrorCode::SSL)),
+            "{what}: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn ignore_unexpected_eof_still_reports_truncated() {
+    use openssl::ssl::SslOptions;
+    for (tls, role) in matrix() {
+        let ctx = Contexts::with(
+            tls,
+            |s| {
+                s.set_options(SslOptions::IGNORE_UNEXPECTED_EOF);
+            },
+            |c| {
+                c.set_options(SslOptions::IGNORE_UNEXPECTED_EOF);
+            },
+        );
+        let Pair { mut ours, peer } = ctx.pair(role);
+        let peer = spawn_peer(peer, |mut p| {
+            read_until_close_notify(&mut p).expect("our close_notify");
+        });
+        let r = shutdown_blocking(&mut ours, &policy(500, 1000));
+        assert_outcome(&r, Outcome::Truncated, &format!("{tls:?} as {role:?}"));
+        peer.join().unwrap();
+    }
+}
+
+/// The option only bites with OpenSSL's socket BIO (rust-openssl's stream BIO never
+/// reports BIO_eof): a raw `SSL*`, as C programs have, is the case that matters.
+#[test]
+fn ignore_unexpected_eof_on_a_socket_bio_still_reports_truncated() {
+    use openssl::ssl::SslOptions;
+    for tls in BOTH {
+        let ctx = Contexts::with(
+            tls,
+            |_| {},
+            |c| {
+                c.set_options(SslOptions::IGNORE_UNEXPECTED_EOF);
+            },
+        );
+
+        // Control: with the option, OpenSSL itself turns a bare EOF into
+        // SSL_ERROR_ZERO_RETURN, the same answer as a close_notify.
+        let (raw, peer) = RawClient::connect(&ctx, |_| {});
+        drop(peer);
+        let mut buf = [0u8; 64];
+        // SAFETY: the raw client owns a valid SSL on an open socket.
+        let code = unsafe {
+            let ssl = foreign_types::ForeignType::as_ptr(&raw.ssl);
+            let n = openssl_sys::SSL_read(ssl, buf.as_mut_ptr().cast(), 64);
+            openssl_sys::SSL_get_error(ssl, n)
+        };
+        assert_eq!(code, openssl_sys::SSL_ERROR_ZERO_RETURN, "{tls:?}: control");
+
+        let (raw, peer) = RawClient::connect(&ctx, |_| {});
+        let peer = spawn_peer(peer, |mut p| {
+            read_until_close_notify(&mut p).expect("our close_notify");
+        });
+        let r = raw.conn().shutdown_blocking(&policy(500, 1000));
+        assert_outcome(&r, Outcome::Truncated, &format!("{tls:?} raw"));
+        peer.join().unwrap();
+        // The option is back once the shutdown is over.
+        // SAFETY: a valid SSL; SSL_get_options only reads a field.
+        let opts =
+            unsafe { util::sys::SSL_get_options(foreign_types::ForeignType::as_ptr(&raw.ssl)) };
+        assert_ne!(
+            opts & SslOptions::IGNORE_UNEXPECTED_EOF.bits(),
+            0,
+            "{tls:?}: option not restored"
+        );
+    }
+}
+
+#[test]
+fn elapsed_is_bounded_by_the_policy_even_on_a_blocking_socket() {
+    // A blocking socket must not make OpenSSL block: the shutdown switches it to
+    // non-blocking mode and back.
+    let ctx = Contexts::new(Tls::V13);
+    let Pair { mut ours, peer } = ctx.pair(Role::Client);
+    let (go, wait) = mpsc::channel::<()>();
+    let peer = spawn_peer(peer, move |p| {
+        wait.recv().unwrap();
+        drop(p)
+    });
+    let start = Instant::now();
+    let r = shutdown_blocking(&mut ours, &policy(100, 150));
+    assert_outcome(&r, Outcome::TimedOut, "silent peer");
+    assert!(start.elapsed() < Duration::from_millis(300));
+    // Still in blocking mode afterwards.
+    // SAFETY: F_GETFL on an open fd.
+    let flags = unsafe { libc::fcntl(ours.get_ref().as_raw_fd(), libc::F_GETFL) };
+    assert_eq!(flags & libc::O_NONBLOCK, 0);
+    go.send(()).unwrap();
+    peer.join().unwrap();
+}
