@@ -164,6 +164,37 @@ impl Contexts {
     }
 }
 
+impl Contexts {
+    /// As `pair`, with our side on a `mio::net::TcpStream` (non-blocking once the
+    /// handshake is done).
+    pub fn pair_mio(&self, role: Role) -> (SslStream<mio::net::TcpStream>, SslStream<TcpStream>) {
+        let (client_tcp, server_tcp) = tcp_pair();
+        let (ours_tcp, peer_tcp, ours_ctx, peer_ctx) = match role {
+            Role::Client => (client_tcp, server_tcp, &self.client, self.server.clone()),
+            Role::Server => (server_tcp, client_tcp, &self.server, self.client.clone()),
+        };
+        let peer = thread::spawn(move || {
+            let ssl = openssl::ssl::Ssl::new(&peer_ctx).unwrap();
+            match role {
+                Role::Client => ssl.accept(peer_tcp).expect("peer handshake"),
+                Role::Server => ssl.connect(peer_tcp).expect("peer handshake"),
+            }
+        });
+        // The socket stays blocking for the handshake; mio only wraps the fd.
+        let mio_tcp = mio::net::TcpStream::from_std(ours_tcp);
+        let ssl = openssl::ssl::Ssl::new(ours_ctx).unwrap();
+        let mut ours = SslStream::new(ssl, mio_tcp).unwrap();
+        match role {
+            Role::Client => ours.connect().expect("our handshake"),
+            Role::Server => ours.accept().expect("our handshake"),
+        }
+        socket2::SockRef::from(ours.get_ref())
+            .set_nonblocking(true)
+            .unwrap();
+        (ours, peer.join().unwrap())
+    }
+}
+
 pub struct Pair {
     pub ours: SslStream<TcpStream>,
     pub peer: SslStream<TcpStream>,

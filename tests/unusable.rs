@@ -1,0 +1,152 @@
+//! Connections that cannot carry a close_notify, and bad input: quiet outcomes,
+//! clear errors, no OpenSSL error left behind, no forbidden call, no leaked fd.
+
+mod util;
+
+use std::io::Read;
+use std::net::{TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use closenotify::{shutdown_blocking, Error, Outcome, RawConnection};
+use openssl::ssl::{ErrorCode, Ssl, SslStream};
+use util::*;
+
+/// Record types of every TLS record in `bytes` (they are plaintext headers).
+fn record_types(bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 5 {
+        let len = u16::from_be_bytes([rest[3], rest[4]]) as usize;
+        types.push(rest[0]);
+        rest = &rest[(5 + len).min(rest.len())..];
+    }
+    types
+}
+
+fn read_all(mut tcp: TcpStream) -> Vec<u8> {
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut all = Vec::new();
+    tcp.read_to_end(&mut all).unwrap();
+    all
+}
+
+#[test]
+fn before_the_handshake_quiet_and_nothing_sent() {
+    let ctx = Contexts::new(Tls::V13);
+    let (client, server) = tcp_pair();
+    let mut ours = SslStream::new(Ssl::new(&ctx.client).unwrap(), client).unwrap();
+    let r = shutdown_blocking(&mut ours, &policy(200, 200));
+    assert_outcome(&r, Outcome::Quiet, "no handshake");
+    assert_eq!(r.ssl_calls, 0, "SSL_shutdown called before the handshake");
+    assert!(!r.close_notify_sent && r.tls_version.is_none());
+    assert!(error_queue_empty());
+    drop(ours);
+    assert!(
+        read_all(server).is_empty(),
+        "bytes sent by a quiet shutdown"
+    );
+}
+
+#[test]
+fn mid_handshake_quiet_and_no_alert_sent() {
+    for tls in BOTH {
+        let ctx = Contexts::new(tls);
+        let (client, server) = tcp_pair();
+        client.set_nonblocking(true).unwrap();
+        let mut ours = SslStream::new(Ssl::new(&ctx.client).unwrap(), client).unwrap();
+        // The server never answers the ClientHello.
+        let err = ours.connect().unwrap_err();
+        assert_eq!(err.code(), ErrorCode::WANT_READ);
+        let r = shutdown_blocking(&mut ours, &policy(200, 200));
+        assert_outcome(&r, Outcome::Quiet, "mid-handshake");
+        assert_eq!(r.ssl_calls, 0);
+        assert!(error_queue_empty());
+        drop(ours);
+        let types = record_types(&read_all(server));
+        assert_eq!(types, vec![0x16], "{tls:?}: expected only the ClientHello");
+    }
+}
+
+#[test]
+fn after_a_fatal_error_quiet_and_nothing_more_sent() {
+    for (tls, role) in matrix() {
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, mut peer } = ctx.pair(role);
+        if tls == Tls::V13 && role == Role::Client {
+            read_tickets(&mut ours);
+        }
+        write_raw(&mut peer, b"garbage, not a TLS record\n");
+        let err = ours.ssl_read(&mut [0u8; 64]).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::SSL, "{tls:?} {role:?}");
+        // Everything our side sent so far (its fatal alert) has arrived.
+        let mut tcp = peer.get_ref().try_clone().unwrap();
+        tcp.set_read_timeout(Some(ms(100))).unwrap();
+        let mut before = Vec::new();
+        let _ = tcp.read_to_end(&mut before);
+        assert!(!before.is_empty(), "our fatal alert");
+
+        let r = shutdown_blocking(&mut ours, &policy(200, 200));
+        let what = format!("{tls:?} as {role:?}");
+        assert_outcome(&r, Outcome::Quiet, &what);
+        assert_eq!(r.ssl_calls, 0, "{what}");
+        assert!(error_queue_empty(), "{what}");
+        drop(ours);
+        // Our side closes with the rest of the garbage unread, so the end may be an
+        // RST; what matters is that no byte came before it.
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 1024];
+        let sent_after = loop {
+            match tcp.read(&mut buf) {
+                Ok(0) | Err(_) => break 0,
+                Ok(n) => break n,
+            }
+        };
+        assert_eq!(sent_after, 0, "{what}: bytes sent after the fatal error");
+    }
+}
+
+#[test]
+fn raw_connection_rejects_bad_arguments_with_clear_errors() {
+    let ctx = Contexts::new(Tls::V13);
+    let ssl = Ssl::new(&ctx.client).unwrap();
+    let ptr = foreign_types::ForeignType::as_ptr(&ssl);
+
+    // SAFETY (all calls below): `ptr` is a valid SSL; the fds are open or invalid
+    // on purpose, which `new` must detect.
+    let err = unsafe { RawConnection::new(std::ptr::null_mut(), 0) }.unwrap_err();
+    assert_eq!(err, Error::InvalidArgument("SSL pointer is null".into()));
+
+    let err = unsafe { RawConnection::new(ptr, -1) }.unwrap_err();
+    assert!(err.to_string().contains("negative"), "{err}");
+
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let err = unsafe { RawConnection::new(ptr, file.as_raw_fd()) }.unwrap_err();
+    assert!(err.to_string().contains("not a stream socket"), "{err}");
+
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let err = unsafe { RawConnection::new(ptr, udp.as_raw_fd()) }.unwrap_err();
+    assert!(err.to_string().contains("not a stream socket"), "{err}");
+
+    // An fd number that is not open (tests allocate the lowest free numbers).
+    let err = unsafe { RawConnection::new(ptr, 1000) }.unwrap_err();
+    assert!(err.to_string().contains("fd 1000"), "{err}");
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    let io: std::io::Error = err.into();
+    assert_eq!(io.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+#[test]
+fn raw_connection_on_an_unconnected_socket_is_quiet() {
+    // A TCP socket that never connected, under an SSL that never handshook.
+    let ctx = Contexts::new(Tls::V12);
+    let ssl = Ssl::new(&ctx.client).unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // SAFETY: both live until the end of the test.
+    let conn =
+        unsafe { RawConnection::new(foreign_types::ForeignType::as_ptr(&ssl), sock.as_raw_fd()) }
+            .unwrap();
+    let r = conn.shutdown_blocking(&policy(100, 100));
+    assert_outcome(&r, Outcome::Quiet, "unconnected");
+    assert!(error_queue_empty());
+}
