@@ -15,18 +15,6 @@ use closenotify::{
 use openssl::ssl::ErrorCode;
 use util::*;
 
-/// Waits (bounded) until `fd` reports one of `events`.
-fn wait_for(fd: i32, events: i16) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
-    assert_eq!(n, 1, "socket never became ready");
-}
-
 #[test]
 fn we_initiate_and_the_peer_answers_clean_local() {
     for (tls, role) in matrix() {
@@ -234,7 +222,11 @@ fn peer_reset_before_we_start_reset_in_flush() {
         let Pair { mut ours, peer } = ctx.pair(role);
         reset_on_drop(peer.get_ref());
         drop(peer);
-        wait_for(ours.get_ref().as_raw_fd(), libc::POLLHUP | libc::POLLERR);
+        assert!(wait_for(
+            ours.get_ref().as_raw_fd(),
+            libc::POLLHUP | libc::POLLERR,
+            ms(5000)
+        ));
         let r = shutdown_blocking(&mut ours, &policy(500, 500));
         let what = format!("{tls:?} as {role:?}");
         assert_outcome(&r, Outcome::Reset, &what);
@@ -260,7 +252,7 @@ fn peer_sends_a_fatal_alert_peer_alert_with_its_name() {
             wait.recv().unwrap();
         });
         write_raw(&mut ours, &forged_record());
-        wait_for(ours.get_ref().as_raw_fd(), libc::POLLIN);
+        assert!(wait_for(ours.get_ref().as_raw_fd(), libc::POLLIN, ms(5000)));
         let r = shutdown_blocking(&mut ours, &policy(500, 1000));
         let what = format!("{tls:?} as {role:?}");
         assert_outcome(&r, Outcome::PeerAlert, &what);
@@ -381,7 +373,7 @@ fn tls13_tickets_and_key_updates_while_we_await_are_processed_clean() {
                 // Our close_notify is in the peer's socket buffer, unread: the
                 // peer's OpenSSL state is still fully open, and what it sends now
                 // reaches us while we await its close_notify.
-                wait_for(p.get_ref().as_raw_fd(), libc::POLLIN);
+                assert!(wait_for(p.get_ref().as_raw_fd(), libc::POLLIN, ms(5000)));
                 let ssl = p.ssl().as_ptr();
                 // SAFETY: the peer owns `p`; each call queues one post-handshake
                 // message that SSL_do_handshake then writes.

@@ -1,0 +1,424 @@
+//! Real OpenSSL peers on loopback, shared by the examples and the tests: contexts
+//! for TLS 1.2 and 1.3 with session caches, connected pairs, and the ways a peer
+//! can end a connection, politely or not.
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
+use std::thread;
+use std::time::Duration;
+
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslSession,
+    SslSessionCacheMode, SslStream, SslVerifyMode, SslVersion,
+};
+use openssl::x509::X509;
+
+/// A protocol version every scenario runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tls {
+    V12,
+    V13,
+}
+
+pub const BOTH: [Tls; 2] = [Tls::V12, Tls::V13];
+
+impl Tls {
+    pub fn version(self) -> SslVersion {
+        match self {
+            Tls::V12 => SslVersion::TLS1_2,
+            Tls::V13 => SslVersion::TLS1_3,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Tls::V12 => "TLSv1.2",
+            Tls::V13 => "TLSv1.3",
+        }
+    }
+}
+
+/// Which end of the connection runs closenotify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+pub const ROLES: [Role; 2] = [Role::Client, Role::Server];
+
+/// The process-wide self-signed identity.
+pub fn identity() -> &'static (X509, PKey<Private>) {
+    static ID: OnceLock<(X509, PKey<Private>)> = OnceLock::new();
+    ID.get_or_init(|| closenotify::doc_support::self_signed("localhost").expect("certificate"))
+}
+
+/// A server and a client context pinned to one version, with session caches on
+/// both sides, so that resumption can be observed.
+pub struct Contexts {
+    pub tls: Tls,
+    pub server: SslContext,
+    pub client: SslContext,
+}
+
+impl Contexts {
+    pub fn new(tls: Tls) -> Contexts {
+        Contexts::with(tls, |_| {}, |_| {})
+    }
+
+    /// `server_tweak` and `client_tweak` adjust the builders (options, modes).
+    pub fn with(
+        tls: Tls,
+        server_tweak: impl FnOnce(&mut SslContextBuilder),
+        client_tweak: impl FnOnce(&mut SslContextBuilder),
+    ) -> Contexts {
+        let (cert, key) = identity();
+        let mut s = SslContextBuilder::new(SslMethod::tls_server()).expect("context");
+        s.set_certificate(cert).expect("certificate");
+        s.set_private_key(key).expect("key");
+        s.set_min_proto_version(Some(tls.version()))
+            .expect("version");
+        s.set_max_proto_version(Some(tls.version()))
+            .expect("version");
+        s.set_session_id_context(b"closenotify")
+            .expect("session id context");
+        s.set_session_cache_mode(SslSessionCacheMode::SERVER);
+        server_tweak(&mut s);
+
+        let mut c = SslContextBuilder::new(SslMethod::tls_client()).expect("context");
+        c.set_verify(SslVerifyMode::NONE);
+        c.set_min_proto_version(Some(tls.version()))
+            .expect("version");
+        c.set_max_proto_version(Some(tls.version()))
+            .expect("version");
+        c.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+        client_tweak(&mut c);
+        Contexts {
+            tls,
+            server: s.build(),
+            client: c.build(),
+        }
+    }
+
+    /// Server contexts that keep sessions server-side (no stateless tickets), so
+    /// that removing a session from the server cache is observable.
+    pub fn stateful(tls: Tls) -> Contexts {
+        Contexts::with(
+            tls,
+            |s| {
+                s.set_options(SslOptions::NO_TICKET);
+            },
+            |_| {},
+        )
+    }
+
+    /// A connected, handshaken pair: `ours` runs closenotify, `peer` misbehaves.
+    pub fn pair(&self, role: Role) -> Pair {
+        self.pair_resuming(role, None)
+    }
+
+    /// As `pair`, the client offering `session`.
+    pub fn pair_resuming(&self, role: Role, session: Option<&SslSession>) -> Pair {
+        let (client_tcp, server_tcp) = tcp_pair();
+        let server_ctx = self.server.clone();
+        let server = thread::spawn(move || {
+            let ssl = Ssl::new(&server_ctx).expect("ssl");
+            ssl.accept(server_tcp).expect("server handshake")
+        });
+        let mut ssl = Ssl::new(&self.client).expect("ssl");
+        if let Some(s) = session {
+            // SAFETY: the session comes from the same client context.
+            unsafe { ssl.set_session(s).expect("set_session") };
+        }
+        let client = ssl.connect(client_tcp).expect("client handshake");
+        let server = server.join().expect("server thread");
+        match role {
+            Role::Client => Pair {
+                ours: client,
+                peer: server,
+            },
+            Role::Server => Pair {
+                ours: server,
+                peer: client,
+            },
+        }
+    }
+}
+
+pub struct Pair {
+    pub ours: SslStream<TcpStream>,
+    pub peer: SslStream<TcpStream>,
+}
+
+/// Two connected loopback sockets (client, server).
+pub fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    client.set_nodelay(true).expect("nodelay");
+    server.set_nodelay(true).expect("nodelay");
+    (client, server)
+}
+
+/// Reads until the other side's close_notify; returns the application bytes read.
+pub fn read_until_close_notify(
+    s: &mut SslStream<TcpStream>,
+) -> Result<Vec<u8>, openssl::ssl::Error> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match s.ssl_read(&mut buf) {
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if e.code() == ErrorCode::ZERO_RETURN => return Ok(all),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads raw TCP until EOF or error; returns the error kind if any.
+pub fn wait_eof(tcp: &mut TcpStream) -> Option<io::ErrorKind> {
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) => return Some(e.kind()),
+        }
+    }
+}
+
+/// The well-behaved peer: waits for our close_notify, answers with its own, then
+/// waits for our FIN so that nothing is reset.
+pub fn answer(mut s: SslStream<TcpStream>) {
+    if read_until_close_notify(&mut s).is_ok() && s.shutdown().is_ok() {
+        wait_eof(s.get_mut());
+    }
+}
+
+/// Makes the final close() of `tcp` send an RST.
+pub fn reset_on_drop(tcp: &TcpStream) {
+    socket2::SockRef::from(tcp)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+}
+
+/// Writes raw bytes under the TLS layer, as a broken or hostile peer would.
+pub fn write_raw(s: &mut SslStream<TcpStream>, bytes: &[u8]) {
+    let _ = s.get_mut().write_all(bytes);
+}
+
+/// A well-formed TLS application-data record header with a body that will fail
+/// authentication: the receiver raises bad_record_mac.
+pub fn forged_record() -> Vec<u8> {
+    let mut rec = vec![0x17, 0x03, 0x03, 0x00, 0x30];
+    rec.extend((0..0x30u8).map(|i| i.wrapping_mul(37)));
+    rec
+}
+
+/// Waits (bounded) until `fd` reports one of `events`; false on timeout.
+pub fn wait_for(fd: i32, events: i16, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) == 1 }
+}
+
+/// A TLS 1.3 client: waits for the server's tickets and processes them, so that
+/// nothing is left unread in the socket.
+pub fn read_tickets(s: &mut SslStream<TcpStream>) {
+    if !wait_for(
+        s.get_ref().as_raw_fd(),
+        libc::POLLIN,
+        Duration::from_secs(5),
+    ) {
+        return;
+    }
+    let _ = s.get_ref().set_nonblocking(true);
+    let _ = s.ssl_read(&mut [0u8; 64]);
+    let _ = s.get_ref().set_nonblocking(false);
+}
+
+/// Fills our socket's send buffer with raw bytes (the peer does not read) until
+/// the kernel accepts not even one more byte and the state is stable: what a
+/// connection looks like after an application wrote more than a stalled peer
+/// would take. OpenSSL's own state is untouched (no half-written record).
+pub fn fill_send_buffer(tcp: &TcpStream) {
+    let fd = tcp.as_raw_fd();
+    let chunk = vec![0u8; 65536];
+    let send = |size: usize| {
+        // SAFETY: `chunk` is valid for `size` bytes; MSG_DONTWAIT never blocks.
+        unsafe {
+            libc::send(
+                fd,
+                chunk.as_ptr().cast(),
+                size,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            ) >= 0
+        }
+    };
+    loop {
+        while send(chunk.len()) {}
+        while send(1) {}
+        // Stable once the socket stays unwritable for a while (in-flight bytes have
+        // been acknowledged into the peer's full receive buffer) and even then the
+        // kernel refuses a single byte.
+        if !wait_for(fd, libc::POLLOUT, Duration::from_millis(50)) && !send(1) {
+            return;
+        }
+    }
+}
+
+/// How a peer ends the connection after ours has sent close_notify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Answers with its own close_notify.
+    Answers,
+    /// Sends close_notify first; our application reads it, then shuts down.
+    Initiates,
+    /// Never answers.
+    Silent,
+    /// Never reads; our send buffer is full.
+    NotReading,
+    /// Closes TCP without close_notify.
+    Truncates,
+    /// Resets the connection.
+    Resets,
+    /// Sends a fatal alert (provoked by a forged record of ours).
+    FatalAlert,
+    /// Sends application data after our close_notify, then answers.
+    DataAfterCloseNotify,
+    /// Sends bytes that are not TLS.
+    Garbage,
+}
+
+impl Behaviour {
+    pub const ALL: [Behaviour; 9] = [
+        Behaviour::Answers,
+        Behaviour::Initiates,
+        Behaviour::Silent,
+        Behaviour::NotReading,
+        Behaviour::Truncates,
+        Behaviour::Resets,
+        Behaviour::FatalAlert,
+        Behaviour::DataAfterCloseNotify,
+        Behaviour::Garbage,
+    ];
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Behaviour::Answers => "peer answers",
+            Behaviour::Initiates => "peer initiates",
+            Behaviour::Silent => "silent peer",
+            Behaviour::NotReading => "peer not reading",
+            Behaviour::Truncates => "peer truncates",
+            Behaviour::Resets => "peer resets",
+            Behaviour::FatalAlert => "peer sends fatal alert",
+            Behaviour::DataAfterCloseNotify => "data after close_notify",
+            Behaviour::Garbage => "peer sends garbage",
+        }
+    }
+
+    /// Bytes of application data `DataAfterCloseNotify` sends.
+    pub const DATA_AFTER: usize = 10_000;
+
+    /// Sets the stage on our side before the shutdown; returns the peer's thread.
+    /// `release` tells a peer that holds the connection open that it may go.
+    pub fn start(
+        self,
+        ours: &mut SslStream<TcpStream>,
+        peer: SslStream<TcpStream>,
+        release: std::sync::mpsc::Receiver<()>,
+    ) -> thread::JoinHandle<()> {
+        let tls13_client =
+            ours.ssl().version2() == Some(SslVersion::TLS1_3) && !ours.ssl().is_server();
+        match self {
+            Behaviour::Initiates => {
+                let handle = thread::spawn(move || {
+                    let mut p = peer;
+                    if p.shutdown().is_ok() && read_until_close_notify(&mut p).is_ok() {
+                        wait_eof(p.get_mut());
+                    }
+                });
+                // The application reads until the peer's close_notify.
+                let _ = read_until_close_notify(ours);
+                handle
+            }
+            Behaviour::NotReading => {
+                if tls13_client {
+                    read_tickets(ours);
+                }
+                fill_send_buffer(ours.get_ref());
+                thread::spawn(move || {
+                    let _ = release.recv();
+                    drop(peer);
+                })
+            }
+            Behaviour::FatalAlert => {
+                let handle = thread::spawn(move || {
+                    let mut p = peer;
+                    let _ = p.ssl_read(&mut [0u8; 64]); // fails: sends the alert
+                    let _ = release.recv();
+                });
+                write_raw(ours, &forged_record());
+                wait_for(
+                    ours.get_ref().as_raw_fd(),
+                    libc::POLLIN,
+                    Duration::from_secs(5),
+                );
+                handle
+            }
+            other => thread::spawn(move || other.after_close_notify(peer, release)),
+        }
+    }
+
+    /// The peer's side for the behaviours that react to our close_notify.
+    fn after_close_notify(
+        self,
+        mut p: SslStream<TcpStream>,
+        release: std::sync::mpsc::Receiver<()>,
+    ) {
+        match self {
+            Behaviour::Answers => answer(p),
+            Behaviour::Silent => {
+                let _ = release.recv();
+            }
+            Behaviour::Truncates => {
+                let _ = read_until_close_notify(&mut p);
+                drop(p); // FIN without close_notify
+            }
+            Behaviour::Resets => {
+                let _ = read_until_close_notify(&mut p);
+                reset_on_drop(p.get_ref());
+            }
+            Behaviour::DataAfterCloseNotify => {
+                if read_until_close_notify(&mut p).is_ok()
+                    && p.write_all(&vec![7u8; Self::DATA_AFTER]).is_ok()
+                {
+                    answer_now(p);
+                }
+            }
+            Behaviour::Garbage => {
+                let _ = read_until_close_notify(&mut p);
+                write_raw(&mut p, b"this is not TLS\n");
+                let _ = release.recv();
+            }
+            Behaviour::Initiates | Behaviour::NotReading | Behaviour::FatalAlert => {
+                unreachable!("handled in start")
+            }
+        }
+    }
+}
+
+/// Sends close_notify now and waits for the FIN.
+fn answer_now(mut s: SslStream<TcpStream>) {
+    if s.shutdown().is_ok() {
+        wait_eof(s.get_mut());
+    }
+}
