@@ -22,11 +22,12 @@ fn main() {
         );
         return;
     };
+    // OPENSSL_VERSION_NUMBER: 0xMNNFFPPS (major, minor, fix, patch, status).
     let version = u64::from_str_radix(hex.trim(), 16).unwrap_or(0);
-    if version >= 0x1_01_01_00_0 {
+    if version >= 0x1010_1000 {
         println!("cargo:rustc-cfg=ossl111");
     }
-    if version >= 0x3_00_00_00_0 {
+    if version >= 0x3000_0000 {
         println!("cargo:rustc-cfg=ossl300");
     }
 }

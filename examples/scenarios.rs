@@ -27,8 +27,8 @@ fn main() {
         .expect("valid policy");
 
     println!(
-        "{:<24} {:<8} {:<15} {:<11} {:>9}  {:<30} {:<9} {}",
-        "scenario", "tls", "outcome", "stage", "elapsed", "detail", "resumable", "resumed next"
+        "{:<24} {:<8} {:<15} {:<11} {:>9}  {:<30} {:<9} resumed next",
+        "scenario", "tls", "outcome", "stage", "elapsed", "detail", "resumable"
     );
     println!("{}", "-".repeat(122));
     for behaviour in Behaviour::ALL {

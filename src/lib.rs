@@ -108,3 +108,8 @@ pub use report::{
 
 /// Re-exported so that users name the same `openssl-sys` types as the crate.
 pub use openssl_sys;
+
+/// The README's examples, compiled as doctests so that they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -162,6 +162,20 @@ pub enum Interest {
     Timer,
 }
 
+impl Interest {
+    /// The mio interest to wait for; `None` for [`Interest::Timer`] (use only the
+    /// deadline as the poll timeout). An edge-triggered registration for
+    /// `READABLE | WRITABLE` made once covers every stage, so re-registering on
+    /// each change is optional.
+    pub fn to_mio(self) -> Option<mio::Interest> {
+        match self {
+            Interest::Read => Some(mio::Interest::READABLE),
+            Interest::Write => Some(mio::Interest::WRITABLE),
+            Interest::Timer => None,
+        }
+    }
+}
+
 /// "Wait for `interest`, at the latest until `deadline`."
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[must_use]
@@ -276,7 +290,14 @@ enum State {
 const LINGER_FIRST_CHECK: Duration = Duration::from_millis(1);
 const LINGER_MAX_CHECK: Duration = Duration::from_millis(50);
 
-/// One connection being shut down. See the [module documentation](self).
+/// One connection being shut down: the state machine flush -> half-close ->
+/// await_peer -> linger.
+///
+/// It never sleeps and never reads the clock: every [`poll`](Shutdown::poll) takes
+/// `now` and what the socket reported, and answers [`Progress::Wait`] (wait for
+/// READ or WRITE readiness, or only for time, at the latest until a deadline) or
+/// [`Progress::Done`] with the [`Report`]. The adapters own the clock and the
+/// waiting: [`shutdown_blocking`](crate::shutdown_blocking), or your event loop.
 ///
 /// Call order: [`poll`](Shutdown::poll) once to start, then again each time the
 /// socket reports the [`Interest`] of the last [`Wait`] or its deadline passes, until
@@ -364,8 +385,7 @@ impl<C: Connection> Shutdown<C> {
                 if now >= next_check {
                     self.linger(now)
                 } else {
-                    self.waiting()
-                        .map_or_else(|| unreachable_done(), Progress::Wait)
+                    self.waiting().map_or_else(unreachable_done, Progress::Wait)
                 }
             }
         }
@@ -613,8 +633,7 @@ impl<C: Connection> Shutdown<C> {
             debug_assert_eq!(stage, self.stage);
             return self.timed_out(now);
         }
-        self.waiting()
-            .map_or_else(|| unreachable_done(), Progress::Wait)
+        self.waiting().map_or_else(unreachable_done, Progress::Wait)
     }
 
     fn timed_out(&mut self, now: Instant) -> Progress {
@@ -1232,6 +1251,13 @@ mod tests {
         let mut again = Shutdown::new(conn, &policy());
         assert_eq!(done(again.poll(t0 + ms(50), Ready::ALL)), first);
         assert_eq!(again.get_ref().began, 1, "second shutdown began again");
+    }
+
+    #[test]
+    fn interests_map_to_mio() {
+        assert_eq!(Interest::Read.to_mio(), Some(mio::Interest::READABLE));
+        assert_eq!(Interest::Write.to_mio(), Some(mio::Interest::WRITABLE));
+        assert_eq!(Interest::Timer.to_mio(), None);
     }
 
     #[test]

@@ -30,8 +30,11 @@ extern "C" {
     fn SSL_set_options(s: *mut ffi::SSL, op: u64) -> u64;
 }
 
+// The option constants are `uint64_t` in OpenSSL 3 and `unsigned long` before.
 #[cfg(ossl300)]
+#[allow(clippy::unnecessary_cast)]
 const IGNORE_UNEXPECTED_EOF: u64 = ffi::SSL_OP_IGNORE_UNEXPECTED_EOF as u64;
+#[allow(clippy::unnecessary_cast)]
 const NO_TICKET: u64 = ffi::SSL_OP_NO_TICKET as u64;
 
 /// Reason codes (`ERR_GET_REASON`) that matter here; values from `sslerr.h`.
@@ -362,21 +365,6 @@ fn classify_stream(err: &openssl::ssl::Error) -> TlsError {
         .io_error()
         .map(|e| e.raw_os_error().unwrap_or(libc::EIO));
     classify(err.code(), err.ssl_error(), os_error)
-}
-
-/// Releases OpenSSL's read and write buffers whenever they are empty
-/// (`SSL_MODE_RELEASE_BUFFERS`): a connection that only waits for an alert then
-/// holds no 16 KiB record buffers.
-pub(crate) fn release_buffers(ssl: &mut SslRef) {
-    // SAFETY: `ssl` is valid; SSL_ctrl(SSL_CTRL_MODE) only ORs a mode bit.
-    unsafe {
-        ffi::SSL_ctrl(
-            ssl.as_ptr(),
-            ffi::SSL_CTRL_MODE,
-            ffi::SSL_MODE_RELEASE_BUFFERS,
-            std::ptr::null_mut(),
-        )
-    };
 }
 
 /// A raw `SSL*` and the socket it runs on: what C callers own.

@@ -24,10 +24,15 @@ fn record_types(bytes: &[u8]) -> Vec<u8> {
     types
 }
 
+/// Everything the other side sent, until EOF or an error (an RST when it closed
+/// with input unread).
 fn read_all(mut tcp: TcpStream) -> Vec<u8> {
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut all = Vec::new();
-    tcp.read_to_end(&mut all).unwrap();
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = tcp.read(&mut buf) {
+        all.extend_from_slice(&buf[..n]);
+    }
     all
 }
 
@@ -69,6 +74,30 @@ fn mid_handshake_quiet_and_no_alert_sent() {
 }
 
 #[test]
+fn non_tls_peer_quiet_after_the_failed_handshake() {
+    let ctx = Contexts::new(Tls::V13);
+    let (client, mut server) = tcp_pair();
+    let http = std::thread::spawn(move || {
+        let mut hello = [0u8; 512];
+        let _ = server.read(&mut hello);
+        let _ = std::io::Write::write_all(&mut server, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        read_all(server)
+    });
+    let mut ours = SslStream::new(Ssl::new(&ctx.client).unwrap(), client).unwrap();
+    let err = ours.connect().unwrap_err();
+    assert_eq!(err.code(), ErrorCode::SSL);
+    let r = shutdown_blocking(&mut ours, &policy(200, 200));
+    assert_outcome(&r, Outcome::Quiet, "non-TLS peer");
+    assert_eq!(r.ssl_calls, 0);
+    assert!(error_queue_empty());
+    drop(ours);
+    // Our side sent its ClientHello and (as OpenSSL does on a failed handshake) an
+    // alert; no close_notify or anything else from the shutdown.
+    let types = record_types(&http.join().unwrap());
+    assert!(types.iter().all(|&t| t == 0x15), "{types:?}");
+}
+
+#[test]
 fn after_a_fatal_error_quiet_and_nothing_more_sent() {
     for (tls, role) in matrix() {
         let ctx = Contexts::new(tls);
@@ -96,12 +125,7 @@ fn after_a_fatal_error_quiet_and_nothing_more_sent() {
         // RST; what matters is that no byte came before it.
         tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 1024];
-        let sent_after = loop {
-            match tcp.read(&mut buf) {
-                Ok(0) | Err(_) => break 0,
-                Ok(n) => break n,
-            }
-        };
+        let sent_after = tcp.read(&mut buf).unwrap_or(0);
         assert_eq!(sent_after, 0, "{what}: bytes sent after the fatal error");
     }
 }
