@@ -85,6 +85,8 @@ pub trait Connection {
     /// One `SSL_read` call; the bytes are discarded. `Ok(n)` has `n > 0`; the peer's
     /// close_notify is `Err(TlsError::CloseNotify)`.
     fn read_discard(&mut self) -> Result<usize, TlsError>;
+    /// One `SSL_read` call into `buf` (not empty); otherwise as `read_discard`.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError>;
     /// Whether OpenSSL holds received bytes not yet processed (`SSL_has_pending`).
     fn has_pending(&self) -> bool;
     /// Send nothing, now or later (`SSL_set_shutdown(SENT | RECEIVED)`).
@@ -120,6 +122,9 @@ impl<T: Connection + ?Sized> Connection for &mut T {
     }
     fn read_discard(&mut self) -> Result<usize, TlsError> {
         (**self).read_discard()
+    }
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
+        (**self).read(buf)
     }
     fn has_pending(&self) -> bool {
         (**self).has_pending()
@@ -276,6 +281,8 @@ enum State {
     AwaitPeer {
         deadline: Instant,
         interest: Interest,
+        /// `poll_read` filled the caller's buffer: read again before waiting.
+        data_pending: bool,
     },
     Linger {
         outcome: Outcome,
@@ -320,6 +327,9 @@ pub struct Shutdown<C: Connection> {
     os_error: Option<i32>,
     detail: Option<&'static str>,
     speculative_read: bool,
+    /// Bytes handed to the caller by the last `poll_read`; more may be waiting in
+    /// OpenSSL or the socket, so the next call reads without waiting for readiness.
+    delivered: usize,
 }
 
 impl<C: Connection> Shutdown<C> {
@@ -343,6 +353,7 @@ impl<C: Connection> Shutdown<C> {
             os_error: None,
             detail: None,
             speculative_read: true,
+            delivered: 0,
         }
     }
 
@@ -358,25 +369,53 @@ impl<C: Connection> Shutdown<C> {
     /// Drives the shutdown. `now` is the current time; `ready` is what the socket
     /// reported since the last call ([`Ready::NONE`] for a timer wake-up,
     /// [`Ready::ALL`] when unknown). Returns the next [`Wait`] or the [`Report`].
+    ///
+    /// Application data that arrives after our close_notify is discarded (and
+    /// counted) up to the drain limit; use [`poll_read`](Shutdown::poll_read) to
+    /// receive it instead.
     pub fn poll(&mut self, now: Instant, ready: Ready) -> Progress {
+        self.step(now, ready, None)
+    }
+
+    /// Like [`poll`](Shutdown::poll), but application data that arrives after our
+    /// close_notify is written to `buf` instead of being discarded: the TLS
+    /// half-close, where we are done sending and keep reading until the peer's
+    /// close_notify. Returns how many bytes were written to `buf`.
+    ///
+    /// When it returns `n > 0`, consume the bytes and call again at once, whatever
+    /// the socket reports: more may already be buffered. Delivered bytes do not
+    /// count against the drain limit and are not in
+    /// [`Report::discarded_bytes`].
+    pub fn poll_read(&mut self, now: Instant, ready: Ready, buf: &mut [u8]) -> (usize, Progress) {
+        let progress = self.step(now, ready, Some(buf));
+        (std::mem::take(&mut self.delivered), progress)
+    }
+
+    fn step(&mut self, now: Instant, ready: Ready, out: Option<&mut [u8]>) -> Progress {
+        self.delivered = 0;
         match self.state {
             State::Done(report) => Progress::Done(report),
-            State::Idle => self.start(now),
+            State::Idle => self.start(now, out),
             State::Flush { deadline } => {
                 if ready.writable {
-                    self.flush(now, deadline)
+                    self.flush(now, deadline, out)
                 } else {
                     self.idle(now, deadline, Stage::Flush)
                 }
             }
-            State::AwaitPeer { deadline, interest } => {
-                let hit = match interest {
-                    Interest::Read => ready.readable,
-                    Interest::Write => ready.writable,
-                    Interest::Timer => false,
-                };
+            State::AwaitPeer {
+                deadline,
+                interest,
+                data_pending,
+            } => {
+                let hit = data_pending
+                    || match interest {
+                        Interest::Read => ready.readable,
+                        Interest::Write => ready.writable,
+                        Interest::Timer => false,
+                    };
                 if hit {
-                    self.await_peer(now, deadline)
+                    self.await_peer(now, deadline, out)
                 } else {
                     self.idle(now, deadline, Stage::AwaitPeer)
                 }
@@ -406,7 +445,9 @@ impl<C: Connection> Shutdown<C> {
                 interest: Interest::Write,
                 deadline,
             }),
-            State::AwaitPeer { deadline, interest } => Some(Wait { interest, deadline }),
+            State::AwaitPeer {
+                deadline, interest, ..
+            } => Some(Wait { interest, deadline }),
             State::Linger { next_check, .. } => Some(Wait {
                 interest: Interest::Timer,
                 deadline: next_check,
@@ -439,7 +480,7 @@ impl<C: Connection> Shutdown<C> {
 
     // --- stages -------------------------------------------------------------------
 
-    fn start(&mut self, now: Instant) -> Progress {
+    fn start(&mut self, now: Instant, out: Option<&mut [u8]>) -> Progress {
         self.started = Some(now);
         if let Some(report) = self.conn.saved_report() {
             log::debug!("closenotify: shutdown already done: {report}");
@@ -466,26 +507,26 @@ impl<C: Connection> Shutdown<C> {
             return self.finish(now, Outcome::Quiet);
         }
         let deadline = now + self.policy.flush_timeout();
-        self.flush(now, deadline)
+        self.flush(now, deadline, out)
     }
 
-    fn flush(&mut self, now: Instant, deadline: Instant) -> Progress {
+    fn flush(&mut self, now: Instant, deadline: Instant, out: Option<&mut [u8]>) -> Progress {
         self.calls += 1;
         match self.conn.shutdown() {
             Ok(ShutdownResult::Sent) => {
                 self.sent = true;
-                self.after_flush(now)
+                self.after_flush(now, out)
             }
             Ok(ShutdownResult::Received) => {
                 self.sent = true;
                 self.received = true;
-                self.after_flush(now)
+                self.after_flush(now, out)
             }
             // Only when our close_notify was queued before we started: OpenSSL
             // flushed it and went on to read for the peer's.
             Err(TlsError::WantRead) => {
                 self.sent = true;
-                self.after_flush(now)
+                self.after_flush(now, out)
             }
             Err(TlsError::WantWrite) => {
                 if now >= deadline {
@@ -501,7 +542,7 @@ impl<C: Connection> Shutdown<C> {
         }
     }
 
-    fn after_flush(&mut self, now: Instant) -> Progress {
+    fn after_flush(&mut self, now: Instant, out: Option<&mut [u8]>) -> Progress {
         if self.policy.half_close() {
             self.enter(Stage::HalfClose);
             match self.conn.half_close() {
@@ -520,11 +561,12 @@ impl<C: Connection> Shutdown<C> {
                 self.enter(Stage::AwaitPeer);
                 let deadline = now + self.policy.peer_timeout();
                 if self.speculative_read || self.conn.has_pending() {
-                    self.await_peer(now, deadline)
+                    self.await_peer(now, deadline, out)
                 } else {
                     self.state = State::AwaitPeer {
                         deadline,
                         interest: Interest::Read,
+                        data_pending: false,
                     };
                     Progress::Wait(Wait {
                         interest: Interest::Read,
@@ -535,15 +577,36 @@ impl<C: Connection> Shutdown<C> {
         }
     }
 
-    fn await_peer(&mut self, now: Instant, deadline: Instant) -> Progress {
+    fn await_peer(
+        &mut self,
+        now: Instant,
+        deadline: Instant,
+        mut out: Option<&mut [u8]>,
+    ) -> Progress {
         // One retry on buffered bytes per wake-up: OpenSSL may consume a record
         // (a TLS 1.3 ticket, a KeyUpdate) and still answer WANT_READ. A partial
         // record is also "pending" and needs the socket; one retry tells them apart.
         let mut retried_pending = false;
         loop {
             self.calls += 1;
-            match self.conn.read_discard() {
-                Ok(n) => {
+            let read = match out.as_deref_mut() {
+                Some(buf) if !buf.is_empty() => self.conn.read(buf).map(|n| (n, true)),
+                _ => self.conn.read_discard().map(|n| (n, false)),
+            };
+            match read {
+                Ok((n, true)) => {
+                    self.delivered = n;
+                    self.state = State::AwaitPeer {
+                        deadline,
+                        interest: Interest::Read,
+                        data_pending: true,
+                    };
+                    return Progress::Wait(Wait {
+                        interest: Interest::Read,
+                        deadline,
+                    });
+                }
+                Ok((n, false)) => {
                     self.discarded += n as u64;
                     if self.discarded > self.policy.drain_limit() {
                         return self.finish(now, Outcome::DrainLimit);
@@ -567,7 +630,11 @@ impl<C: Connection> Shutdown<C> {
                     } else {
                         Interest::Write
                     };
-                    self.state = State::AwaitPeer { deadline, interest };
+                    self.state = State::AwaitPeer {
+                        deadline,
+                        interest,
+                        data_pending: false,
+                    };
                     return Progress::Wait(Wait { interest, deadline });
                 }
                 Err(err) => return self.failed(now, err),
@@ -804,6 +871,12 @@ mod tests {
         }
         fn read_discard(&mut self) -> Result<usize, TlsError> {
             self.reads.pop_front().expect("unscripted SSL_read")
+        }
+        fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
+            let n = self.read_discard()?;
+            let n = n.min(buf.len());
+            buf[..n].fill(b'x');
+            Ok(n)
         }
         fn has_pending(&self) -> bool {
             self.pending.front().copied().unwrap_or(false)
@@ -1251,6 +1324,37 @@ mod tests {
         let mut again = Shutdown::new(conn, &policy());
         assert_eq!(done(again.poll(t0 + ms(50), Ready::ALL)), first);
         assert_eq!(again.get_ref().began, 1, "second shutdown began again");
+    }
+
+    #[test]
+    fn poll_read_delivers_data_and_rereads_without_readiness() {
+        let t0 = Instant::now();
+        let conn = Script::usable()
+            .shutdown(Ok(ShutdownResult::Sent))
+            .read(Ok(4))
+            .read(Ok(3))
+            .read(Err(TlsError::WantRead))
+            .read(Ok(2))
+            .read(Err(TlsError::CloseNotify));
+        let mut sd = Shutdown::new(conn, &policy());
+        let mut buf = [0u8; 8];
+        let (n, p) = sd.poll_read(t0, Ready::NONE, &mut buf);
+        assert_eq!((n, wait(p).interest), (4, Interest::Read));
+        // Called again at once with no readiness: still reads.
+        let (n, p) = sd.poll_read(t0, Ready::NONE, &mut buf);
+        assert_eq!(n, 3);
+        let w = wait(p);
+        let (n, p) = sd.poll_read(t0, Ready::NONE, &mut buf);
+        assert_eq!((n, wait(p)), (0, w), "WANT_READ: now it waits");
+        // A spurious wake-up is still a no-op.
+        let (n, _) = sd.poll_read(t0 + ms(1), Ready::WRITABLE, &mut buf);
+        assert_eq!(n, 0);
+        let (n, _) = sd.poll_read(t0 + ms(2), Ready::READABLE, &mut buf);
+        assert_eq!(n, 2);
+        let (n, p) = sd.poll_read(t0 + ms(2), Ready::NONE, &mut buf);
+        let r = done(p);
+        assert_eq!((n, r.outcome, r.discarded_bytes), (0, Outcome::Clean, 0));
+        assert_eq!(r.ssl_calls, 6);
     }
 
     #[test]

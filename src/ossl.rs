@@ -323,6 +323,12 @@ impl<S: Read + Write + AsFd> Connection for SslStream<S> {
         on_ssl::clear_errors();
         result
     }
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
+        on_ssl::clear_errors();
+        let result = self.ssl_read(buf).map_err(|e| classify_stream(&e));
+        on_ssl::clear_errors();
+        result
+    }
     fn has_pending(&self) -> bool {
         on_ssl::has_pending(self.ssl())
     }
@@ -449,6 +455,21 @@ impl RawConnection {
     }
 }
 
+impl RawConnection {
+    /// One `SSL_read_ex` into `len` writable bytes at `buf`.
+    fn read_into(&mut self, buf: *mut u8, len: usize) -> Result<usize, TlsError> {
+        let mut n = 0usize;
+        // SAFETY: the SSL is valid; the callers pass a buffer writable for `len`
+        // bytes, of which OpenSSL writes at most `len`; `n` is a valid out-pointer.
+        let (_, err) =
+            self.call(|ssl| unsafe { ffi::SSL_read_ex(ssl, buf as *mut c_void, len, &mut n) });
+        match err {
+            None => Ok(n),
+            Some(err) => Err(err),
+        }
+    }
+}
+
 impl Connection for RawConnection {
     fn status(&mut self) -> Status {
         on_ssl::status(self.ssl())
@@ -474,16 +495,10 @@ impl Connection for RawConnection {
     }
     fn read_discard(&mut self) -> Result<usize, TlsError> {
         let mut buf = [MaybeUninit::<u8>::uninit(); DISCARD_BUF];
-        let mut n = 0usize;
-        // SAFETY: the SSL is valid; `buf` is writable for its length and OpenSSL
-        // writes at most that many bytes; `n` is a valid out-pointer.
-        let (_, err) = self.call(|ssl| unsafe {
-            ffi::SSL_read_ex(ssl, buf.as_mut_ptr() as *mut c_void, buf.len(), &mut n)
-        });
-        match err {
-            None => Ok(n),
-            Some(err) => Err(err),
-        }
+        self.read_into(buf.as_mut_ptr().cast(), buf.len())
+    }
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
+        self.read_into(buf.as_mut_ptr(), buf.len())
     }
     fn has_pending(&self) -> bool {
         on_ssl::has_pending(self.ssl())

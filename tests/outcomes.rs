@@ -556,3 +556,50 @@ fn elapsed_is_bounded_by_the_policy_even_on_a_blocking_socket() {
     go.send(()).unwrap();
     peer.join().unwrap();
 }
+
+#[test]
+fn half_close_delivers_the_peers_data_until_its_close_notify() {
+    use closenotify::{Progress, Ready, Shutdown};
+    for (tls, role) in matrix() {
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, peer } = ctx.pair(role);
+        // The peer answers what it has to say after our close_notify: 100 KB, then
+        // its own close_notify.
+        let peer = spawn_peer(peer, |mut p| {
+            read_until_close_notify(&mut p).expect("our close_notify");
+            let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+            std::io::Write::write_all(&mut p, &body).unwrap();
+            p.shutdown().unwrap();
+            wait_eof(p.get_mut());
+        });
+        let fd = ours.get_ref().as_raw_fd();
+        ours.get_ref().set_nonblocking(true).unwrap();
+        let mut sd = Shutdown::new(&mut ours, &policy(500, 2000));
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut ready = Ready::NONE;
+        let report = loop {
+            let (n, progress) = sd.poll_read(Instant::now(), ready, &mut buf);
+            got.extend_from_slice(&buf[..n]);
+            match progress {
+                Progress::Done(r) => break r,
+                Progress::Wait(_) if n > 0 => ready = Ready::NONE,
+                Progress::Wait(w) => {
+                    assert!(wait_for(fd, libc::POLLIN, w.timeout(Instant::now())));
+                    ready = Ready::READABLE;
+                }
+            }
+        };
+        let what = format!("{tls:?} as {role:?}");
+        assert_outcome(&report, Outcome::Clean, &what);
+        assert_eq!(report.discarded_bytes, 0, "{what}");
+        assert_eq!(got.len(), 100_000, "{what}");
+        assert!(
+            got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
+            "{what}"
+        );
+        drop(sd);
+        drop(ours);
+        peer.join().unwrap();
+    }
+}

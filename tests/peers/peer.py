@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""A TLS server built on Python's `ssl` module, used as an external peer by
+tests/external_peers.rs. It accepts one connection, completes the handshake and then
+behaves as MODE says once the test's close_notify arrives:
+
+  answer    answer with our close_notify (unwrap), then wait for EOF    -> clean
+  silent    never read, never answer; sleep until killed                 -> timed_out
+  truncate  close the TCP socket without close_notify                    -> truncated
+  reset     SO_LINGER {1, 0}, then close: the kernel sends an RST        -> reset
+  data      send --data-bytes of application data, then answer           -> clean
+
+The first line on stdout is the listening port. Errors go to stderr and make the
+exit status non-zero, so that the test can tell a peer bug from a library bug.
+"""
+
+import argparse
+import os
+import socket
+import ssl
+import sys
+import time
+
+VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def log(msg):
+    print(f"peer.py[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+
+
+def read_until_close_notify(conn):
+    """Reads until the test's close_notify: `recv` answers b'' only when the peer's
+    close_notify arrived (a bare TCP EOF raises SSLEOFError instead)."""
+    got = 0
+    while True:
+        chunk = conn.recv(16384)
+        if not chunk:
+            return got
+        got += len(chunk)
+
+
+def wait_eof(raw):
+    """Reads the raw TCP socket until EOF, so that our close() sends a FIN."""
+    raw.settimeout(10)
+    while raw.recv(4096):
+        pass
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["answer", "silent", "truncate", "reset", "data"])
+    ap.add_argument("--cert", required=True)
+    ap.add_argument("--key", required=True)
+    ap.add_argument("--tls", choices=sorted(VERSIONS), required=True)
+    ap.add_argument("--data-bytes", type=int, default=5000)
+    args = ap.parse_args()
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = VERSIONS[args.tls]
+    ctx.maximum_version = VERSIONS[args.tls]
+    ctx.load_cert_chain(args.cert, args.key)
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    print(listener.getsockname()[1], flush=True)
+
+    tcp, _ = listener.accept()
+    listener.close()
+    tcp.settimeout(10)  # never hang a CI run if the test dies
+    conn = ctx.wrap_socket(tcp, server_side=True)  # handshake happens here
+    log(f"handshake done: {conn.version()}")
+
+    if args.mode == "silent":
+        # Does not even read: the test's close_notify stays in the socket buffer.
+        while True:
+            time.sleep(3600)
+
+    got = read_until_close_notify(conn)
+    if got:
+        raise SystemExit(f"unexpected {got} bytes of application data before close_notify")
+    log("close_notify received")
+
+    if args.mode == "truncate":
+        # Python never sends close_notify implicitly: close() is a bare TCP FIN.
+        conn.close()
+    elif args.mode == "reset":
+        # struct linger {int l_onoff = 1; int l_linger = 0;}: close() sends an RST.
+        linger = (1).to_bytes(4, sys.byteorder) + (0).to_bytes(4, sys.byteorder)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        conn.close()
+    else:
+        if args.mode == "data":
+            # Legal: TLS lets a side keep writing after the other's close_notify.
+            conn.sendall(b"d" * args.data_bytes)
+        raw = conn.unwrap()  # SSL_shutdown: our close_notify
+        log("close_notify sent")
+        wait_eof(raw)
+        raw.close()
+    log("done")
+
+
+if __name__ == "__main__":
+    main()
