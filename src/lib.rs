@@ -82,15 +82,26 @@
 #![warn(missing_docs)]
 #![deny(unused_must_use)]
 
+// Only `capi` feeds the C header; cbindgen skips the other modules.
+/// cbindgen:ignore
 mod blocking;
+pub mod capi;
+/// cbindgen:ignore
 mod error;
+/// cbindgen:ignore
 mod machine;
+/// cbindgen:ignore
 mod ossl;
+/// cbindgen:ignore
 mod policy;
+/// cbindgen:ignore
 mod report;
+/// cbindgen:ignore
 mod sigpipe;
+/// cbindgen:ignore
 mod socket;
 
+/// cbindgen:ignore
 #[doc(hidden)]
 pub mod doc_support;
 
