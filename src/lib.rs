@@ -63,6 +63,8 @@
 //!   answers with a [`Wait`] (an [`Interest`] and a deadline) or the [`Report`]. It
 //!   never sleeps and never reads the clock. With mio, register the socket once for
 //!   `READABLE | WRITABLE` and pass [`Ready::from`] each event.
+//! - Many connections on one thread: [`Closer`] owns them, runs their shutdowns on
+//!   one `mio::Poll` (its own or yours) and hands back the reports.
 //! - A raw `SSL*` and socket, as C callers own them: [`RawConnection`], and the C
 //!   API in `include/closenotify.h`.
 //!
@@ -87,6 +89,10 @@
 mod blocking;
 pub mod capi;
 /// cbindgen:ignore
+mod closer;
+/// cbindgen:ignore
+mod deadline;
+/// cbindgen:ignore
 mod error;
 /// cbindgen:ignore
 mod machine;
@@ -106,6 +112,8 @@ mod socket;
 pub mod doc_support;
 
 pub use blocking::shutdown_blocking;
+pub use closer::{Closer, Rejected, Stream};
+pub use deadline::DeadlineQueue;
 pub use error::Error;
 pub use machine::{Connection, Interest, Progress, Ready, Shutdown, Status, TlsError, Wait};
 pub use ossl::RawConnection;

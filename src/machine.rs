@@ -87,6 +87,10 @@ pub trait Connection {
     fn read_discard(&mut self) -> Result<usize, TlsError>;
     /// One `SSL_read` call into `buf` (not empty); otherwise as `read_discard`.
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError>;
+    /// One `SSL_write` of application data (not empty) with
+    /// `SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER`, so that it can complete a write the
+    /// application left half-finished with a buffer of its own.
+    fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError>;
     /// Whether OpenSSL holds received bytes not yet processed (`SSL_has_pending`).
     fn has_pending(&self) -> bool;
     /// Send nothing, now or later (`SSL_set_shutdown(SENT | RECEIVED)`).
@@ -125,6 +129,9 @@ impl<T: Connection + ?Sized> Connection for &mut T {
     }
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
         (**self).read(buf)
+    }
+    fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
+        (**self).write(buf)
     }
     fn has_pending(&self) -> bool {
         (**self).has_pending()
@@ -330,6 +337,9 @@ pub struct Shutdown<C: Connection> {
     /// Bytes handed to the caller by the last `poll_read`; more may be waiting in
     /// OpenSSL or the socket, so the next call reads without waiting for readiness.
     delivered: usize,
+    /// Application data to write before close_notify, and how much is written.
+    unsent: Vec<u8>,
+    unsent_written: usize,
 }
 
 impl<C: Connection> Shutdown<C> {
@@ -354,7 +364,24 @@ impl<C: Connection> Shutdown<C> {
             detail: None,
             speculative_read: true,
             delivered: 0,
+            unsent: Vec::new(),
+            unsent_written: 0,
         }
+    }
+
+    /// Application data the caller could not finish writing, to be sent before our
+    /// close_notify, in the flush stage and under its timeout. If the caller's last
+    /// `SSL_write` stopped half way (WANT_WRITE), `data` must begin with the bytes
+    /// of that call, as OpenSSL requires of a retry; the write then completes
+    /// instead of failing with "bad write retry". A peer that never reads makes the
+    /// flush time out, as it would for close_notify alone. Ignored once the
+    /// shutdown has started, and in quiet mode.
+    pub fn with_unsent(mut self, data: Vec<u8>) -> Self {
+        if self.started.is_none() {
+            self.unsent = data;
+            self.unsent_written = 0;
+        }
+        self
     }
 
     /// Tells the machine that readiness will be reported for bytes already waiting in
@@ -511,6 +538,19 @@ impl<C: Connection> Shutdown<C> {
     }
 
     fn flush(&mut self, now: Instant, deadline: Instant, out: Option<&mut [u8]>) -> Progress {
+        while self.unsent_written < self.unsent.len() {
+            self.calls += 1;
+            match self.conn.write(&self.unsent[self.unsent_written..]) {
+                Ok(n) => self.unsent_written += n,
+                Err(TlsError::WantWrite | TlsError::WantRead) => {
+                    return self.flush_wait(now, deadline);
+                }
+                Err(err) => return self.failed(now, err),
+            }
+        }
+        if !self.unsent.is_empty() {
+            self.unsent = Vec::new(); // all written: free it
+        }
         self.calls += 1;
         match self.conn.shutdown() {
             Ok(ShutdownResult::Sent) => {
@@ -528,18 +568,20 @@ impl<C: Connection> Shutdown<C> {
                 self.sent = true;
                 self.after_flush(now, out)
             }
-            Err(TlsError::WantWrite) => {
-                if now >= deadline {
-                    return self.timed_out(now);
-                }
-                self.state = State::Flush { deadline };
-                Progress::Wait(Wait {
-                    interest: Interest::Write,
-                    deadline,
-                })
-            }
+            Err(TlsError::WantWrite) => self.flush_wait(now, deadline),
             Err(err) => self.failed(now, err),
         }
+    }
+
+    fn flush_wait(&mut self, now: Instant, deadline: Instant) -> Progress {
+        if now >= deadline {
+            return self.timed_out(now);
+        }
+        self.state = State::Flush { deadline };
+        Progress::Wait(Wait {
+            interest: Interest::Write,
+            deadline,
+        })
     }
 
     fn after_flush(&mut self, now: Instant, out: Option<&mut [u8]>) -> Progress {
@@ -823,6 +865,7 @@ mod tests {
         status: Option<Status>,
         shutdowns: VecDeque<Result<ShutdownResult, TlsError>>,
         reads: VecDeque<Result<usize, TlsError>>,
+        writes: VecDeque<Result<usize, TlsError>>,
         pending: VecDeque<bool>,
         send_queue: VecDeque<usize>,
         half_closed: bool,
@@ -871,6 +914,10 @@ mod tests {
         }
         fn read_discard(&mut self) -> Result<usize, TlsError> {
             self.reads.pop_front().expect("unscripted SSL_read")
+        }
+        fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
+            let r = self.writes.pop_front().expect("unscripted SSL_write");
+            r.map(|n| n.min(buf.len()))
         }
         fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
             let n = self.read_discard()?;
@@ -1355,6 +1402,30 @@ mod tests {
         let r = done(p);
         assert_eq!((n, r.outcome, r.discarded_bytes), (0, Outcome::Clean, 0));
         assert_eq!(r.ssl_calls, 6);
+    }
+
+    #[test]
+    fn unsent_data_goes_first_under_the_flush_timeout() {
+        let t0 = Instant::now();
+        let mut conn = Script::usable()
+            .shutdown(Ok(ShutdownResult::Sent))
+            .read(Err(TlsError::CloseNotify));
+        conn.writes.extend([Ok(6), Err(TlsError::WantWrite), Ok(4)]);
+        let mut sd = Shutdown::new(conn, &policy()).with_unsent(b"0123456789".to_vec());
+        let w = wait(sd.poll(t0, Ready::NONE));
+        assert_eq!((w.interest, w.deadline), (Interest::Write, t0 + ms(100)));
+        let r = done(sd.poll(t0 + ms(5), Ready::WRITABLE));
+        assert_eq!(r.outcome, Outcome::Clean);
+        assert_eq!(r.ssl_calls, 5, "3 writes, shutdown, read");
+
+        // A peer that never reads: the flush times out with the data unsent.
+        let mut conn = Script::usable();
+        conn.writes.extend([Err(TlsError::WantWrite)]);
+        let mut sd = Shutdown::new(conn, &policy()).with_unsent(vec![1; 100]);
+        let _ = wait(sd.poll(t0, Ready::NONE));
+        let r = done(sd.poll(t0 + ms(100), Ready::NONE));
+        assert_eq!((r.outcome, r.stage), (Outcome::TimedOut, Stage::Flush));
+        assert!(!r.close_notify_sent);
     }
 
     #[test]

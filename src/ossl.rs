@@ -213,6 +213,35 @@ mod on_ssl {
         let _ = ssl;
     }
 
+    /// Lets a retried `SSL_write` come with a different buffer holding the same
+    /// bytes (the caller's unsent data, now owned by the shutdown).
+    pub fn accept_moving_write_buffer(ssl: &SslRef) {
+        // SAFETY: `ssl` is valid; SSL_ctrl(SSL_CTRL_MODE) only ORs a mode bit.
+        unsafe {
+            ffi::SSL_ctrl(
+                ssl.as_ptr(),
+                ffi::SSL_CTRL_MODE,
+                ffi::SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER,
+                std::ptr::null_mut(),
+            )
+        };
+    }
+
+    /// Releases OpenSSL's read and write buffers whenever they are empty
+    /// (`SSL_MODE_RELEASE_BUFFERS`): a connection that only waits for an alert
+    /// then holds no 16 KiB record buffers.
+    pub fn release_buffers(ssl: &SslRef) {
+        // SAFETY: as above.
+        unsafe {
+            ffi::SSL_ctrl(
+                ssl.as_ptr(),
+                ffi::SSL_CTRL_MODE,
+                ffi::SSL_MODE_RELEASE_BUFFERS,
+                std::ptr::null_mut(),
+            )
+        };
+    }
+
     pub fn has_pending(ssl: &SslRef) -> bool {
         // SAFETY: `ssl` is valid; SSL_has_pending only inspects buffers.
         unsafe { SSL_has_pending(ssl.as_ptr()) == 1 }
@@ -329,6 +358,13 @@ impl<S: Read + Write + AsFd> Connection for SslStream<S> {
         on_ssl::clear_errors();
         result
     }
+    fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
+        on_ssl::accept_moving_write_buffer(self.ssl());
+        on_ssl::clear_errors();
+        let result = self.ssl_write(buf).map_err(|e| classify_stream(&e));
+        on_ssl::clear_errors();
+        result
+    }
     fn has_pending(&self) -> bool {
         on_ssl::has_pending(self.ssl())
     }
@@ -356,6 +392,11 @@ impl<S: Read + Write + AsFd> Connection for SslStream<S> {
     fn save_report(&mut self, report: &Report) {
         on_ssl::save_report(stream_ssl_mut(self), report)
     }
+}
+
+/// Sets `SSL_MODE_RELEASE_BUFFERS` on a stream handed to the [`Closer`](crate::Closer).
+pub(crate) fn release_buffers<S>(stream: &SslStream<S>) {
+    on_ssl::release_buffers(stream.ssl());
 }
 
 /// `&mut SslRef` of a stream; rust-openssl only hands out `&SslRef`.
@@ -499,6 +540,19 @@ impl Connection for RawConnection {
     }
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
         self.read_into(buf.as_mut_ptr(), buf.len())
+    }
+    fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
+        on_ssl::accept_moving_write_buffer(self.ssl());
+        let mut n = 0usize;
+        // SAFETY: the SSL is valid; `buf` is readable for its length; `n` is a
+        // valid out-pointer.
+        let (_, err) = self.call(|ssl| unsafe {
+            ffi::SSL_write_ex(ssl, buf.as_ptr() as *const c_void, buf.len(), &mut n)
+        });
+        match err {
+            None => Ok(n),
+            Some(err) => Err(err),
+        }
     }
     fn has_pending(&self) -> bool {
         on_ssl::has_pending(self.ssl())

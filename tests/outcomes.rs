@@ -603,3 +603,149 @@ fn half_close_delivers_the_peers_data_until_its_close_notify() {
         peer.join().unwrap();
     }
 }
+
+/// Drives a `Shutdown` with poll(2), as a simple event loop would.
+fn drive<C: closenotify::Connection>(
+    mut sd: closenotify::Shutdown<C>,
+    fd: i32,
+) -> closenotify::Report {
+    use closenotify::{Interest, Progress, Ready};
+    let mut ready = Ready::NONE;
+    loop {
+        match sd.poll(Instant::now(), ready) {
+            Progress::Done(r) => return r,
+            Progress::Wait(w) => {
+                let events = match w.interest {
+                    Interest::Read => libc::POLLIN,
+                    Interest::Write => libc::POLLOUT,
+                    Interest::Timer => 0,
+                };
+                ready = if wait_for(fd, events, w.timeout(Instant::now())) {
+                    Ready::ALL
+                } else {
+                    Ready::NONE
+                };
+            }
+        }
+    }
+}
+
+/// Writes `data` until the stalled peer makes OpenSSL answer WANT_WRITE with a
+/// record half in the kernel; returns where the interrupted SSL_write began.
+fn write_until_stalled(
+    ours: &mut openssl::ssl::SslStream<std::net::TcpStream>,
+    data: &[u8],
+) -> usize {
+    ours.get_ref().set_nonblocking(true).unwrap();
+    let mut written = 0;
+    loop {
+        match ours.ssl_write(&data[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.code() == ErrorCode::WANT_WRITE => return written,
+            Err(e) => panic!("write: {e}"),
+        }
+        assert!(
+            written < data.len(),
+            "the peer's buffers swallowed everything"
+        );
+    }
+}
+
+#[test]
+fn an_unfinished_write_is_completed_before_close_notify() {
+    use closenotify::Shutdown;
+    let data: Vec<u8> = (0..16_000_000u32).map(|i| (i % 253) as u8).collect();
+    for (tls, role) in matrix() {
+        let what = format!("{tls:?} as {role:?}");
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, peer } = ctx.pair(role);
+        if tls == Tls::V13 && role == Role::Client {
+            read_tickets(&mut ours);
+        }
+        let (go, wait) = mpsc::channel::<()>();
+        let expected = data.len();
+        let peer = spawn_peer(peer, move |mut p| {
+            wait.recv().unwrap();
+            let got = read_until_close_notify(&mut p).expect("our data, then close_notify");
+            p.shutdown().unwrap();
+            wait_eof(p.get_mut());
+            got
+        });
+        let from = write_until_stalled(&mut ours, &data);
+        let fd = ours.get_ref().as_raw_fd();
+        go.send(()).unwrap(); // the peer starts reading now
+        let sd = Shutdown::new(&mut ours, &policy(5000, 5000)).with_unsent(data[from..].to_vec());
+        let r = drive(sd, fd);
+        assert_outcome(&r, Outcome::Clean, &what);
+        drop(ours);
+        let got = peer.join().unwrap();
+        assert_eq!(got.len(), expected, "{what}");
+        assert!(got == data, "{what}: bytes differ");
+    }
+}
+
+#[test]
+fn an_unfinished_write_to_a_peer_that_never_reads_times_out_in_flush() {
+    use closenotify::Shutdown;
+    let data = vec![9u8; 16_000_000];
+    for (tls, role) in matrix() {
+        let what = format!("{tls:?} as {role:?}");
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, peer } = ctx.pair(role);
+        let (go, wait) = mpsc::channel::<()>();
+        let peer = spawn_peer(peer, move |mut p| {
+            wait.recv().unwrap();
+            wait_eof(p.get_mut())
+        });
+        let from = write_until_stalled(&mut ours, &data);
+        let fd = ours.get_ref().as_raw_fd();
+        let sd = Shutdown::new(&mut ours, &policy(200, 200)).with_unsent(data[from..].to_vec());
+        let r = drive(sd, fd);
+        assert_outcome(&r, Outcome::TimedOut, &what);
+        assert_eq!(r.stage, Stage::Flush, "{what}");
+        assert!(
+            r.elapsed >= ms(200) && r.elapsed < ms(400),
+            "{what}: {:?}",
+            r.elapsed
+        );
+        assert!(!r.close_notify_sent, "{what}");
+        drop(ours);
+        go.send(()).unwrap();
+        // The default policy reset the connection instead of leaving megabytes
+        // queued behind a FIN.
+        assert_eq!(
+            peer.join().unwrap(),
+            Some(std::io::ErrorKind::ConnectionReset),
+            "{what}"
+        );
+    }
+}
+
+/// Without the unsent bytes, OpenSSL queues close_notify behind the half-written
+/// record and refuses to send it once the socket drains ("bad write retry"): the
+/// connection cannot be closed properly, and the report says so.
+#[test]
+fn an_unfinished_write_without_its_bytes_is_quiet_bad_write_retry() {
+    let data = vec![5u8; 16_000_000];
+    for (tls, role) in matrix() {
+        let what = format!("{tls:?} as {role:?}");
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, peer } = ctx.pair(role);
+        if tls == Tls::V13 && role == Role::Client {
+            read_tickets(&mut ours);
+        }
+        let (go, wait) = mpsc::channel::<()>();
+        let peer = spawn_peer(peer, move |mut p| {
+            wait.recv().unwrap();
+            wait_eof(p.get_mut())
+        });
+        write_until_stalled(&mut ours, &data);
+        go.send(()).unwrap(); // the peer reads: the socket drains
+        let r = shutdown_blocking(&mut ours, &policy(2000, 200));
+        assert_outcome(&r, Outcome::Quiet, &what);
+        assert_eq!(r.detail, Some("bad write retry"), "{what}");
+        assert!(!r.close_notify_sent, "{what}");
+        drop(ours);
+        peer.join().unwrap();
+    }
+}
