@@ -172,16 +172,29 @@ impl<T> Closer<T> {
     /// The stream and tag, untouched, when the token range is exhausted or mio
     /// refuses the registration.
     pub fn add(&mut self, stream: Stream, tag: T) -> Result<(), Rejected<T>> {
-        self.add_with_unsent(stream, Vec::new(), tag)
+        self.add_with(stream, tag, |shutdown| shutdown)
     }
 
-    /// As [`add`](Closer::add), with application data to send before close_notify
-    /// (see [`Shutdown::with_unsent`]).
-    pub fn add_with_unsent(
+    /// As [`add`](Closer::add), with `prepare` configuring the shutdown before it
+    /// starts: [`Shutdown::with_unsent`] for application data the caller could not
+    /// finish writing, [`Shutdown::after_error`] for a connection whose last read
+    /// or write failed.
+    ///
+    /// ```no_run
+    /// # fn demo(closer: &mut closenotify::Closer<u32>, stream: closenotify::Stream, pending: Vec<u8>) {
+    /// closer
+    ///     .add_with(stream, 7, |shutdown| shutdown.with_unsent(pending))
+    ///     .expect("a free token");
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`add`](Closer::add); `prepare` has not run then.
+    pub fn add_with(
         &mut self,
         mut stream: Stream,
-        unsent: Vec<u8>,
         tag: T,
+        prepare: impl FnOnce(Shutdown<Stream>) -> Shutdown<Stream>,
     ) -> Result<(), Rejected<T>> {
         let Some(index) = self.alloc() else {
             let error = io::Error::new(
@@ -196,7 +209,7 @@ impl<T> Closer<T> {
             return Err(Rejected { stream, tag, error });
         }
         ossl::release_buffers(&stream);
-        let mut shutdown = Shutdown::new(stream, &self.policy).with_unsent(unsent);
+        let mut shutdown = prepare(Shutdown::new(stream, &self.policy));
         // Registered just now: epoll reports what is already waiting, so the
         // machine need not try a read before it waits.
         shutdown.readiness_is_level();

@@ -340,6 +340,8 @@ pub struct Shutdown<C: Connection> {
     /// Application data to write before close_notify, and how much is written.
     unsent: Vec<u8>,
     unsent_written: usize,
+    /// The failure the application already saw on this connection.
+    prior_error: Option<TlsError>,
 }
 
 impl<C: Connection> Shutdown<C> {
@@ -366,6 +368,7 @@ impl<C: Connection> Shutdown<C> {
             delivered: 0,
             unsent: Vec::new(),
             unsent_written: 0,
+            prior_error: None,
         }
     }
 
@@ -380,6 +383,24 @@ impl<C: Connection> Shutdown<C> {
         if self.started.is_none() {
             self.unsent = data;
             self.unsent_written = 0;
+        }
+        self
+    }
+
+    /// The error the application's last `SSL_read` or `SSL_write` on this
+    /// connection failed with (see `TlsError::from(&openssl::ssl::Error)`). OpenSSL
+    /// forbids `SSL_shutdown` after `SSL_ERROR_SYSCALL` or `SSL_ERROR_SSL`, so the
+    /// shutdown sends nothing and reports that error: `truncated` for an EOF,
+    /// `reset` for a transport error, `peer_alert` with the alert the application
+    /// consumed, `protocol_error`. Retry requests and close_notify are not errors
+    /// and are ignored. Ignored once the shutdown has started.
+    pub fn after_error(mut self, err: TlsError) -> Self {
+        let is_failure = !matches!(
+            err,
+            TlsError::WantRead | TlsError::WantWrite | TlsError::CloseNotify
+        );
+        if self.started.is_none() && is_failure {
+            self.prior_error = Some(err);
         }
         self
     }
@@ -521,6 +542,11 @@ impl<C: Connection> Shutdown<C> {
             self.received = true;
         }
         self.conn.begin();
+        if let Some(err) = self.prior_error {
+            log::debug!("closenotify: the application already saw {err:?}; sending nothing");
+            self.conn.set_quiet();
+            return self.failed(now, err);
+        }
         if self.policy.mode() == Mode::Quiet || !status.usable {
             log::debug!(
                 "closenotify: quiet shutdown ({})",
@@ -1426,6 +1452,29 @@ mod tests {
         let r = done(sd.poll(t0 + ms(100), Ready::NONE));
         assert_eq!((r.outcome, r.stage), (Outcome::TimedOut, Stage::Flush));
         assert!(!r.close_notify_sent);
+    }
+
+    #[test]
+    fn after_error_reports_the_applications_error_and_sends_nothing() {
+        let t0 = Instant::now();
+        let mut conn = Script::usable();
+        conn.status.as_mut().unwrap().usable = false; // OpenSSL's fatal state
+        let mut sd = Shutdown::new(conn, &policy()).after_error(TlsError::PeerAlert(42));
+        let r = done(sd.poll(t0, Ready::NONE));
+        assert_eq!(r.outcome, Outcome::PeerAlert);
+        assert_eq!(r.alert.map(|a| a.alert), Some(Alert::BadCertificate));
+        assert_eq!((r.ssl_calls, r.close_notify_sent), (0, false));
+        assert!(sd.get_ref().quiet);
+
+        let mut sd = Shutdown::new(Script::usable(), &policy()).after_error(TlsError::Eof);
+        assert_eq!(done(sd.poll(t0, Ready::NONE)).outcome, Outcome::Truncated);
+
+        // Not failures: the shutdown runs as usual.
+        let conn = Script::usable()
+            .shutdown(Ok(ShutdownResult::Sent))
+            .read(Err(TlsError::CloseNotify));
+        let mut sd = Shutdown::new(conn, &policy()).after_error(TlsError::WantRead);
+        assert_eq!(done(sd.poll(t0, Ready::NONE)).outcome, Outcome::Clean);
     }
 
     #[test]

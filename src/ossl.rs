@@ -406,6 +406,15 @@ fn stream_ssl_mut<S>(stream: &mut SslStream<S>) -> &mut SslRef {
     unsafe { SslRef::from_ptr_mut(stream.ssl().as_ptr()) }
 }
 
+impl From<&openssl::ssl::Error> for TlsError {
+    /// Classifies an error rust-openssl returned (from `ssl_read`, `ssl_write`,
+    /// `connect`, ...) the way the shutdown classifies its own; use it with
+    /// [`Shutdown::after_error`](crate::Shutdown::after_error).
+    fn from(err: &openssl::ssl::Error) -> TlsError {
+        classify_stream(err)
+    }
+}
+
 /// rust-openssl keeps the I/O error of its BIO in the `ssl::Error`, not in errno.
 fn classify_stream(err: &openssl::ssl::Error) -> TlsError {
     let os_error = err

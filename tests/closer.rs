@@ -244,8 +244,9 @@ fn unsent_data_goes_out_before_close_notify() {
         got
     });
     let mut closer: Closer = Closer::new(&policy(5000, 5000)).unwrap();
+    let unsent = data[written..].to_vec();
     closer
-        .add_with_unsent(ours, data[written..].to_vec(), ())
+        .add_with(ours, (), |shutdown| shutdown.with_unsent(unsent))
         .unwrap();
     go.send(()).unwrap();
     closer.finish().unwrap();

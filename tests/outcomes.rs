@@ -749,3 +749,60 @@ fn an_unfinished_write_without_its_bytes_is_quiet_bad_write_retry() {
         peer.join().unwrap();
     }
 }
+
+#[test]
+fn an_error_the_application_saw_is_reported_not_quiet() {
+    use closenotify::{Shutdown, TlsError};
+    for (tls, role) in matrix() {
+        let what = format!("{tls:?} as {role:?}");
+        // The application's read consumes the peer's fatal alert.
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, peer } = ctx.pair(role);
+        let (go, wait) = mpsc::channel::<()>();
+        let peer = spawn_peer(peer, move |mut p| {
+            let _ = p.ssl_read(&mut [0u8; 64]); // fails on our forged record: alert
+            wait.recv().unwrap();
+        });
+        write_raw(&mut ours, &forged_record());
+        let err = loop {
+            match ours.ssl_read(&mut [0u8; 64]) {
+                Ok(_) => continue, // TLS 1.3 tickets are processed; no data comes
+                Err(e) => break e,
+            }
+        };
+        let fd = ours.get_ref().as_raw_fd();
+        let sd = Shutdown::new(&mut ours, &policy(200, 200)).after_error(TlsError::from(&err));
+        let r = drive(sd, fd);
+        assert_outcome(&r, Outcome::PeerAlert, &what);
+        assert_eq!(
+            r.alert.map(|a| a.alert),
+            Some(Alert::BadRecordMac),
+            "{what}"
+        );
+        assert_eq!((r.ssl_calls, r.close_notify_sent), (0, false), "{what}");
+        go.send(()).unwrap();
+        peer.join().unwrap();
+
+        // The application's read sees the peer's bare EOF (a TLS 1.3 client peer
+        // first reads its tickets, or its close() would be an RST).
+        let Pair { mut ours, mut peer } = ctx.pair(role);
+        if tls == Tls::V13 && role == Role::Server {
+            read_tickets(&mut peer);
+        }
+        drop(peer);
+        let err = loop {
+            match ours.ssl_read(&mut [0u8; 64]) {
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(TlsError::from(&err), TlsError::Eof, "{what}");
+        let fd = ours.get_ref().as_raw_fd();
+        let r = drive(
+            Shutdown::new(&mut ours, &policy(200, 200)).after_error(TlsError::from(&err)),
+            fd,
+        );
+        assert_outcome(&r, Outcome::Truncated, &what);
+        assert!(!r.close_notify_sent, "{what}");
+    }
+}
