@@ -158,7 +158,7 @@ impl Policy {
 }
 
 /// Builds a [`Policy`]; [`build`](PolicyBuilder::build) validates it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PolicyBuilder {
     policy: Policy,
 }

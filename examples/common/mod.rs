@@ -3,6 +3,8 @@
 //! can end a connection, politely or not.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;

@@ -1,0 +1,339 @@
+//! A TLS echo client that ends its connection with closenotify, or misbehaves on
+//! purpose to show what servers see.
+//!
+//! ```text
+//! cargo run --example echo_client -- --connect 127.0.0.1:4433 --insecure --message hello
+//! ```
+//!
+//! Options (SPEC §6): `--connect ADDR` (required), `--message TEXT` (default:
+//! stdin), `--servername NAME`, `--ca FILE` or `--insecure`, `--close
+//! bidirectional|send-only|quiet|abrupt|reset|never`, `--flush-timeout-ms N`,
+//! `--peer-timeout-ms N`, `--tls12`, `--json`.
+//!
+//! Default flow (`--close bidirectional`): send the message, then close_notify +
+//! SHUT_WR, and keep reading the echo until the server's close_notify (the TLS
+//! half-close, `Shutdown::poll_read`). The other modes first read the whole echo,
+//! then: `send-only` sends close_notify without waiting, `quiet` sends none,
+//! `abrupt` closes TCP without close_notify, `reset` closes with an RST, `never`
+//! holds the connection open until the server closes it.
+//!
+//! Echoed bytes go to stdout. The report goes to stderr (with `--json`, as the
+//! last line, a JSON object). Exit 0 for `clean` and `sent_only`, 1 for any other
+//! end, 2 for usage errors.
+
+mod common;
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use closenotify::{shutdown_blocking, Interest, Mode, Policy, Progress, Ready, Report, Shutdown};
+use common::cli::{self, Args};
+use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode, SslVersion};
+use serde_json::json;
+
+const USAGE: &str = "usage: echo_client --connect ADDR [--message TEXT] [--servername NAME] \
+[--ca FILE | --insecure] [--close bidirectional|send-only|quiet|abrupt|reset|never] \
+[--flush-timeout-ms N] [--peer-timeout-ms N] [--tls12] [--json]";
+
+/// How long the client waits for the server to connect, handshake and echo.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Close {
+    Shutdown(Mode),
+    Abrupt,
+    Reset,
+    Never,
+}
+
+struct Options {
+    connect: String,
+    message: Option<String>,
+    servername: Option<String>,
+    ca: Option<PathBuf>,
+    insecure: bool,
+    close: Close,
+    policy: closenotify::PolicyBuilder,
+    tls12: bool,
+    json: bool,
+}
+
+fn parse_options() -> Result<Options, String> {
+    let mut args = Args::from_env();
+    let mut o = Options {
+        connect: String::new(),
+        message: None,
+        servername: None,
+        ca: None,
+        insecure: false,
+        close: Close::Shutdown(Mode::Bidirectional),
+        policy: Policy::builder(),
+        tls12: false,
+        json: false,
+    };
+    while let Some(flag) = args.next_flag()? {
+        match flag.as_str() {
+            "--connect" => o.connect = args.value(&flag)?,
+            "--message" => o.message = Some(args.value(&flag)?),
+            "--servername" => o.servername = Some(args.value(&flag)?),
+            "--ca" => o.ca = Some(PathBuf::from(args.value(&flag)?)),
+            "--insecure" => {
+                args.switch(&flag)?;
+                o.insecure = true;
+            }
+            "--close" => {
+                o.close = match args.value(&flag)?.as_str() {
+                    "abrupt" => Close::Abrupt,
+                    "reset" => Close::Reset,
+                    "never" => Close::Never,
+                    other => Close::Shutdown(cli::mode(other).map_err(|_| {
+                        format!(
+                            "invalid --close '{other}' \
+                             (bidirectional, send-only, quiet, abrupt, reset or never)"
+                        )
+                    })?),
+                }
+            }
+            "--flush-timeout-ms" => o.policy = o.policy.flush_timeout(args.millis(&flag)?),
+            "--peer-timeout-ms" => o.policy = o.policy.peer_timeout(args.millis(&flag)?),
+            "--tls12" => {
+                args.switch(&flag)?;
+                o.tls12 = true;
+            }
+            "--json" => {
+                args.switch(&flag)?;
+                o.json = true;
+            }
+            "--help" | "-h" => return Err(String::new()),
+            other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    if o.connect.is_empty() {
+        return Err("--connect is required".into());
+    }
+    if o.insecure && o.ca.is_some() {
+        return Err("--ca and --insecure exclude each other".into());
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    env_logger::init();
+    let mut options = match parse_options() {
+        Ok(o) => o,
+        Err(msg) => {
+            if !msg.is_empty() {
+                eprintln!("echo_client: {msg}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let mode = match options.close {
+        Close::Shutdown(mode) => mode,
+        _ => Mode::Bidirectional,
+    };
+    let policy = match std::mem::take(&mut options.policy).mode(mode).build() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("echo_client: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&options, &policy) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            if options.json {
+                eprintln!("{}", json!({ "outcome": "failed", "error": e }));
+            } else {
+                eprintln!("echo_client: {e}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn connect(options: &Options) -> Result<SslStream<TcpStream>, String> {
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    if options.tls12 {
+        builder
+            .set_max_proto_version(Some(SslVersion::TLS1_2))
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(ca) = &options.ca {
+        builder
+            .set_ca_file(ca)
+            .map_err(|e| format!("cannot use CA file {}: {e}", ca.display()))?;
+    }
+    if options.insecure {
+        builder.set_verify(SslVerifyMode::NONE);
+    }
+    let connector = builder.build();
+
+    let addr = options
+        .connect
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", options.connect))?
+        .next()
+        .ok_or_else(|| format!("no address for {}", options.connect))?;
+    let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    tcp.set_nodelay(true).ok();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).ok();
+    tcp.set_write_timeout(Some(IO_TIMEOUT)).ok();
+    let host = options.connect.rsplit_once(':').map_or("", |(h, _)| h);
+    let name = options.servername.as_deref().unwrap_or(host);
+    let mut config = connector.configure().map_err(|e| e.to_string())?;
+    if options.insecure {
+        config.set_verify_hostname(false);
+    }
+    config
+        .connect(name, tcp)
+        .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))
+}
+
+/// Runs the client; `Ok(true)` when the connection ended `clean` or `sent_only`.
+fn run(options: &Options, policy: &Policy) -> Result<bool, String> {
+    let message = match &options.message {
+        Some(m) => m.clone().into_bytes(),
+        None => {
+            let mut m = Vec::new();
+            io::stdin()
+                .read_to_end(&mut m)
+                .map_err(|e| format!("cannot read stdin: {e}"))?;
+            m
+        }
+    };
+    let mut stream = connect(options)?;
+    stream
+        .write_all(&message)
+        .map_err(|e| format!("cannot send: {e}"))?;
+    let mut stdout = io::stdout().lock();
+
+    if options.close == Close::Shutdown(Mode::Bidirectional) {
+        let (report, echoed) = half_close(&mut stream, policy, &mut stdout)?;
+        return Ok(finish(options, Some(&report), echoed, None));
+    }
+
+    // The other modes read the whole echo first, so that nothing is left unread
+    // (unread input would turn the close into an RST) and the server sees exactly
+    // the behaviour asked for.
+    let mut echo = vec![0u8; message.len()];
+    stream
+        .read_exact(&mut echo)
+        .map_err(|e| format!("cannot read the echo: {e}"))?;
+    stdout.write_all(&echo).ok();
+    stdout.flush().ok();
+    let echoed = echo.len() as u64;
+    match options.close {
+        Close::Shutdown(_) => {
+            let report = shutdown_blocking(&mut stream, policy);
+            Ok(finish(options, Some(&report), echoed, None))
+        }
+        Close::Abrupt => {
+            drop(stream); // FIN, no close_notify
+            Ok(finish(options, None, echoed, Some("abrupt")))
+        }
+        Close::Reset => {
+            socket2::SockRef::from(stream.get_ref())
+                .set_linger(Some(Duration::ZERO))
+                .map_err(|e| e.to_string())?;
+            drop(stream); // RST
+            Ok(finish(options, None, echoed, Some("reset")))
+        }
+        Close::Never => {
+            // Hold the connection without ever answering, until the server closes.
+            stream.get_ref().set_read_timeout(None).ok();
+            let mut raw = [0u8; 4096];
+            while matches!(stream.get_mut().read(&mut raw), Ok(n) if n > 0) {}
+            Ok(finish(options, None, echoed, Some("never")))
+        }
+    }
+}
+
+/// Sends close_notify + SHUT_WR and reads the rest of the echo until the server's
+/// close_notify, writing it to `out`. Returns the report and the bytes echoed.
+fn half_close(
+    stream: &mut SslStream<TcpStream>,
+    policy: &Policy,
+    out: &mut impl Write,
+) -> Result<(Report, u64), String> {
+    stream
+        .get_ref()
+        .set_nonblocking(true)
+        .map_err(|e| e.to_string())?;
+    let fd = stream.get_ref().as_raw_fd();
+    let mut shutdown = Shutdown::new(&mut *stream, policy);
+    let mut buf = [0u8; 16 * 1024];
+    let mut echoed = 0u64;
+    let mut ready = Ready::NONE;
+    loop {
+        let (n, progress) = shutdown.poll_read(Instant::now(), ready, &mut buf);
+        if n > 0 {
+            out.write_all(&buf[..n]).ok();
+            echoed += n as u64;
+        }
+        match progress {
+            Progress::Done(report) => {
+                out.flush().ok();
+                return Ok((report, echoed));
+            }
+            // More may be buffered: call again at once.
+            Progress::Wait(_) if n > 0 => ready = Ready::NONE,
+            Progress::Wait(wait) => {
+                ready = wait_fd(fd, wait.interest, wait.timeout(Instant::now()))
+            }
+        }
+    }
+}
+
+/// poll(2) on one fd.
+fn wait_fd(fd: i32, interest: Interest, timeout: Duration) -> Ready {
+    let events = match interest {
+        Interest::Read => libc::POLLIN,
+        Interest::Write => libc::POLLOUT,
+        Interest::Timer => 0,
+    };
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32 + 1;
+    // SAFETY: one valid pollfd.
+    match unsafe { libc::poll(&mut pfd, 1, ms) } {
+        1 => Ready::ALL,
+        _ => Ready::NONE,
+    }
+}
+
+/// Prints the report (or what the misbehaving mode did); true for clean/sent_only.
+fn finish(options: &Options, report: Option<&Report>, echoed: u64, close: Option<&str>) -> bool {
+    match (report, options.json) {
+        (Some(r), true) => eprintln!(
+            "{}",
+            json!({
+                "outcome": r.outcome.as_str(),
+                "initiator": r.initiator.as_str(),
+                "stage": r.stage.as_str(),
+                "alert": r.alert.map(|a| a.alert.code()),
+                "alert_name": r.alert.map(|a| a.alert.name()),
+                "os_error": r.os_error,
+                "bytes_echoed": echoed,
+                "discarded_bytes": r.discarded_bytes,
+                "elapsed_ms": r.elapsed.as_millis() as u64,
+                "tls_version": r.tls_version.map(|v| v.as_str()),
+                "session_resumable": r.session_resumable,
+            })
+        ),
+        (Some(r), false) => eprintln!("{echoed} bytes echoed; {r}"),
+        (None, true) => eprintln!("{}", json!({ "close": close, "bytes_echoed": echoed })),
+        (None, false) => eprintln!("{echoed} bytes echoed; closed: {}", close.unwrap_or("?")),
+    }
+    report.is_some_and(|r| r.outcome.is_orderly())
+}
