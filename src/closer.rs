@@ -208,7 +208,7 @@ impl<T> Closer<T> {
             self.free.push(index);
             return Err(Rejected { stream, tag, error });
         }
-        ossl::release_buffers(&stream);
+        ossl::prepare_for_closer(&mut stream);
         let mut shutdown = prepare(Shutdown::new(stream, &self.policy));
         // Registered just now: epoll reports what is already waiting, so the
         // machine need not try a read before it waits.
@@ -221,6 +221,11 @@ impl<T> Closer<T> {
             deadline: now,
         });
         self.drive(index, Ready::NONE, now);
+        // Waiting now: hand OpenSSL's record buffers back until the peer's alert
+        // arrives (with RELEASE_BUFFERS, the ones it then needs are freed again).
+        if let Some(entry) = self.slots[index].entry.as_mut() {
+            ossl::free_buffers(entry.shutdown.get_mut());
+        }
         Ok(())
     }
 

@@ -28,6 +28,8 @@ extern "C" {
     fn SSL_get_options(s: *const ffi::SSL) -> u64;
     fn SSL_clear_options(s: *mut ffi::SSL, op: u64) -> u64;
     fn SSL_set_options(s: *mut ffi::SSL, op: u64) -> u64;
+    fn SSL_free_buffers(s: *mut ffi::SSL) -> c_int;
+    fn SSL_set_read_ahead(s: *mut ffi::SSL, yes: c_int);
 }
 
 // The option constants are `uint64_t` in OpenSSL 3 and `unsigned long` before.
@@ -394,9 +396,28 @@ impl<S: Read + Write + AsFd> Connection for SslStream<S> {
     }
 }
 
-/// Sets `SSL_MODE_RELEASE_BUFFERS` on a stream handed to the [`Closer`](crate::Closer).
-pub(crate) fn release_buffers<S>(stream: &SslStream<S>) {
+/// Prepares a stream the [`Closer`](crate::Closer) now owns: `SSL_MODE_RELEASE_BUFFERS`,
+/// so that buffers OpenSSL allocates for the last records are freed once empty,
+/// and read-ahead, so that the peer's close_notify takes one `recv` instead of two
+/// (header, then body). Read-ahead may pull in bytes beyond the close_notify;
+/// harmless here, since the Closer closes the socket after it (it is off for
+/// streams the caller keeps, which could carry plaintext after TLS).
+pub(crate) fn prepare_for_closer<S>(stream: &mut SslStream<S>) {
     on_ssl::release_buffers(stream.ssl());
+    let ssl = stream_ssl_mut(stream);
+    // SAFETY: `ssl` is valid; SSL_set_read_ahead only sets a flag.
+    unsafe { SSL_set_read_ahead(ssl.as_ptr(), 1) };
+}
+
+/// Frees the record buffers a connection still holds from its handshake or its
+/// application traffic, if they are empty (`SSL_free_buffers`): a shutdown that
+/// waits for the peer needs none until the peer's alert arrives.
+pub(crate) fn free_buffers<S>(stream: &mut SslStream<S>) {
+    let ssl = stream_ssl_mut(stream);
+    // SAFETY: `ssl` is valid; SSL_free_buffers frees only empty buffers (it
+    // returns 0 and keeps them when data is pending).
+    unsafe { SSL_free_buffers(ssl.as_ptr()) };
+    on_ssl::clear_errors();
 }
 
 /// `&mut SslRef` of a stream; rust-openssl only hands out `&SslRef`.

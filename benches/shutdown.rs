@@ -1,0 +1,858 @@
+//! What a shutdown costs, against what users would use instead.
+//!
+//! ```text
+//! cargo bench --bench shutdown                    # everything (a few minutes)
+//! cargo bench --bench shutdown -- --quick         # smoke run (seconds)
+//! cargo bench --bench shutdown -- --json out.json # also write the figures
+//! scripts/syscalls.sh                             # section 2, under strace
+//! ```
+//!
+//! The peers run in a second process (this binary, re-executed), one thread on
+//! mio, on two listeners: one answers close_notify, one stays silent. Our side's
+//! CPU is measured with `getrusage(RUSAGE_THREAD)` on the closing thread, so the
+//! peers' work is never counted. Connections are established before timing
+//! starts; handshakes are excluded. TLS 1.3, X25519, P-256 certificate; the peer
+//! sends no session tickets, so that only the shutdown itself is measured.
+
+use std::env;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use closenotify::{Closer, DeadlineQueue, Outcome, Policy};
+use openssl::ssl::{
+    ErrorCode, ShutdownResult, Ssl, SslContext, SslContextBuilder, SslMethod, SslStream,
+    SslVerifyMode, SslVersion,
+};
+use serde_json::{json, Value};
+
+fn main() {
+    if env::var_os(peer::ENV).is_some() {
+        raise_fd_limit();
+        peer::main();
+        return;
+    }
+    let args: Vec<String> = env::args().skip(1).collect();
+    raise_fd_limit();
+    if let Some(i) = args.iter().position(|a| a == "--syscalls") {
+        let which = args.get(i + 1).map(String::as_str).unwrap_or("closenotify");
+        let n = args.get(i + 2).and_then(|s| s.parse().ok()).unwrap_or(1000);
+        syscalls::main(which, n);
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let json_path = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1).cloned());
+
+    let machine = machine();
+    println!(
+        "closenotify benchmarks{}",
+        if quick { " (quick)" } else { "" }
+    );
+    for (k, v) in machine.as_object().into_iter().flatten() {
+        println!("  {k}: {}", v.as_str().unwrap_or(&v.to_string()));
+    }
+    let peer = peer::Peer::spawn();
+    let mut results = json!({ "machine": machine, "quick": quick });
+    results["per_shutdown"] = per_shutdown::run(&peer, quick);
+    results["mass_close"] = mass::run(&peer, quick);
+    results["deadline_queue"] = queue::run(quick);
+    results["timeout_precision"] = precision::run(&peer, quick);
+    if let Some(path) = json_path {
+        std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+        println!("\nfigures written to {path}");
+    }
+}
+
+// --- measurement helpers -----------------------------------------------------------
+
+/// User + system CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // RUSAGE_THREAD (1, Linux): the calling thread only.
+    // SAFETY: getrusage writes one rusage.
+    let usage = unsafe {
+        libc::getrusage(1, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Runs `f`, returning (CPU of this thread, wall time).
+fn measure<R>(f: impl FnOnce() -> R) -> (Duration, Duration, R) {
+    let (cpu0, wall0) = (thread_cpu(), Instant::now());
+    let r = f();
+    (thread_cpu() - cpu0, wall0.elapsed(), r)
+}
+
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rss_bytes() -> u64 {
+    status_kib("VmRSS:") * 1024
+}
+
+fn peak_rss_bytes() -> u64 {
+    status_kib("VmHWM:") * 1024
+}
+
+/// Resets the peak RSS (VmHWM) to the current RSS.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Heap bytes in use (glibc's accounting), after returning free pages to the OS.
+fn heap_in_use() -> u64 {
+    // SAFETY: plain glibc calls without pointers.
+    unsafe {
+        libc::malloc_trim(0);
+        let m = libc::mallinfo2();
+        (m.uordblks + m.hblkhd) as u64
+    }
+}
+
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit read and write one rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: as above.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    lim.rlim_cur
+}
+
+/// For silent peers: their shutdowns time out, and the RST of a reset on every
+/// timeout is what tells the peer process to let go of its side.
+fn silent_policy(peer_timeout: Duration) -> Policy {
+    Policy::builder()
+        .peer_timeout(peer_timeout)
+        .reset_on_timeout(closenotify::ResetOnTimeout::Always)
+        .build()
+        .unwrap()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown".into(), |s| s.trim().to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let rustc = Command::new("rustc")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    json!({
+        "cpu": model,
+        "cores": cores.to_string(),
+        "kernel": kernel.trim(),
+        "openssl": openssl::version::version(),
+        "rustc": rustc,
+        "fd_limit": fd_limit().to_string(),
+    })
+}
+
+// --- our side of the connections ----------------------------------------------------
+
+fn client_ctx() -> SslContext {
+    let mut b = SslContextBuilder::new(SslMethod::tls_client()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
+    b.build()
+}
+
+/// `n` established connections to `addr`, handshaken on two threads.
+fn establish<S: Send + 'static>(
+    addr: SocketAddr,
+    n: usize,
+    wrap: fn(std::net::TcpStream) -> S,
+) -> Vec<SslStream<S>>
+where
+    S: Read + Write + std::fmt::Debug,
+{
+    let ctx = Arc::new(client_ctx());
+    let threads: Vec<_> = (0..2)
+        .map(|t| {
+            let ctx = ctx.clone();
+            std::thread::spawn(move || {
+                (t..n)
+                    .step_by(2)
+                    .map(|_| {
+                        let tcp = std::net::TcpStream::connect(addr).expect("connect");
+                        tcp.set_nodelay(true).unwrap();
+                        let ssl = Ssl::new(&ctx).unwrap();
+                        ssl.connect(wrap(tcp)).expect("handshake")
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
+fn establish_mio(addr: SocketAddr, n: usize) -> Vec<closenotify::Stream> {
+    let mut v = establish(addr, n, mio::net::TcpStream::from_std);
+    for s in &mut v {
+        socket2::SockRef::from(s.get_ref())
+            .set_nonblocking(true)
+            .unwrap();
+    }
+    v
+}
+
+// --- 1. per shutdown -----------------------------------------------------------------
+
+mod per_shutdown {
+    use super::*;
+
+    pub fn run(peer: &peer::Peer, quick: bool) -> Value {
+        let (n, rounds) = if quick { (200, 1) } else { (1000, 7) };
+        println!("\n1. Per clean bidirectional shutdown ({n} connections per round, {rounds} rounds, median)");
+        let policy = Policy::default();
+        let (mut cn, mut ro, mut tk) = (vec![], vec![], vec![]);
+        for _ in 0..rounds {
+            cn.push(closenotify(peer.answer, n, &policy));
+            ro.push(rust_openssl(peer.answer, n));
+            tk.push(tokio_openssl(peer.answer, n));
+        }
+        let summarise = |v: &Vec<(f64, f64)>| {
+            (
+                median(v.iter().map(|x| x.0).collect()),
+                median(v.iter().map(|x| x.1).collect()),
+            )
+        };
+        let (cn_cpu, cn_wall) = summarise(&cn);
+        let (ro_cpu, ro_wall) = summarise(&ro);
+        let (tk_cpu, tk_wall) = summarise(&tk);
+        println!("  {:<32} {:>12} {:>14}", "", "CPU µs/conn", "wall µs/conn");
+        println!(
+            "  {:<32} {:>12.2} {:>14.2}",
+            "closenotify Closer (1 thread)", cn_cpu, cn_wall
+        );
+        println!(
+            "  {:<32} {:>12.2} {:>14.2}",
+            "rust-openssl shutdown() loop", ro_cpu, ro_wall
+        );
+        println!(
+            "  {:<32} {:>12.2} {:>14.2}",
+            "tokio-openssl shutdown + EOF", tk_cpu, tk_wall
+        );
+        println!(
+            "  CPU ratios: closenotify / rust-openssl = {:.2} (target <= 1.15), closenotify / tokio-openssl = {:.2} (target <= 0.67)",
+            cn_cpu / ro_cpu,
+            cn_cpu / tk_cpu
+        );
+        json!({
+            "connections": n, "rounds": rounds,
+            "closenotify": { "cpu_us": cn_cpu, "wall_us": cn_wall },
+            "rust_openssl": { "cpu_us": ro_cpu, "wall_us": ro_wall },
+            "tokio_openssl": { "cpu_us": tk_cpu, "wall_us": tk_wall },
+            "ratio_vs_rust_openssl": cn_cpu / ro_cpu,
+            "ratio_vs_tokio_openssl": cn_cpu / tk_cpu,
+        })
+    }
+
+    /// The Closer, on this thread, with its own poll.
+    pub fn closenotify(addr: SocketAddr, n: usize, policy: &Policy) -> (f64, f64) {
+        let conns = establish_mio(addr, n);
+        let (cpu, wall, clean) = measure(|| {
+            let mut closer: Closer = Closer::new(policy).unwrap();
+            for c in conns {
+                closer.add(c, ()).unwrap();
+            }
+            closer.finish().unwrap();
+            closer
+                .reports()
+                .filter(|(_, r)| r.outcome == Outcome::Clean)
+                .count()
+        });
+        assert_eq!(clean, n, "closenotify: not every shutdown was clean");
+        (us(cpu) / n as f64, us(wall) / n as f64)
+    }
+
+    /// The cost floor of OpenSSL itself: `shutdown()` until `Received`, blocking.
+    pub fn rust_openssl(addr: SocketAddr, n: usize) -> (f64, f64) {
+        let conns = establish(addr, n, |t| t);
+        let (cpu, wall, ()) = measure(|| {
+            for mut c in conns {
+                loop {
+                    match c.shutdown() {
+                        Ok(ShutdownResult::Received) => break,
+                        Ok(ShutdownResult::Sent) => {}
+                        Err(e) => panic!("rust-openssl shutdown: {e}"),
+                    }
+                }
+            }
+        });
+        (us(cpu) / n as f64, us(wall) / n as f64)
+    }
+
+    /// What Rust users write today: `shutdown().await`, then read to EOF under a
+    /// timeout, one task per connection on a current-thread runtime.
+    pub fn tokio_openssl(addr: SocketAddr, n: usize) -> (f64, f64) {
+        let (rt, conns) = tokio_setup(addr, n);
+        let (cpu, wall, clean) = measure(|| tokio_close(&rt, conns));
+        assert_eq!(clean, n, "tokio-openssl: not every shutdown completed");
+        (us(cpu) / n as f64, us(wall) / n as f64)
+    }
+
+    pub type TokioStream = tokio_openssl::SslStream<tokio::net::TcpStream>;
+
+    /// A current-thread runtime and `n` connections established on it.
+    pub fn tokio_setup(addr: SocketAddr, n: usize) -> (tokio::runtime::Runtime, Vec<TokioStream>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ctx = client_ctx();
+        let conns = rt.block_on(async {
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                tcp.set_nodelay(true).unwrap();
+                let mut s = tokio_openssl::SslStream::new(Ssl::new(&ctx).unwrap(), tcp).unwrap();
+                std::pin::Pin::new(&mut s).connect().await.unwrap();
+                v.push(s);
+            }
+            v
+        });
+        (rt, conns)
+    }
+
+    /// Shuts every connection down; returns how many saw the peer's close_notify.
+    pub fn tokio_close(rt: &tokio::runtime::Runtime, conns: Vec<TokioStream>) -> usize {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        rt.block_on(async {
+            let tasks: Vec<_> = conns
+                .into_iter()
+                .map(|mut s| {
+                    tokio::spawn(async move {
+                        s.shutdown().await.ok()?;
+                        let mut buf = [0u8; 1024];
+                        tokio::time::timeout(Duration::from_secs(3), async {
+                            loop {
+                                match s.read(&mut buf).await {
+                                    Ok(0) => return Some(()),
+                                    Ok(_) => {}
+                                    Err(_) => return None,
+                                }
+                            }
+                        })
+                        .await
+                        .ok()?
+                    })
+                })
+                .collect();
+            let mut clean = 0;
+            for t in tasks {
+                if t.await.unwrap().is_some() {
+                    clean += 1;
+                }
+            }
+            clean
+        })
+    }
+}
+
+// --- 3. mass close ---------------------------------------------------------------------
+
+mod mass {
+    use super::*;
+
+    pub fn run(peer: &peer::Peer, quick: bool) -> Value {
+        let limit = fd_limit() as usize;
+        let mut sizes: Vec<usize> = if quick {
+            vec![500]
+        } else {
+            vec![1000, 2500, 5000, 10_000, 15_000, 19_000]
+        };
+        sizes.retain(|&n| n + 200 <= limit);
+        println!("\n3. Mass close: N connections shut down at once on one thread (peers answer)");
+        println!(
+            "  {:>7} {:>12} {:>12} {:>14} {:>14}",
+            "N", "last report", "per conn", "peak RSS MiB", "RSS delta/conn"
+        );
+        let mut rows = vec![];
+        for &n in &sizes {
+            let conns = establish_mio(peer.answer, n);
+            heap_in_use();
+            reset_peak_rss();
+            let rss0 = rss_bytes();
+            let mut closer: Closer = Closer::new(&Policy::default()).unwrap();
+            let start = Instant::now();
+            for c in conns {
+                closer.add(c, ()).unwrap();
+            }
+            closer.finish().unwrap();
+            let last = start.elapsed();
+            let clean = closer
+                .reports()
+                .filter(|(_, r)| r.outcome == Outcome::Clean)
+                .count();
+            assert_eq!(clean, n);
+            let peak = peak_rss_bytes();
+            println!(
+                "  {:>7} {:>10.1}ms {:>10.2}µs {:>14.1} {:>14}",
+                n,
+                last.as_secs_f64() * 1e3,
+                us(last) / n as f64,
+                peak as f64 / 1048576.0,
+                (peak.saturating_sub(rss0)) / n as u64
+            );
+            rows.push(json!({
+                "connections": n,
+                "last_report_ms": last.as_secs_f64() * 1e3,
+                "peak_rss_bytes": peak,
+                "rss_before_bytes": rss0,
+            }));
+        }
+        let cost = pending_cost(peer, if quick { 500 } else { 10_000.min(limit - 200) });
+        json!({ "runs": rows, "pending_cost": cost })
+    }
+
+    /// What an idle connection costs, and what it costs once it is a pending
+    /// shutdown (buffers released, waiting for a silent peer).
+    fn pending_cost(peer: &peer::Peer, n: usize) -> Value {
+        let (heap0, rss0) = (heap_in_use(), rss_bytes());
+        let conns = establish_mio(peer.silent, n);
+        let (heap1, rss1) = (heap_in_use(), rss_bytes());
+        // Silent peers: the shutdowns stay pending until the timeout, whose RST
+        // (reset on every timeout) releases the peer's side.
+        let mut closer: Closer = Closer::new(&silent_policy(Duration::from_secs(2))).unwrap();
+        for c in conns {
+            closer.add(c, ()).unwrap();
+        }
+        assert_eq!(closer.pending(), n);
+        let (heap2, rss2) = (heap_in_use(), rss_bytes());
+        let per = |a: u64, b: u64| b.saturating_sub(a) / n as u64;
+        println!(
+            "  Per connection ({n} connections, heap = glibc in-use bytes after malloc_trim):"
+        );
+        println!(
+            "    open idle connection:  heap {:>6} B   RSS {:>6} B",
+            per(heap0, heap1),
+            per(rss0, rss1)
+        );
+        println!(
+            "    pending shutdown:      heap {:>6} B   RSS {:>6} B   ({:.0}% of an idle connection's heap)",
+            per(heap0, heap2),
+            per(rss0, rss2),
+            100.0 * per(heap0, heap2) as f64 / per(heap0, heap1).max(1) as f64
+        );
+        closer.finish().unwrap();
+        json!({
+            "connections": n,
+            "idle_heap_bytes": per(heap0, heap1),
+            "idle_rss_bytes": per(rss0, rss1),
+            "pending_heap_bytes": per(heap0, heap2),
+            "pending_rss_bytes": per(rss0, rss2),
+        })
+    }
+}
+
+// --- 4. deadline queue -------------------------------------------------------------------
+
+mod queue {
+    use super::*;
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
+    pub fn run(quick: bool) -> Value {
+        let sizes: Vec<usize> = if quick {
+            vec![1000, 100_000]
+        } else {
+            vec![1000, 100_000, 1_000_000]
+        };
+        let ops = if quick { 200_000 } else { 2_000_000 };
+        println!(
+            "\n4. Deadline queue, fake clock: cost per timeout with N pending ({ops} timeouts)"
+        );
+        println!(
+            "  {:>9} {:>16} {:>16}",
+            "N", "lanes ns/timeout", "BinaryHeap ns"
+        );
+        let mut rows = vec![];
+        for &n in &sizes {
+            let lanes = lanes(n, ops);
+            let heap = heap(n, ops);
+            println!("  {:>9} {:>16.1} {:>16.1}", n, lanes, heap);
+            rows.push(json!({ "pending": n, "lanes_ns": lanes, "binary_heap_ns": heap }));
+        }
+        let first = rows[0]["lanes_ns"].as_f64().unwrap();
+        let last = rows.last().unwrap()["lanes_ns"].as_f64().unwrap();
+        println!(
+            "  lanes: cost at {} pending / cost at 1000 = {:.2} (target <= 2)",
+            sizes.last().unwrap(),
+            last / first
+        );
+        json!({ "timeouts": ops, "runs": rows, "ratio_largest_vs_1000": last / first })
+    }
+
+    /// Steady state with `n` pending: two timeouts in use (a flush and a peer
+    /// timeout), one deadline expires and one new connection arrives per step, as
+    /// in a server closing connections at a constant rate.
+    fn lanes(n: usize, ops: usize) -> f64 {
+        let t0 = Instant::now();
+        let tick = Duration::from_nanos(1000);
+        let (short, long) = (tick * n as u32, tick * (2 * n) as u32);
+        let mut q = DeadlineQueue::new();
+        let mut now = t0;
+        for i in 0..n {
+            now += tick;
+            q.push(now + if i % 2 == 0 { short } else { long }, i as u64);
+        }
+        let start = Instant::now();
+        let mut popped = 0u64;
+        for i in 0..ops {
+            now += tick;
+            q.push(now + if i % 2 == 0 { short } else { long }, i as u64);
+            while let Some((_, k)) = q.pop_expired(now) {
+                popped = popped.wrapping_add(k);
+            }
+        }
+        std::hint::black_box(popped);
+        start.elapsed().as_nanos() as f64 / ops as f64
+    }
+
+    fn heap(n: usize, ops: usize) -> f64 {
+        let t0 = Instant::now();
+        let tick = Duration::from_nanos(1000);
+        let (short, long) = (tick * n as u32, tick * (2 * n) as u32);
+        let mut q = BinaryHeap::new();
+        let mut now = t0;
+        for i in 0..n {
+            now += tick;
+            q.push(Reverse((
+                now + if i % 2 == 0 { short } else { long },
+                i as u64,
+            )));
+        }
+        let start = Instant::now();
+        let mut popped = 0u64;
+        for i in 0..ops {
+            now += tick;
+            q.push(Reverse((
+                now + if i % 2 == 0 { short } else { long },
+                i as u64,
+            )));
+            while q.peek().is_some_and(|Reverse((d, _))| *d <= now) {
+                let Reverse((_, k)) = q.pop().unwrap();
+                popped = popped.wrapping_add(k);
+            }
+        }
+        std::hint::black_box(popped);
+        start.elapsed().as_nanos() as f64 / ops as f64
+    }
+}
+
+// --- 5. timeout precision ----------------------------------------------------------------
+
+mod precision {
+    use super::*;
+
+    pub fn run(peer: &peer::Peer, quick: bool) -> Value {
+        let n = if quick { 500 } else { 10_000 };
+        let timeout = Duration::from_millis(500);
+        println!("\n5. Timeout precision: {n} silent peers, peer_timeout {timeout:?}");
+        let conns = establish_mio(peer.silent, n);
+        let mut closer: Closer<usize> = Closer::new(&silent_policy(timeout)).unwrap();
+        let mut deadlines = Vec::with_capacity(n);
+        for (i, c) in conns.into_iter().enumerate() {
+            // Taken just before the hand-over: the Closer's own deadline is a few
+            // microseconds later, so lateness is overstated by that much at most.
+            deadlines.push(Instant::now() + timeout);
+            closer.add(c, i).unwrap();
+        }
+        let mut late = Vec::with_capacity(n);
+        while closer.pending() > 0 {
+            closer.poll(None).unwrap();
+            let now = Instant::now();
+            for (i, r) in closer.reports() {
+                assert_eq!(r.outcome, Outcome::TimedOut);
+                late.push(now.saturating_duration_since(deadlines[i]).as_secs_f64() * 1e3);
+            }
+        }
+        late.sort_by(f64::total_cmp);
+        let (p50, p99, max) = (
+            percentile(&late, 0.5),
+            percentile(&late, 0.99),
+            *late.last().unwrap(),
+        );
+        println!("  lateness of timed_out reports: median {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms (target p99 <= 5 ms)");
+        json!({ "peers": n, "timeout_ms": 500, "median_ms": p50, "p99_ms": p99, "max_ms": max })
+    }
+}
+
+// --- 2. system calls (driven by scripts/syscalls.sh) -------------------------------------
+
+mod syscalls {
+    use super::*;
+
+    /// Establishes `n` connections, prints `READY <tid>`, waits for a line on stdin
+    /// (the script attaches strace to this thread meanwhile), shuts them all down
+    /// with `which`, prints `DONE`, and waits for a last line before exiting.
+    pub fn main(which: &str, n: usize) {
+        let peer = peer::Peer::spawn();
+        let policy = Policy::default();
+        let stdin = io::stdin();
+        let mut line = String::new();
+        // Set up, then hand the thread over to strace.
+        let run: Box<dyn FnOnce()> = match which {
+            "closenotify" => {
+                let conns = establish_mio(peer.answer, n);
+                Box::new(move || {
+                    let mut closer: Closer = Closer::new(&policy).unwrap();
+                    for c in conns {
+                        closer.add(c, ()).unwrap();
+                    }
+                    closer.finish().unwrap();
+                })
+            }
+            "rust-openssl" => {
+                let conns = establish(peer.answer, n, |t| t);
+                Box::new(move || {
+                    for mut c in conns {
+                        while !matches!(c.shutdown(), Ok(ShutdownResult::Received) | Err(_)) {}
+                    }
+                })
+            }
+            "tokio-openssl" => {
+                let (rt, conns) = per_shutdown::tokio_setup(peer.answer, n);
+                Box::new(move || {
+                    per_shutdown::tokio_close(&rt, conns);
+                })
+            }
+            other => panic!("unknown implementation {other}"),
+        };
+        // SAFETY: gettid has no arguments.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+        println!("READY {tid}");
+        io::stdout().flush().unwrap();
+        stdin.lock().read_line(&mut line).unwrap();
+        run();
+        println!("DONE");
+        io::stdout().flush().unwrap();
+        line.clear();
+        stdin.lock().read_line(&mut line).unwrap();
+    }
+}
+
+// --- the peer process -------------------------------------------------------------------
+
+mod peer {
+    use super::*;
+    use mio::net::TcpListener;
+    use mio::{Events, Interest, Poll, Token};
+
+    pub const ENV: &str = "CLOSENOTIFY_BENCH_PEER";
+
+    /// The peer process: `answer` answers close_notify, `silent` never does.
+    pub struct Peer {
+        child: Child,
+        pub answer: SocketAddr,
+        pub silent: SocketAddr,
+    }
+
+    impl Peer {
+        pub fn spawn() -> Peer {
+            let mut child = Command::new(env::current_exe().unwrap())
+                .env(ENV, "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("peer process");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let mut it = line.split_whitespace().skip(1).map(|a| a.parse().unwrap());
+            let (answer, silent) = (it.next().unwrap(), it.next().unwrap());
+            Peer {
+                child,
+                answer,
+                silent,
+            }
+        }
+    }
+
+    impl Drop for Peer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    enum St {
+        Handshake,
+        Read,
+        Answer,
+        Drain,
+        /// Silent: never answers, never closes; an RST (our timeout) ends it.
+        Hold,
+    }
+
+    struct Conn {
+        s: SslStream<mio::net::TcpStream>,
+        answer: bool,
+        st: St,
+    }
+
+    const ANSWER: Token = Token(0);
+    const SILENT: Token = Token(1);
+
+    pub fn main() {
+        let (cert, key) = closenotify::doc_support::self_signed("localhost").unwrap();
+        let mut b = SslContextBuilder::new(SslMethod::tls_server()).unwrap();
+        b.set_certificate(&cert).unwrap();
+        b.set_private_key(&key).unwrap();
+        b.set_num_tickets(0).unwrap();
+        let ctx = b.build();
+        let mut poll = Poll::new().unwrap();
+        let listeners = [ANSWER, SILENT].map(|t| {
+            let mut l = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            poll.registry()
+                .register(&mut l, t, Interest::READABLE)
+                .unwrap();
+            l
+        });
+        println!(
+            "PORTS {} {}",
+            listeners[0].local_addr().unwrap(),
+            listeners[1].local_addr().unwrap()
+        );
+        io::stdout().flush().unwrap();
+        let mut conns: Vec<Option<Conn>> = Vec::new();
+        let mut free: Vec<usize> = Vec::new();
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if poll.poll(&mut events, None).is_err() {
+                continue;
+            }
+            for event in events.iter() {
+                let t = event.token().0;
+                if t < 2 {
+                    while let Ok((tcp, _)) = listeners[t].accept() {
+                        tcp.set_nodelay(true).ok();
+                        let i = free.pop().unwrap_or_else(|| {
+                            conns.push(None);
+                            conns.len() - 1
+                        });
+                        let mut s = SslStream::new(Ssl::new(&ctx).unwrap(), tcp).unwrap();
+                        poll.registry()
+                            .register(
+                                s.get_mut(),
+                                Token(i + 2),
+                                Interest::READABLE | Interest::WRITABLE,
+                            )
+                            .unwrap();
+                        conns[i] = Some(Conn {
+                            s,
+                            answer: t == 0,
+                            st: St::Handshake,
+                        });
+                        if !step(conns[i].as_mut().unwrap()) {
+                            conns[i] = None;
+                            free.push(i);
+                        }
+                    }
+                } else if let Some(c) = conns[t - 2].as_mut() {
+                    if !step(c) {
+                        conns[t - 2] = None;
+                        free.push(t - 2);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes all the progress possible; false when the connection is done.
+    fn step(c: &mut Conn) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match c.st {
+                St::Handshake => match c.s.accept() {
+                    Ok(()) => c.st = St::Read,
+                    Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => {
+                        return true
+                    }
+                    Err(_) => return false,
+                },
+                St::Read => match c.s.ssl_read(&mut buf) {
+                    Ok(_) => {}
+                    Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
+                        c.st = if c.answer { St::Answer } else { St::Hold }
+                    }
+                    Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => {
+                        return true
+                    }
+                    Err(_) => return false,
+                },
+                St::Answer => match c.s.shutdown() {
+                    Ok(_) => c.st = St::Drain,
+                    Err(e) if e.code() == ErrorCode::WANT_WRITE => return true,
+                    Err(_) => return false,
+                },
+                St::Drain => match c.s.get_mut().read(&mut buf) {
+                    Ok(0) => return false,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                    Err(_) => return false,
+                },
+                St::Hold => match c.s.get_mut().read(&mut buf) {
+                    // Our half-close: keep holding (edge-triggered: the next event
+                    // is the RST).
+                    Ok(0) => return true,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                    Err(_) => return false,
+                },
+            }
+        }
+    }
+}
