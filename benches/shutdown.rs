@@ -223,6 +223,8 @@ where
                     .map(|_| {
                         let tcp = std::net::TcpStream::connect(addr).expect("connect");
                         tcp.set_nodelay(true).unwrap();
+                        // A stuck peer fails the benchmark instead of hanging it.
+                        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                         let ssl = Ssl::new(&ctx).unwrap();
                         ssl.connect(wrap(tcp)).expect("handshake")
                     })
@@ -845,9 +847,10 @@ mod peer {
                     Err(_) => return false,
                 },
                 St::Hold => match c.s.get_mut().read(&mut buf) {
-                    // Our half-close: keep holding (edge-triggered: the next event
-                    // is the RST).
-                    Ok(0) => return true,
+                    // Our half-close: keep holding. After a FIN, Linux answers 0
+                    // before it reports an error, so the RST that ends our side's
+                    // timeout shows up in SO_ERROR, not in read().
+                    Ok(0) => return !matches!(c.s.get_ref().take_error(), Ok(Some(_))),
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                     Err(_) => return false,

@@ -1,13 +1,22 @@
 #!/usr/bin/env python3
 """A TLS server built on Python's `ssl` module, used as an external peer by
-tests/external_peers.rs. It accepts one connection, completes the handshake and then
-behaves as MODE says once the test's close_notify arrives:
+tests/external_peers.rs and tests/c_api.rs. It accepts one connection, completes
+the handshake and then behaves as MODE says once the test's close_notify arrives:
 
   answer    answer with our close_notify (unwrap), then wait for EOF    -> clean
   silent    never read, never answer; sleep until killed                 -> timed_out
   truncate  close the TCP socket without close_notify                    -> truncated
   reset     SO_LINGER {1, 0}, then close: the kernel sends an RST        -> reset
   data      send --data-bytes of application data, then answer           -> clean
+
+or, from the end of the handshake on:
+
+  initiate  send close_notify first (unwrap: waits for the test's answer), then
+            wait for EOF                                                 -> clean, peer
+  alert     read until OpenSSL rejects a record (the test forges one): it has
+            then sent a fatal alert; sleep until killed                  -> peer_alert
+  reset-now SO_LINGER {1, 0}, then close: an RST right after the handshake
+  echo      echo every byte until the test's close_notify, then answer   -> clean
 
 The first line on stdout is the listening port. Errors go to stderr and make the
 exit status non-zero, so that the test can tell a peer bug from a library bug.
@@ -45,9 +54,34 @@ def wait_eof(raw):
         pass
 
 
+def reset(conn):
+    """struct linger {int l_onoff = 1; int l_linger = 0;}: close() sends an RST."""
+    linger = (1).to_bytes(4, sys.byteorder) + (0).to_bytes(4, sys.byteorder)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    conn.close()
+
+
+def sleep_forever():
+    while True:
+        time.sleep(3600)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["answer", "silent", "truncate", "reset", "data"])
+    ap.add_argument(
+        "mode",
+        choices=[
+            "answer",
+            "silent",
+            "truncate",
+            "reset",
+            "data",
+            "initiate",
+            "alert",
+            "reset-now",
+            "echo",
+        ],
+    )
     ap.add_argument("--cert", required=True)
     ap.add_argument("--key", required=True)
     ap.add_argument("--tls", choices=sorted(VERSIONS), required=True)
@@ -72,8 +106,43 @@ def main():
 
     if args.mode == "silent":
         # Does not even read: the test's close_notify stays in the socket buffer.
+        sleep_forever()
+    elif args.mode == "reset-now":
+        reset(conn)
+        log("reset sent")
+        return
+    elif args.mode == "initiate":
+        # unwrap() calls SSL_shutdown until the test's close_notify answers ours.
+        raw = conn.unwrap()
+        log("close_notify sent and answered")
+        wait_eof(raw)
+        raw.close()
+        log("done")
+        return
+    elif args.mode == "alert":
+        try:
+            while conn.recv(16384):
+                pass
+        except ssl.SSLError as e:
+            # OpenSSL raised this after sending its fatal alert to the test.
+            log(f"record rejected, fatal alert sent: {e}")
+            sleep_forever()
+        raise SystemExit("close_notify or EOF instead of a forged record")
+    elif args.mode == "echo":
+        echoed = 0
         while True:
-            time.sleep(3600)
+            chunk = conn.recv(16384)
+            if not chunk:  # the test's close_notify
+                break
+            conn.sendall(chunk)
+            echoed += len(chunk)
+        log(f"echoed {echoed} bytes, close_notify received")
+        raw = conn.unwrap()
+        log("close_notify sent")
+        wait_eof(raw)
+        raw.close()
+        log("done")
+        return
 
     got = read_until_close_notify(conn)
     if got:
@@ -84,10 +153,7 @@ def main():
         # Python never sends close_notify implicitly: close() is a bare TCP FIN.
         conn.close()
     elif args.mode == "reset":
-        # struct linger {int l_onoff = 1; int l_linger = 0;}: close() sends an RST.
-        linger = (1).to_bytes(4, sys.byteorder) + (0).to_bytes(4, sys.byteorder)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-        conn.close()
+        reset(conn)
     else:
         if args.mode == "data":
             # Legal: TLS lets a side keep writing after the other's close_notify.

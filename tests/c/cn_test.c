@@ -1,0 +1,812 @@
+/*
+ * cn_test.c: the C API (include/closenotify.h) exercised from C, as a C program
+ * uses it. Driven by tests/c_api.rs, which starts the peers and checks what this
+ * program prints.
+ *
+ *   cn_test blocking|step SCENARIO PORT 1.2|1.3 [--peer-timeout-ms N]
+ *       SCENARIO: plain           shut down right after the handshake
+ *                 peer-initiated  SSL_read until the peer's close_notify first
+ *                 alert           forge a TLS record under the TLS layer, wait
+ *                                 for the peer's answer (a fatal alert)
+ *   cn_test sigpipe PORT 1.2|1.3
+ *       SIGPIPE at its default action; the peer resets right after the
+ *       handshake; the shutdown must not kill this process.
+ *   cn_test errors
+ *       every result code of the API, no network peer.
+ *
+ * The network subcommands connect as a TLS client to 127.0.0.1:PORT with the
+ * version pinned, shut down with closenotify, and print the report on stdout as
+ * one line of key=value pairs. Exit status: 0 when every API call returned what
+ * it should (whatever the outcome: the driver judges that), 2 for a usage error,
+ * 3 for a failed check or setup step (the reason is on stderr).
+ *
+ * Everything is freed before a successful exit, so that valgrind's leak check
+ * (CLOSENOTIFY_VALGRIND=1 in the driver) finds nothing of ours.
+ */
+
+#define _POSIX_C_SOURCE 200809L
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include <closenotify.h>
+
+/* Bound of every wait this program does on its own (handshake, reads, poll). */
+#define WAIT_MS 5000
+
+/* ------------------------------------------------------------------------- */
+/* Checks                                                                     */
+/* ------------------------------------------------------------------------- */
+
+static void last_error(char *buf, size_t len)
+{
+    closenotify_last_error(buf, len);
+}
+
+#define FAIL(...)                                                              \
+    do {                                                                       \
+        fprintf(stderr, "cn_test: %s:%d: ", __FILE__, __LINE__);               \
+        fprintf(stderr, __VA_ARGS__);                                          \
+        fputc('\n', stderr);                                                   \
+        ERR_print_errors_fp(stderr);                                           \
+        exit(3);                                                               \
+    } while (0)
+
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        if (!(cond))                                                           \
+            FAIL("check failed: %s", #cond);                                   \
+    } while (0)
+
+/* `expr` (a closenotify call) returns `want`; on a mismatch, says what it got
+ * and the library's last error message. */
+#define CHECK_RC(expr, want)                                                   \
+    do {                                                                       \
+        closenotify_result got_ = (expr);                                      \
+        if (got_ != (want)) {                                                  \
+            char msg_[256];                                                    \
+            last_error(msg_, sizeof msg_);                                     \
+            FAIL("%s returned %s, expected %s (last error: \"%s\")", #expr,    \
+                 closenotify_result_name(got_), closenotify_result_name(want), \
+                 msg_);                                                        \
+        }                                                                      \
+    } while (0)
+
+/* The last error message is not empty and contains `needle`. */
+static void check_last_error(const char *needle, int line)
+{
+    char msg[512];
+    size_t n = closenotify_last_error(msg, sizeof msg);
+    if (n == 0 || msg[0] == '\0' || strstr(msg, needle) == NULL) {
+        fprintf(stderr, "cn_test: line %d: last error \"%s\" does not mention \"%s\"\n",
+                line, msg, needle);
+        exit(3);
+    }
+}
+#define CHECK_LAST_ERROR(needle) check_last_error((needle), __LINE__)
+
+static void check_str(const char *got, const char *want, const char *what, int line)
+{
+    if (got == NULL || strcmp(got, want) != 0) {
+        fprintf(stderr, "cn_test: line %d: %s is \"%s\", expected \"%s\"\n", line,
+                what, got ? got : "(NULL)", want);
+        exit(3);
+    }
+}
+#define CHECK_STR(got, want) check_str((got), (want), #got, __LINE__)
+
+/* ------------------------------------------------------------------------- */
+/* Reports                                                                    */
+/* ------------------------------------------------------------------------- */
+
+static int report_eq(const closenotify_report *a, const closenotify_report *b)
+{
+    return a->outcome == b->outcome && a->initiator == b->initiator &&
+           a->stage == b->stage && a->alert == b->alert &&
+           a->os_error == b->os_error &&
+           a->close_notify_sent == b->close_notify_sent &&
+           a->close_notify_received == b->close_notify_received &&
+           a->half_closed == b->half_closed &&
+           a->session_resumable == b->session_resumable &&
+           a->discarded_bytes == b->discarded_bytes &&
+           a->elapsed_ms == b->elapsed_ms && a->tls_version == b->tls_version &&
+           a->ssl_calls == b->ssl_calls;
+}
+
+static void print_report(const closenotify_report *r, unsigned steps)
+{
+    printf("outcome=%s initiator=%u stage=%s alert=%d alert_name=%s os_error=%d "
+           "close_notify_sent=%d close_notify_received=%d half_closed=%d "
+           "session_resumable=%d discarded_bytes=%" PRIu64 " elapsed_ms=%" PRIu64
+           " ssl_calls=%u tls_version=0x%04x steps=%u\n",
+           closenotify_outcome_name(r->outcome), (unsigned)r->initiator,
+           closenotify_stage_name(r->stage), r->alert,
+           closenotify_alert_name(r->alert), r->os_error,
+           r->close_notify_sent ? 1 : 0, r->close_notify_received ? 1 : 0,
+           r->half_closed ? 1 : 0, r->session_resumable ? 1 : 0,
+           r->discarded_bytes, r->elapsed_ms, (unsigned)r->ssl_calls,
+           (unsigned)r->tls_version, steps);
+    fflush(stdout);
+}
+
+/* A report filled with a recognisable pattern, to prove a failed call wrote
+ * nothing. */
+static closenotify_report sentinel_report(void)
+{
+    closenotify_report r;
+    memset(&r, 0xA5, sizeof r);
+    return r;
+}
+
+static int is_sentinel(const closenotify_report *r)
+{
+    closenotify_report s = sentinel_report();
+    return memcmp(r, &s, sizeof s) == 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* A TLS client connection, as a C program owns one: SSL_set_fd on a socket.   */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * SIGPIPE's action. Every closenotify call in this program runs with the
+ * default action (the process dies on a write to a reset connection), since
+ * the library must never raise it; this program's own OpenSSL I/O (handshake,
+ * reads) runs with it ignored, so that a peer failing there is a clear error
+ * message and not a silent death.
+ */
+static void sigpipe(void (*action)(int))
+{
+    if (signal(SIGPIPE, action) == SIG_ERR)
+        FAIL("signal(SIGPIPE): %s", strerror(errno));
+}
+
+struct conn {
+    int fd;
+    SSL_CTX *ctx;
+    SSL *ssl;
+};
+
+static int parse_version(const char *s)
+{
+    if (strcmp(s, "1.2") == 0)
+        return TLS1_2_VERSION;
+    if (strcmp(s, "1.3") == 0)
+        return TLS1_3_VERSION;
+    return 0;
+}
+
+static void conn_open(struct conn *c, int port, int version)
+{
+    c->fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (c->fd < 0)
+        FAIL("socket: %s", strerror(errno));
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((unsigned short)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0)
+        FAIL("connect to 127.0.0.1:%d: %s", port, strerror(errno));
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* The socket stays blocking; these bound the handshake and our reads if the
+     * peer dies. The shutdown does not depend on them. */
+    struct timeval tv = {.tv_sec = WAIT_MS / 1000, .tv_usec = 0};
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+
+    c->ctx = SSL_CTX_new(TLS_client_method());
+    CHECK(c->ctx != NULL);
+    CHECK(SSL_CTX_set_min_proto_version(c->ctx, version) == 1);
+    CHECK(SSL_CTX_set_max_proto_version(c->ctx, version) == 1);
+    /* The test peers use a self-signed certificate. */
+    SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL);
+    c->ssl = SSL_new(c->ctx);
+    CHECK(c->ssl != NULL);
+    CHECK(SSL_set_fd(c->ssl, c->fd) == 1); /* a plain socket BIO: write() */
+    sigpipe(SIG_IGN); /* a peer gone mid-handshake must not kill us here */
+    if (SSL_connect(c->ssl) != 1)
+        FAIL("handshake with 127.0.0.1:%d failed", port);
+    CHECK(SSL_version(c->ssl) == version);
+}
+
+/* Ownership stays with the caller: after the shutdown the fd is open, still
+ * the SSL's, and SSL_free (valgrind watches it) frees what the library attached
+ * to the SSL. */
+static void conn_close(struct conn *c)
+{
+    CHECK(fcntl(c->fd, F_GETFD) != -1);
+    CHECK(SSL_get_fd(c->ssl) == c->fd);
+    SSL_free(c->ssl);
+    SSL_CTX_free(c->ctx);
+    CHECK(close(c->fd) == 0);
+}
+
+/* Waits until `fd` reports one of `events` (POLLERR/POLLHUP always count). */
+static short wait_fd(int fd, short events, const char *what)
+{
+    for (;;) {
+        struct pollfd pfd = {.fd = fd, .events = events, .revents = 0};
+        int n = poll(&pfd, 1, WAIT_MS);
+        if (n == 1)
+            return pfd.revents;
+        if (n == 0)
+            FAIL("%s: nothing within %d ms", what, WAIT_MS);
+        if (errno != EINTR)
+            FAIL("poll: %s", strerror(errno));
+    }
+}
+
+/* ------------------------------------------------------------------------- */
+/* The two ways to shut down                                                  */
+/* ------------------------------------------------------------------------- */
+
+static void shutdown_blocking(struct conn *c, const closenotify_policy *policy,
+                              closenotify_report *out)
+{
+    int flags = fcntl(c->fd, F_GETFL);
+    CHECK(flags != -1);
+    closenotify_report r = sentinel_report();
+    CHECK_RC(closenotify_shutdown_blocking(c->ssl, c->fd, policy, &r),
+             CLOSENOTIFY_OK);
+    CHECK(!is_sentinel(&r));
+    /* The socket is switched to non-blocking for the call, and back. */
+    CHECK(fcntl(c->fd, F_GETFL) == flags);
+
+    /* A second call writes the same report (kept with the SSL). */
+    closenotify_report again = sentinel_report();
+    CHECK_RC(closenotify_shutdown_blocking(c->ssl, c->fd, policy, &again),
+             CLOSENOTIFY_OK);
+    CHECK(report_eq(&r, &again));
+    *out = r;
+}
+
+/*
+ * The step API driven exactly as a C event loop drives it: step, wait with
+ * poll() for what it asked (or only the timeout), step again, until DONE.
+ * Returns the number of step calls.
+ */
+static unsigned shutdown_step(struct conn *c, const closenotify_policy *policy,
+                              closenotify_report *out)
+{
+    /* An event loop's sockets are non-blocking. */
+    int flags = fcntl(c->fd, F_GETFL);
+    CHECK(flags != -1 && fcntl(c->fd, F_SETFL, flags | O_NONBLOCK) == 0);
+
+    closenotify_shutdown *sd = NULL;
+    CHECK_RC(closenotify_shutdown_new(c->ssl, c->fd, policy, &sd), CLOSENOTIFY_OK);
+    CHECK(sd != NULL);
+
+    /* Not finished (not even started): no report, and nothing written. */
+    closenotify_report r = sentinel_report();
+    CHECK_RC(closenotify_shutdown_report(sd, &r), CLOSENOTIFY_ERR_WRONG_STATE);
+    CHECK(is_sentinel(&r));
+    CHECK_LAST_ERROR("not finished");
+
+    /* No step loop may outlive the policy's bounds by much, nor spin. */
+    int budget_ms = (int)(policy->flush_timeout_ms + policy->peer_timeout_ms +
+                          policy->linger_timeout_ms) + 10 * WAIT_MS;
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+
+    unsigned steps = 0;
+    for (;;) {
+        closenotify_wait wait = 0xdead;
+        int timeout_ms = -12345;
+        CHECK_RC(closenotify_shutdown_step(sd, &wait, &timeout_ms), CLOSENOTIFY_OK);
+        steps++;
+        if (wait == CLOSENOTIFY_WAIT_DONE) {
+            CHECK(timeout_ms == 0);
+            break;
+        }
+        CHECK(wait == CLOSENOTIFY_WAIT_READ || wait == CLOSENOTIFY_WAIT_WRITE ||
+              wait == CLOSENOTIFY_WAIT_TIMER);
+        CHECK(timeout_ms >= 0);
+        CHECK(steps < 1000); /* a handful is normal; more is a busy loop */
+
+        /* Still waiting: the report is refused and left untouched. */
+        CHECK_RC(closenotify_shutdown_report(sd, &r), CLOSENOTIFY_ERR_WRONG_STATE);
+        CHECK(is_sentinel(&r));
+
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long spent = (long long)(now.tv_sec - start.tv_sec) * 1000 +
+                          (now.tv_nsec - start.tv_nsec) / 1000000;
+        CHECK(spent < budget_ms);
+
+        struct pollfd pfd = {.fd = c->fd, .events = 0, .revents = 0};
+        if (wait == CLOSENOTIFY_WAIT_READ)
+            pfd.events = POLLIN;
+        else if (wait == CLOSENOTIFY_WAIT_WRITE)
+            pfd.events = POLLOUT;
+        int n = poll(&pfd, wait == CLOSENOTIFY_WAIT_TIMER ? 0 : 1, timeout_ms);
+        if (n < 0 && errno != EINTR)
+            FAIL("poll: %s", strerror(errno));
+    }
+
+    CHECK_RC(closenotify_shutdown_report(sd, &r), CLOSENOTIFY_OK);
+    CHECK(!is_sentinel(&r));
+
+    /* After DONE, every step answers DONE again, and the report stays. */
+    closenotify_wait wait = 0xdead;
+    int timeout_ms = -12345;
+    CHECK_RC(closenotify_shutdown_step(sd, &wait, &timeout_ms), CLOSENOTIFY_OK);
+    CHECK(wait == CLOSENOTIFY_WAIT_DONE && timeout_ms == 0);
+    closenotify_report again = sentinel_report();
+    CHECK_RC(closenotify_shutdown_report(sd, &again), CLOSENOTIFY_OK);
+    CHECK(report_eq(&r, &again));
+
+    closenotify_shutdown_free(sd);
+    /* The library left our O_NONBLOCK alone. */
+    CHECK((fcntl(c->fd, F_GETFL) & O_NONBLOCK) != 0);
+    *out = r;
+    return steps;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Subcommands                                                                */
+/* ------------------------------------------------------------------------- */
+
+/* The forged record of the `alert` scenario: an application_data header
+ * (type 23, legacy version 3.3, length 48) and 48 bytes that decrypt to
+ * nothing valid. Written under the TLS layer, it makes the peer's OpenSSL
+ * answer with a fatal bad_record_mac alert. */
+static void send_forged_record(int fd)
+{
+    unsigned char rec[5 + 48] = {0x17, 0x03, 0x03, 0x00, 0x30};
+    for (size_t i = 0; i < 48; i++)
+        rec[5 + i] = (unsigned char)(i * 37u);
+    ssize_t n = send(fd, rec, sizeof rec, MSG_NOSIGNAL);
+    if (n != (ssize_t)sizeof rec)
+        FAIL("send of the forged record: %s", n < 0 ? strerror(errno) : "short");
+    /* Readable: the peer's alert (and anything it sent before) has arrived. */
+    wait_fd(fd, POLLIN, "the peer's alert");
+}
+
+/* Reads (and drops) application data until the peer's close_notify. */
+static void read_until_close_notify(SSL *ssl)
+{
+    char buf[4096];
+    for (;;) {
+        int n = SSL_read(ssl, buf, sizeof buf);
+        if (n > 0)
+            continue;
+        int err = SSL_get_error(ssl, n);
+        if (err == SSL_ERROR_ZERO_RETURN)
+            return;
+        FAIL("SSL_read before the peer's close_notify: SSL_get_error %d", err);
+    }
+}
+
+static int run_scenario(int step, const char *scenario, int port, int version,
+                        unsigned peer_timeout_ms)
+{
+    closenotify_policy policy;
+    closenotify_policy_init(&policy);
+    policy.flush_timeout_ms = 1000;
+    policy.peer_timeout_ms = peer_timeout_ms;
+
+    struct conn c;
+    conn_open(&c, port, version);
+    if (strcmp(scenario, "peer-initiated") == 0)
+        read_until_close_notify(c.ssl);
+    else if (strcmp(scenario, "alert") == 0)
+        send_forged_record(c.fd);
+    else
+        CHECK(strcmp(scenario, "plain") == 0);
+
+    closenotify_report r;
+    unsigned steps = 0;
+    sigpipe(SIG_DFL);
+    if (step)
+        steps = shutdown_step(&c, &policy, &r);
+    else
+        shutdown_blocking(&c, &policy, &r);
+    CHECK(r.tls_version == version);
+    print_report(&r, steps);
+    conn_close(&c);
+    return 0;
+}
+
+/*
+ * SIGPIPE (SPEC §2): OpenSSL's socket BIO writes with write(). The peer resets
+ * the connection right after the handshake; once the pending ECONNRESET is
+ * consumed (as an event loop does on POLLERR), the next write() fails with
+ * EPIPE and raises SIGPIPE, whose default action kills the process. The
+ * shutdown writes our close_notify: it must survive and report reset/EPIPE.
+ */
+static int run_sigpipe(int port, int version)
+{
+    struct conn c;
+    conn_open(&c, port, version);
+
+    /* POLLERR / POLLHUP are reported whatever `events` says: wait for them
+     * only, not for readable data (TLS 1.3 tickets may be pending). */
+    for (;;) {
+        short rev = wait_fd(c.fd, 0, "the peer's reset");
+        if (rev & (POLLERR | POLLHUP))
+            break;
+    }
+    int soerr = 0;
+    socklen_t len = sizeof soerr;
+    CHECK(getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0);
+    if (soerr != ECONNRESET)
+        FAIL("SO_ERROR is %d (%s), expected ECONNRESET", soerr, strerror(soerr));
+
+    closenotify_policy policy;
+    closenotify_policy_init(&policy);
+    policy.flush_timeout_ms = 1000;
+    policy.peer_timeout_ms = 1000;
+    closenotify_report r = sentinel_report();
+    sigpipe(SIG_DFL); /* whatever the parent process left us */
+    CHECK_RC(closenotify_shutdown_blocking(c.ssl, c.fd, &policy, &r), CLOSENOTIFY_OK);
+    print_report(&r, 0); /* still alive: no SIGPIPE */
+    conn_close(&c);
+    return 0;
+}
+
+/* -------------------------------- errors --------------------------------- */
+
+static void check_names(void)
+{
+    static const char *const outcomes[] = {
+        "clean",    "sent_only",      "quiet",     "truncated",  "reset",
+        "peer_alert", "protocol_error", "timed_out", "drain_limit"};
+    CHECK(CLOSENOTIFY_OUTCOME_CLEAN == 0 && CLOSENOTIFY_OUTCOME_DRAIN_LIMIT == 8);
+    for (unsigned i = 0; i < sizeof outcomes / sizeof *outcomes; i++)
+        CHECK_STR(closenotify_outcome_name(i), outcomes[i]);
+    CHECK_STR(closenotify_outcome_name(9), "unknown");
+    CHECK_STR(closenotify_outcome_name(0xffffffffu), "unknown");
+    CHECK_STR(closenotify_outcome_name(CLOSENOTIFY_OUTCOME_PEER_ALERT), "peer_alert");
+    CHECK_STR(closenotify_outcome_name(CLOSENOTIFY_OUTCOME_TIMED_OUT), "timed_out");
+
+    CHECK_STR(closenotify_stage_name(CLOSENOTIFY_STAGE_FLUSH), "flush");
+    CHECK_STR(closenotify_stage_name(CLOSENOTIFY_STAGE_HALF_CLOSE), "half_close");
+    CHECK_STR(closenotify_stage_name(CLOSENOTIFY_STAGE_AWAIT_PEER), "await_peer");
+    CHECK_STR(closenotify_stage_name(CLOSENOTIFY_STAGE_LINGER), "linger");
+    CHECK_STR(closenotify_stage_name(4), "unknown");
+
+    CHECK_STR(closenotify_result_name(CLOSENOTIFY_OK), "ok");
+    CHECK_STR(closenotify_result_name(CLOSENOTIFY_ERR_NULL_ARGUMENT), "null_argument");
+    CHECK_STR(closenotify_result_name(CLOSENOTIFY_ERR_INVALID_ARGUMENT),
+              "invalid_argument");
+    CHECK_STR(closenotify_result_name(CLOSENOTIFY_ERR_WRONG_STATE), "wrong_state");
+    CHECK_STR(closenotify_result_name(CLOSENOTIFY_ERR_PANIC), "panic");
+    CHECK_STR(closenotify_result_name(5), "unknown");
+    CHECK(CLOSENOTIFY_OK == 0);
+
+    /* The RFC 8446 / 5246 alert registry, written out independently of the
+     * library's table. */
+    static const struct {
+        int code;
+        const char *name;
+    } alerts[] = {
+        {-1, "none"},
+        {0, "close_notify"},
+        {10, "unexpected_message"},
+        {20, "bad_record_mac"},
+        {21, "decryption_failed_RESERVED"},
+        {22, "record_overflow"},
+        {30, "decompression_failure"},
+        {40, "handshake_failure"},
+        {41, "no_certificate_RESERVED"},
+        {42, "bad_certificate"},
+        {43, "unsupported_certificate"},
+        {44, "certificate_revoked"},
+        {45, "certificate_expired"},
+        {46, "certificate_unknown"},
+        {47, "illegal_parameter"},
+        {48, "unknown_ca"},
+        {49, "access_denied"},
+        {50, "decode_error"},
+        {51, "decrypt_error"},
+        {60, "export_restriction_RESERVED"},
+        {70, "protocol_version"},
+        {71, "insufficient_security"},
+        {80, "internal_error"},
+        {86, "inappropriate_fallback"},
+        {90, "user_canceled"},
+        {100, "no_renegotiation"},
+        {109, "missing_extension"},
+        {110, "unsupported_extension"},
+        {111, "certificate_unobtainable_RESERVED"},
+        {112, "unrecognized_name"},
+        {113, "bad_certificate_status_response"},
+        {114, "bad_certificate_hash_value_RESERVED"},
+        {115, "unknown_psk_identity"},
+        {116, "certificate_required"},
+        {120, "no_application_protocol"},
+        /* Codes no RFC defines, and values outside a byte. */
+        {1, "unknown"},
+        {3, "unknown"},
+        {255, "unknown"},
+        {256, "unknown"},
+        {4096, "unknown"},
+        {-2, "unknown"},
+    };
+    for (unsigned i = 0; i < sizeof alerts / sizeof *alerts; i++)
+        if (strcmp(closenotify_alert_name(alerts[i].code), alerts[i].name) != 0)
+            FAIL("closenotify_alert_name(%d) is \"%s\", expected \"%s\"",
+                 alerts[i].code, closenotify_alert_name(alerts[i].code),
+                 alerts[i].name);
+}
+
+static void check_policy_init(void)
+{
+    closenotify_policy_init(NULL); /* ignored */
+    closenotify_policy p;
+    memset(&p, 0xA5, sizeof p);
+    closenotify_policy_init(&p);
+    CHECK(p.mode == CLOSENOTIFY_MODE_BIDIRECTIONAL);
+    CHECK(p.flush_timeout_ms == 3000);
+    CHECK(p.peer_timeout_ms == 3000);
+    CHECK(p.linger_timeout_ms == 0);
+    CHECK(p.drain_limit == 65536);
+    CHECK(p.half_close == 1);
+    CHECK(p.reset_on_timeout == CLOSENOTIFY_RESET_ON_FLUSH_TIMEOUT);
+    CHECK(p.keep_session_on_truncation == 0);
+}
+
+static void check_last_error_buffer(void)
+{
+    /* The previous call failed with this message (see run_errors). */
+    const char *want = "report is NULL";
+    size_t full = strlen(want);
+    CHECK(closenotify_last_error(NULL, 0) == full);
+    char small[7];
+    memset(small, 'x', sizeof small);
+    CHECK(closenotify_last_error(small, sizeof small) == full);
+    CHECK(strcmp(small, "report") == 0); /* truncated, NUL-terminated */
+    char one = 'x';
+    CHECK(closenotify_last_error(&one, 1) == full);
+    CHECK(one == '\0');
+}
+
+/* Both constructors refuse `fd` / `policy` with `code`, write nothing, and
+ * leave a message mentioning `needle`. */
+static void expect_refused(SSL *ssl, int fd, const closenotify_policy *policy,
+                           closenotify_result code, const char *needle, int line)
+{
+    closenotify_report r = sentinel_report();
+    closenotify_result got = closenotify_shutdown_blocking(ssl, fd, policy, &r);
+    if (got != code) {
+        char msg[256];
+        last_error(msg, sizeof msg);
+        fprintf(stderr, "cn_test: line %d: closenotify_shutdown_blocking: %s, expected %s (%s)\n",
+                line, closenotify_result_name(got), closenotify_result_name(code), msg);
+        exit(3);
+    }
+    CHECK(is_sentinel(&r));
+    check_last_error(needle, line);
+
+    closenotify_shutdown *sentinel = (closenotify_shutdown *)&r;
+    closenotify_shutdown *sd = sentinel;
+    got = closenotify_shutdown_new(ssl, fd, policy, &sd);
+    if (got != code) {
+        char msg[256];
+        last_error(msg, sizeof msg);
+        fprintf(stderr, "cn_test: line %d: closenotify_shutdown_new: %s, expected %s (%s)\n",
+                line, closenotify_result_name(got), closenotify_result_name(code), msg);
+        if (got == CLOSENOTIFY_OK)
+            closenotify_shutdown_free(sd);
+        exit(3);
+    }
+    CHECK(sd == sentinel);
+    check_last_error(needle, line);
+}
+#define EXPECT_REFUSED(ssl, fd, policy, code, needle)                          \
+    expect_refused((ssl), (fd), (policy), (code), (needle), __LINE__)
+
+static int run_errors(void)
+{
+    sigpipe(SIG_DFL);
+    /* No call has failed yet on this thread: the message is empty. */
+    char msg[64] = "x";
+    CHECK(closenotify_last_error(msg, sizeof msg) == 0 && msg[0] == '\0');
+
+    check_names();
+    check_policy_init();
+    closenotify_shutdown_free(NULL); /* fine */
+
+    /*
+     * CLOSENOTIFY_ERR_PANIC cannot be provoked from C: it is what a panic (a
+     * bug) inside the library becomes at the ABI boundary instead of undefined
+     * behaviour. The boundary is unit-tested in Rust (src/capi.rs,
+     * the_panic_boundary_turns_a_panic_into_a_result_code); here only its name
+     * is checked (check_names).
+     */
+
+    /* An SSL on one end of a connected stream socket pair: valid arguments,
+     * no network. The handshake never ran, so a shutdown sends nothing. */
+    int sp[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sp) == 0);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    CHECK(ctx != NULL);
+    SSL *ssl = SSL_new(ctx);
+    CHECK(ssl != NULL);
+    CHECK(SSL_set_fd(ssl, sp[0]) == 1);
+
+    closenotify_policy good;
+    closenotify_policy_init(&good);
+    good.flush_timeout_ms = 500;
+    good.peer_timeout_ms = 500;
+
+    /* ---- CLOSENOTIFY_ERR_NULL_ARGUMENT, with nothing written ---- */
+    EXPECT_REFUSED(NULL, sp[0], &good, CLOSENOTIFY_ERR_NULL_ARGUMENT, "null");
+    CHECK_RC(closenotify_shutdown_new(ssl, sp[0], &good, NULL),
+             CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_LAST_ERROR("out is NULL");
+    CHECK_RC(closenotify_shutdown_blocking(ssl, sp[0], &good, NULL),
+             CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_LAST_ERROR("report is NULL");
+    check_last_error_buffer();
+
+    closenotify_wait wait = 0xdead;
+    int timeout_ms = -12345;
+    CHECK_RC(closenotify_shutdown_step(NULL, &wait, &timeout_ms),
+             CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK(wait == 0xdead && timeout_ms == -12345);
+    CHECK_LAST_ERROR("shutdown is NULL");
+    closenotify_report r = sentinel_report();
+    CHECK_RC(closenotify_shutdown_report(NULL, &r), CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK(is_sentinel(&r));
+    CHECK_LAST_ERROR("shutdown is NULL");
+
+    /* ---- CLOSENOTIFY_ERR_INVALID_ARGUMENT: the fd ---- */
+    EXPECT_REFUSED(ssl, -1, &good, CLOSENOTIFY_ERR_INVALID_ARGUMENT, "negative");
+    int devnull = open("/dev/null", O_RDWR);
+    CHECK(devnull >= 0);
+    EXPECT_REFUSED(ssl, devnull, &good, CLOSENOTIFY_ERR_INVALID_ARGUMENT,
+                   "not a stream socket");
+    CHECK(close(devnull) == 0);
+    int udp = socket(AF_INET, SOCK_DGRAM, 0);
+    CHECK(udp >= 0);
+    EXPECT_REFUSED(ssl, udp, &good, CLOSENOTIFY_ERR_INVALID_ARGUMENT,
+                   "not a SOCK_STREAM socket");
+    CHECK(close(udp) == 0);
+
+    /* ---- CLOSENOTIFY_ERR_INVALID_ARGUMENT: the policy ---- */
+    closenotify_policy bad = good;
+    bad.mode = 7;
+    EXPECT_REFUSED(ssl, sp[0], &bad, CLOSENOTIFY_ERR_INVALID_ARGUMENT, "unknown mode 7");
+    bad = good;
+    bad.reset_on_timeout = 9;
+    EXPECT_REFUSED(ssl, sp[0], &bad, CLOSENOTIFY_ERR_INVALID_ARGUMENT,
+                   "unknown reset_on_timeout 9");
+    bad = good;
+    bad.flush_timeout_ms = 0;
+    EXPECT_REFUSED(ssl, sp[0], &bad, CLOSENOTIFY_ERR_INVALID_ARGUMENT, "flush_timeout");
+    bad = good;
+    bad.peer_timeout_ms = 0;
+    EXPECT_REFUSED(ssl, sp[0], &bad, CLOSENOTIFY_ERR_INVALID_ARGUMENT, "peer_timeout");
+    bad = good;
+    bad.flush_timeout_ms = 3600001;
+    EXPECT_REFUSED(ssl, sp[0], &bad, CLOSENOTIFY_ERR_INVALID_ARGUMENT, "flush_timeout");
+    bad = good;
+    bad.peer_timeout_ms = 3600001;
+    EXPECT_REFUSED(ssl, sp[0], &bad, CLOSENOTIFY_ERR_INVALID_ARGUMENT, "peer_timeout");
+    bad = good;
+    bad.linger_timeout_ms = 3600001;
+    EXPECT_REFUSED(ssl, sp[0], &bad, CLOSENOTIFY_ERR_INVALID_ARGUMENT, "linger_timeout");
+    /* The bounds themselves are valid (3600000 ms is the documented maximum). */
+    bad = good;
+    bad.peer_timeout_ms = 3600000;
+    bad.linger_timeout_ms = 3600000;
+    closenotify_shutdown *sd = NULL;
+    CHECK_RC(closenotify_shutdown_new(ssl, sp[0], &bad, &sd), CLOSENOTIFY_OK);
+    closenotify_shutdown_free(sd); /* never stepped: nothing was sent */
+
+    /* ---- the step API: NULL outputs, CLOSENOTIFY_ERR_WRONG_STATE ---- */
+    sd = NULL;
+    CHECK_RC(closenotify_shutdown_new(ssl, sp[0], NULL /* defaults */, &sd),
+             CLOSENOTIFY_OK);
+    CHECK(sd != NULL);
+    CHECK_RC(closenotify_shutdown_step(sd, NULL, &timeout_ms),
+             CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK(timeout_ms == -12345);
+    CHECK_LAST_ERROR("NULL");
+    CHECK_RC(closenotify_shutdown_step(sd, &wait, NULL), CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK(wait == 0xdead);
+    CHECK_RC(closenotify_shutdown_report(sd, NULL), CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_LAST_ERROR("report is NULL");
+    /* Before DONE (here: before the first step), no report. */
+    CHECK_RC(closenotify_shutdown_report(sd, &r), CLOSENOTIFY_ERR_WRONG_STATE);
+    CHECK(is_sentinel(&r));
+    CHECK_LAST_ERROR("not finished");
+    /* The handshake never ran: nothing to send, done at once. */
+    CHECK_RC(closenotify_shutdown_step(sd, &wait, &timeout_ms), CLOSENOTIFY_OK);
+    CHECK(wait == CLOSENOTIFY_WAIT_DONE && timeout_ms == 0);
+    CHECK_RC(closenotify_shutdown_report(sd, &r), CLOSENOTIFY_OK);
+    CHECK(r.outcome == CLOSENOTIFY_OUTCOME_QUIET);
+    CHECK(!r.close_notify_sent && !r.close_notify_received);
+    CHECK(r.tls_version == 0);
+    closenotify_shutdown_free(sd);
+
+    /* ---- ownership: after a shutdown, the SSL and the fd are still ours ---- */
+    int flags = fcntl(sp[0], F_GETFL);
+    CHECK(flags != -1);
+    r = sentinel_report();
+    CHECK_RC(closenotify_shutdown_blocking(ssl, sp[0], &good, &r), CLOSENOTIFY_OK);
+    CHECK(r.outcome == CLOSENOTIFY_OUTCOME_QUIET);
+    CHECK(fcntl(sp[0], F_GETFD) != -1);
+    CHECK(fcntl(sp[0], F_GETFL) == flags);
+    CHECK(SSL_get_fd(ssl) == sp[0]);
+    /* The peer end sees no EOF: nothing closed the socket. */
+    struct pollfd pfd = {.fd = sp[1], .events = POLLIN, .revents = 0};
+    CHECK(poll(&pfd, 1, 0) == 0);
+
+    SSL_free(ssl); /* ours to free; valgrind checks nothing else was */
+    SSL_CTX_free(ctx);
+    CHECK(close(sp[0]) == 0);
+    CHECK(close(sp[1]) == 0);
+    printf("errors: ok\n");
+    return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+
+static int usage(void)
+{
+    fprintf(stderr,
+            "usage: cn_test blocking|step plain|peer-initiated|alert PORT 1.2|1.3 "
+            "[--peer-timeout-ms N]\n"
+            "       cn_test sigpipe PORT 1.2|1.3\n"
+            "       cn_test errors\n");
+    return 2;
+}
+
+static int parse_uint(const char *s, unsigned long max, unsigned long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v > max || s[0] == '-')
+        return 0;
+    *out = v;
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    unsigned long port, peer_timeout = 1000;
+    if (argc == 2 && strcmp(argv[1], "errors") == 0)
+        return run_errors();
+    if (argc == 4 && strcmp(argv[1], "sigpipe") == 0) {
+        int version = parse_version(argv[3]);
+        if (!parse_uint(argv[2], 65535, &port) || version == 0)
+            return usage();
+        return run_sigpipe((int)port, version);
+    }
+    if ((argc == 5 || argc == 7) &&
+        (strcmp(argv[1], "blocking") == 0 || strcmp(argv[1], "step") == 0)) {
+        int version = parse_version(argv[4]);
+        if (!parse_uint(argv[3], 65535, &port) || version == 0)
+            return usage();
+        if (argc == 7 && (strcmp(argv[5], "--peer-timeout-ms") != 0 ||
+                          !parse_uint(argv[6], 0xffffffffUL, &peer_timeout)))
+            return usage();
+        if (strcmp(argv[2], "plain") != 0 && strcmp(argv[2], "peer-initiated") != 0 &&
+            strcmp(argv[2], "alert") != 0)
+            return usage();
+        return run_scenario(strcmp(argv[1], "step") == 0, argv[2], (int)port, version,
+                            (unsigned)peer_timeout);
+    }
+    return usage();
+}

@@ -1,0 +1,933 @@
+//! The C API from C: `examples/c/echo_client.c` and `tests/c/cn_test.c` are
+//! compiled with the strict flags of SPEC §5 against the library and header this
+//! build produced (`pkg-config closenotify`), then run against real peers
+//! (`openssl s_server` and Python's `ssl` module, `tests/peers/peer.py`) on
+//! loopback, in TLS 1.2 and 1.3, through both the blocking and the step API.
+//!
+//! `cn_test` prints the report as one line of `key=value` pairs; the assertions
+//! here are on those fields.
+//!
+//! Needs `cc`, `pkg-config`, `openssl` and `python3` on `PATH` (CI installs them):
+//! when one is missing the tests fail saying so, they never skip.
+//!
+//! `CLOSENOTIFY_VALGRIND=1 cargo test --test c_api` runs every C program under
+//! valgrind (memory errors, and definite leaks, fail the test); time bounds that a
+//! slow valgrind run can exceed are widened in that mode only.
+
+mod util;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::identity;
+
+/// How long an external peer gets to become ready, answer or exit.
+const READY: Duration = Duration::from_secs(5);
+
+/// The flags every C file must compile with (SPEC §5).
+const CFLAGS: &[&str] = &[
+    "-std=c11",
+    "-Wall",
+    "-Wextra",
+    "-Wpedantic",
+    "-Werror",
+    "-g",
+];
+
+/// `valgrind` and its options in valgrind mode: any memory error or definite leak
+/// makes the program exit 99.
+const VALGRIND: &[&str] = &[
+    "valgrind",
+    "--error-exitcode=99",
+    "--leak-check=full",
+    "--errors-for-leak-kinds=definite",
+    "--show-leak-kinds=definite",
+    "-q",
+];
+
+fn valgrind_mode() -> bool {
+    std::env::var("CLOSENOTIFY_VALGRIND").is_ok_and(|v| v == "1")
+}
+
+/// Longest a C program may run before the test kills it.
+fn run_limit() -> Duration {
+    if valgrind_mode() {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(20)
+    }
+}
+
+/// Upper bound for a time measured inside a C program (valgrind slows it down
+/// several times over; lower bounds never change).
+fn upper_ms(normal: u64) -> u64 {
+    if valgrind_mode() {
+        normal * 10
+    } else {
+        normal
+    }
+}
+
+/// Fails the test, with a clear message, when `program` cannot be run.
+fn require(program: &str, version_arg: &str) -> Result<(), String> {
+    match Command::new(program).arg(version_arg).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "`{program} {version_arg}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )),
+        Err(e) => Err(format!(
+            "`{program}` is required by tests/c_api.rs and could not be run ({e}); \
+             install it (CI does) instead of skipping these tests"
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Compiling the C programs, once per test binary.
+// ---------------------------------------------------------------------------
+
+/// `target/<profile>`: this test binary is `target/<profile>/deps/c_api-HASH`.
+/// cargo writes the libraries and `closenotify.pc` there.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()))
+}
+
+struct Programs {
+    cn_test: PathBuf,
+    echo_client: PathBuf,
+}
+
+fn programs() -> &'static Programs {
+    static PROGRAMS: OnceLock<Result<Programs, String>> = OnceLock::new();
+    match PROGRAMS.get_or_init(compile_all) {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn compile_all() -> Result<Programs, String> {
+    require("cc", "--version")?;
+    require("pkg-config", "--version")?;
+    let profile = profile_dir();
+    let pc = profile.join("closenotify.pc");
+    if !pc.is_file() {
+        return Err(format!(
+            "{} is missing: build.rs writes it when the library is built",
+            pc.display()
+        ));
+    }
+    // Our .pc first; the system's (libssl, libcrypto) stay reachable.
+    let mut search = profile.clone().into_os_string();
+    if let Some(old) = std::env::var_os("PKG_CONFIG_PATH") {
+        search.push(":");
+        search.push(old);
+    }
+    let out = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "closenotify"])
+        .env("PKG_CONFIG_PATH", &search)
+        .output()
+        .map_err(|e| format!("pkg-config: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`pkg-config --cflags --libs closenotify` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    // The .pc points at `target/<profile>`, where `cargo build` copies the
+    // libraries. `cargo test` builds them too, but leaves them in `deps/` (no copy
+    // up): the copy in `target/<profile>` is stale, or missing on a clean checkout.
+    // Searching `deps/` first (link time and run time) tests the library this very
+    // run built; everything else comes from pkg-config as a user gets it.
+    let deps = profile.join("deps");
+    let fresh = deps.join("libclosenotify.so");
+    if !fresh.is_file() {
+        return Err(format!(
+            "{} is missing: the cdylib should be built with the tests",
+            fresh.display()
+        ));
+    }
+    let mut flags = vec![
+        format!("-L{}", deps.display()),
+        format!("-Wl,-rpath,{}", deps.display()),
+    ];
+    flags.extend(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned),
+    );
+
+    let dir = profile.join("c-tests");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Ok(Programs {
+        cn_test: compile(&src.join("tests/c/cn_test.c"), &dir, "cn_test", &flags)?,
+        echo_client: compile(
+            &src.join("examples/c/echo_client.c"),
+            &dir,
+            "echo_client",
+            &flags,
+        )?,
+    })
+}
+
+/// `cc CFLAGS source -o dir/name $(pkg-config ...)`; the compiler's stderr on
+/// failure. Built under a temporary name and renamed, so that concurrent test
+/// runs never execute a half-written binary.
+fn compile(source: &Path, dir: &Path, name: &str, flags: &[String]) -> Result<PathBuf, String> {
+    let target = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp{}", std::process::id()));
+    let out = Command::new("cc")
+        .args(CFLAGS)
+        .arg(source)
+        .arg("-o")
+        .arg(&tmp)
+        .args(flags)
+        .output()
+        .map_err(|e| format!("cc: {e}"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!(
+            "compiling {} failed ({}):\n{}{}",
+            source.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    std::fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+    Ok(target)
+}
+
+// ---------------------------------------------------------------------------
+// Running processes: every child is killed and reaped on drop.
+// ---------------------------------------------------------------------------
+
+/// A child process, killed and reaped when dropped, whatever the test did.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Collects everything `r` produces on a thread (so that every wait is bounded).
+fn drain(mut r: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+    let sink = Arc::new(Mutex::new(Vec::new()));
+    let out = sink.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    sink
+}
+
+/// What a C program did.
+struct Ran {
+    what: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn context(&self) -> String {
+        format!(
+            "`{}` exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.what, self.status, self.stdout, self.stderr
+        )
+    }
+
+    /// Exited 0, and was not killed by a signal.
+    #[track_caller]
+    fn assert_success(&self) {
+        assert_eq!(self.status.signal(), None, "{}", self.context());
+        assert!(self.status.success(), "{}", self.context());
+    }
+
+    /// The report line of `cn_test`.
+    #[track_caller]
+    fn report(&self) -> Fields {
+        self.assert_success();
+        let line = self
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("outcome="))
+            .unwrap_or_else(|| panic!("no report line: {}", self.context()));
+        Fields::parse(line, self.context())
+    }
+}
+
+/// Runs a compiled C program (under valgrind in valgrind mode), bounded by
+/// `run_limit()`.
+fn run_c(program: &Path, args: &[&str]) -> Ran {
+    let mut argv: Vec<String> = Vec::new();
+    if valgrind_mode() {
+        argv.extend(VALGRIND.iter().map(|s| s.to_string()));
+    }
+    argv.push(program.to_str().unwrap().to_owned());
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let what = argv.join(" ");
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `{what}`: {e}"));
+    let mut child = Reaped(child);
+    let stdout = drain(child.0.stdout.take().unwrap());
+    let stderr = drain(child.0.stderr.take().unwrap());
+    let deadline = Instant::now() + run_limit();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "`{what}` still running after {:?}; stderr so far:\n{}",
+                run_limit(),
+                String::from_utf8_lossy(&stderr.lock().unwrap())
+            );
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    // The pipes close with the process (the programs start no children); give
+    // the reader threads a bounded moment to see EOF.
+    let collected = |sink: &Arc<Mutex<Vec<u8>>>| {
+        let until = Instant::now() + READY;
+        while Arc::strong_count(sink) > 1 && Instant::now() < until {
+            thread::sleep(Duration::from_millis(2));
+        }
+        String::from_utf8_lossy(&sink.lock().unwrap()).into_owned()
+    };
+    let ran = Ran {
+        status,
+        stdout: collected(&stdout),
+        stderr: collected(&stderr),
+        what,
+    };
+    if valgrind_mode() {
+        assert_ne!(
+            ran.status.code(),
+            Some(99),
+            "valgrind found memory errors or leaks: {}",
+            ran.context()
+        );
+    }
+    ran
+}
+
+/// `key=value` pairs of one report line.
+struct Fields {
+    map: HashMap<String, String>,
+    context: String,
+}
+
+impl Fields {
+    fn parse(line: &str, context: String) -> Fields {
+        let map = line
+            .split_whitespace()
+            .map(|kv| {
+                let (k, v) = kv
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("not key=value: {kv:?} in {context}"));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        Fields { map, context }
+    }
+
+    #[track_caller]
+    fn str(&self, key: &str) -> &str {
+        self.map
+            .get(key)
+            .unwrap_or_else(|| panic!("no `{key}` in the report: {}", self.context))
+    }
+
+    #[track_caller]
+    fn num(&self, key: &str) -> i64 {
+        let v = self.str(key);
+        v.parse()
+            .unwrap_or_else(|_| panic!("`{key}={v}` is not a number: {}", self.context))
+    }
+
+    #[track_caller]
+    fn flag(&self, key: &str) -> bool {
+        match self.num(key) {
+            0 => false,
+            1 => true,
+            other => panic!("`{key}={other}` is not 0/1: {}", self.context),
+        }
+    }
+
+    /// Asserts `key` has `value` (numbers compare as text, as printed).
+    #[track_caller]
+    fn expect(&self, key: &str, value: &str) -> &Self {
+        assert_eq!(self.str(key), value, "`{key}`: {}", self.context);
+        self
+    }
+
+    #[track_caller]
+    fn expect_flags(&self, expected: &[(&str, bool)]) -> &Self {
+        for &(key, value) in expected {
+            assert_eq!(self.flag(key), value, "`{key}`: {}", self.context);
+        }
+        self
+    }
+
+    /// Asserts `lo <= key < hi`.
+    #[track_caller]
+    fn expect_range(&self, key: &str, lo: i64, hi: i64) -> &Self {
+        let v = self.num(key);
+        assert!(
+            lo <= v && v < hi,
+            "`{key}={v}` not in [{lo}, {hi}): {}",
+            self.context
+        );
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------
+// External peers (as in tests/external_peers.rs).
+// ---------------------------------------------------------------------------
+
+/// The certificate and key of `util::identity()` as PEM files in a private temp
+/// directory, removed on drop.
+struct Pems {
+    dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Pems {
+    fn write() -> Pems {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "closenotify-c-api-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = identity();
+        let pems = Pems {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            dir,
+        };
+        std::fs::write(&pems.cert, cert.to_pem().unwrap()).unwrap();
+        std::fs::write(&pems.key, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        pems
+    }
+
+    fn cert(&self) -> &str {
+        self.cert.to_str().unwrap()
+    }
+
+    fn key(&self) -> &str {
+        self.key.to_str().unwrap()
+    }
+}
+
+impl Drop for Pems {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An external peer process: stdout lines on a channel, stderr kept for failure
+/// messages; killed and reaped on drop.
+struct External {
+    what: String,
+    child: Reaped,
+    /// Held open: `openssl s_server` ends the connection at EOF on its stdin.
+    _stdin: ChildStdin,
+    stdout: Receiver<String>,
+    seen: Vec<String>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    port: u16,
+    _pems: Pems,
+}
+
+impl External {
+    fn spawn(program: &str, args: &[&str], pems: Pems) -> External {
+        let what = format!("{program} {}", args.join(" "));
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{what}`: {e} (is `{program}` installed?)"));
+        let mut child = Reaped(child);
+        let (tx, stdout) = mpsc::channel();
+        let out = BufReader::new(child.0.stdout.take().unwrap());
+        thread::spawn(move || {
+            for line in out.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = drain(child.0.stderr.take().unwrap());
+        External {
+            what,
+            _stdin: child.0.stdin.take().unwrap(),
+            child,
+            stdout,
+            seen: Vec::new(),
+            stderr,
+            port: 0,
+            _pems: pems,
+        }
+    }
+
+    fn transcript(&self) -> String {
+        format!(
+            "`{}`\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.what,
+            self.seen.join("\n"),
+            String::from_utf8_lossy(&self.stderr.lock().unwrap())
+        )
+    }
+
+    /// The first stdout line matching `pred`, within `READY`.
+    fn wait_line(&mut self, looking_for: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + READY;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no {looking_for} within {READY:?}: {}", self.transcript())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("stdout closed before {looking_for}: {}", self.transcript())
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded) for a successful exit on its own.
+    fn expect_success(&mut self) {
+        let deadline = Instant::now() + READY;
+        let status = loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "did not exit within {READY:?}: {}",
+                self.transcript()
+            );
+            thread::sleep(Duration::from_millis(5));
+        };
+        while let Ok(line) = self.stdout.recv_timeout(READY) {
+            self.seen.push(line);
+        }
+        assert!(
+            status.success(),
+            "exited with {status}: {}",
+            self.transcript()
+        );
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Tls {
+    V12,
+    V13,
+}
+
+const BOTH: [Tls; 2] = [Tls::V12, Tls::V13];
+
+impl Tls {
+    /// As cn_test and peer.py spell it.
+    fn arg(self) -> &'static str {
+        match self {
+            Tls::V12 => "1.2",
+            Tls::V13 => "1.3",
+        }
+    }
+
+    /// As the report prints it.
+    fn wire(self) -> &'static str {
+        match self {
+            Tls::V12 => "0x0303",
+            Tls::V13 => "0x0304",
+        }
+    }
+}
+
+/// The two C shutdown APIs.
+const APIS: [&str; 2] = ["blocking", "step"];
+
+/// `openssl s_server` for exactly one connection, on the port it chose.
+fn s_server(tls: Tls) -> External {
+    require("openssl", "version").unwrap_or_else(|e| panic!("{e}"));
+    let pems = Pems::write();
+    let flag = match tls {
+        Tls::V12 => "-tls1_2",
+        Tls::V13 => "-tls1_3",
+    };
+    let (cert, key) = (pems.cert().to_owned(), pems.key().to_owned());
+    let mut server = External::spawn(
+        "openssl",
+        &[
+            "s_server",
+            "-accept",
+            "127.0.0.1:0",
+            "-naccept",
+            "1",
+            "-cert",
+            &cert,
+            "-key",
+            &key,
+            flag,
+        ],
+        pems,
+    );
+    // Printed once it listens; `-naccept 1` would count a TCP probe as its one
+    // connection, so this line is the readiness signal.
+    let line = server.wait_line("ACCEPT line", |l| l.starts_with("ACCEPT"));
+    server.port = line
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}: {}", server.transcript()));
+    server
+}
+
+/// `tests/peers/peer.py MODE`, listening on the port it prints first.
+fn python(tls: Tls, mode: &str) -> External {
+    require("python3", "--version").unwrap_or_else(|e| panic!("{e}"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/peer.py");
+    assert!(script.is_file(), "missing {}", script.display());
+    let pems = Pems::write();
+    let (cert, key) = (pems.cert().to_owned(), pems.key().to_owned());
+    let mut peer = External::spawn(
+        "python3",
+        &[
+            script.to_str().unwrap(),
+            mode,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--tls",
+            tls.arg(),
+        ],
+        pems,
+    );
+    let line = peer.wait_line("port line", |_| true);
+    peer.port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("first line is not a port: {}", peer.transcript()));
+    peer
+}
+
+/// `cn_test API SCENARIO PORT VERSION [extra...]` against `peer`; its report,
+/// with the version and the API's own invariants checked.
+fn cn_test(api: &str, scenario: &str, tls: Tls, peer: &External, extra: &[&str]) -> Fields {
+    let port = peer.port.to_string();
+    let mut args = vec![api, scenario, port.as_str(), tls.arg()];
+    args.extend_from_slice(extra);
+    let ran = run_c(&programs().cn_test, &args);
+    let mut r = ran.report();
+    r.context = format!("{}\npeer: {}", r.context, peer.transcript());
+    r.expect("tls_version", tls.wire());
+    // Every retry follows a readiness event: a handful of calls, never a spin.
+    r.expect_range("ssl_calls", 1, 10);
+    match api {
+        "step" => r.expect_range("steps", 1, 10),
+        _ => r.expect("steps", "0"),
+    };
+    r
+}
+
+// ---------------------------------------------------------------------------
+// The scenarios, each in TLS 1.2 and 1.3, through both APIs.
+// ---------------------------------------------------------------------------
+
+/// What every clean shutdown that we initiated looks like.
+fn expect_clean_local(r: &Fields) {
+    r.expect("outcome", "clean")
+        .expect("initiator", "0")
+        .expect("stage", "await_peer")
+        .expect("alert", "-1")
+        .expect("alert_name", "none")
+        .expect("os_error", "0")
+        .expect("discarded_bytes", "0")
+        .expect_flags(&[
+            ("close_notify_sent", true),
+            ("close_notify_received", true),
+            ("half_closed", true),
+            ("session_resumable", true),
+        ])
+        .expect_range("elapsed_ms", 0, upper_ms(1000) as i64);
+}
+
+#[test]
+fn s_server_answers_our_close_notify_clean_local() {
+    for tls in BOTH {
+        for api in APIS {
+            let mut server = s_server(tls);
+            let r = cn_test(api, "plain", tls, &server, &[]);
+            expect_clean_local(&r);
+            // It saw our close_notify, answered it, and exits after its one
+            // connection.
+            server.expect_success();
+        }
+    }
+}
+
+#[test]
+fn python_answers_our_close_notify_clean_local() {
+    for tls in BOTH {
+        for api in APIS {
+            let mut peer = python(tls, "answer");
+            let r = cn_test(api, "plain", tls, &peer, &[]);
+            expect_clean_local(&r);
+            peer.expect_success();
+        }
+    }
+}
+
+#[test]
+fn python_silent_times_out_in_await_peer() {
+    for tls in BOTH {
+        for api in APIS {
+            let peer = python(tls, "silent");
+            let r = cn_test(api, "plain", tls, &peer, &["--peer-timeout-ms", "200"]);
+            r.expect("outcome", "timed_out")
+                .expect("initiator", "0")
+                .expect("stage", "await_peer")
+                .expect("alert", "-1")
+                .expect("os_error", "0")
+                .expect_flags(&[
+                    ("close_notify_sent", true),
+                    ("close_notify_received", false),
+                    ("half_closed", true),
+                    // A client's session is dropped on any outcome but clean.
+                    ("session_resumable", false),
+                ])
+                .expect_range("elapsed_ms", 200, upper_ms(400) as i64);
+            // `peer` sleeps forever: killed on drop.
+        }
+    }
+}
+
+#[test]
+fn python_closes_without_close_notify_truncated() {
+    for tls in BOTH {
+        for api in APIS {
+            let mut peer = python(tls, "truncate");
+            let r = cn_test(api, "plain", tls, &peer, &[]);
+            r.expect("outcome", "truncated")
+                .expect("initiator", "0")
+                .expect("stage", "await_peer")
+                .expect("alert", "-1")
+                .expect("os_error", "0")
+                .expect_flags(&[
+                    ("close_notify_sent", true),
+                    ("close_notify_received", false),
+                    ("session_resumable", false),
+                ])
+                .expect_range("elapsed_ms", 0, upper_ms(1000) as i64);
+            peer.expect_success();
+        }
+    }
+}
+
+#[test]
+fn python_resets_reset_with_econnreset() {
+    for tls in BOTH {
+        for api in APIS {
+            let mut peer = python(tls, "reset");
+            let r = cn_test(api, "plain", tls, &peer, &[]);
+            // `half_closed` is not asserted: the RST can beat our shutdown(SHUT_WR).
+            r.expect("outcome", "reset")
+                .expect("os_error", &libc::ECONNRESET.to_string())
+                .expect("initiator", "0")
+                .expect("stage", "await_peer")
+                .expect("alert", "-1")
+                .expect_flags(&[
+                    ("close_notify_sent", true),
+                    ("close_notify_received", false),
+                    ("session_resumable", false),
+                ])
+                .expect_range("elapsed_ms", 0, upper_ms(1000) as i64);
+            peer.expect_success();
+        }
+    }
+}
+
+#[test]
+fn python_initiates_we_answer_clean_peer() {
+    for tls in BOTH {
+        for api in APIS {
+            let mut peer = python(tls, "initiate");
+            let r = cn_test(api, "peer-initiated", tls, &peer, &[]);
+            r.expect("outcome", "clean")
+                .expect("initiator", "1")
+                // Answering ends with the half-close: nothing left to await.
+                .expect("stage", "half_close")
+                .expect("ssl_calls", "1")
+                .expect("alert", "-1")
+                .expect("os_error", "0")
+                .expect_flags(&[
+                    ("close_notify_sent", true),
+                    ("close_notify_received", true),
+                    ("half_closed", true),
+                    ("session_resumable", true),
+                ])
+                .expect_range("elapsed_ms", 0, upper_ms(100) as i64);
+            peer.expect_success();
+        }
+    }
+}
+
+#[test]
+fn python_sends_a_fatal_alert_peer_alert_bad_record_mac() {
+    for tls in BOTH {
+        for api in APIS {
+            let peer = python(tls, "alert");
+            let r = cn_test(api, "alert", tls, &peer, &[]);
+            r.expect("outcome", "peer_alert")
+                .expect("alert", "20")
+                .expect("alert_name", "bad_record_mac")
+                .expect("initiator", "0")
+                .expect("os_error", "0")
+                .expect_flags(&[
+                    ("close_notify_received", false),
+                    ("session_resumable", false),
+                ])
+                .expect_range("elapsed_ms", 0, upper_ms(1000) as i64);
+            // `peer` sleeps after its alert: killed on drop.
+        }
+    }
+}
+
+#[test]
+fn a_reset_peer_does_not_kill_a_c_program_with_default_sigpipe() {
+    for tls in BOTH {
+        let mut peer = python(tls, "reset-now");
+        let port = peer.port.to_string();
+        let ran = run_c(&programs().cn_test, &["sigpipe", &port, tls.arg()]);
+        // Not killed by SIGPIPE (the status says which signal, if any).
+        assert_eq!(ran.status.signal(), None, "{}", ran.context());
+        let r = ran.report();
+        r.expect("outcome", "reset")
+            .expect("os_error", &libc::EPIPE.to_string())
+            .expect("stage", "flush")
+            .expect("tls_version", tls.wire())
+            .expect_flags(&[("close_notify_sent", false), ("session_resumable", false)]);
+        peer.expect_success();
+    }
+}
+
+#[test]
+fn every_result_code_from_c() {
+    let ran = run_c(&programs().cn_test, &["errors"]);
+    ran.assert_success();
+    assert_eq!(ran.stdout.trim(), "errors: ok", "{}", ran.context());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let p = programs();
+    for (program, args) in [
+        (&p.cn_test, &[][..]),
+        (&p.cn_test, &["blocking", "nonsense", "1", "1.3"][..]),
+        (&p.cn_test, &["step", "plain", "1", "1.1"][..]),
+        (
+            &p.cn_test,
+            &["step", "plain", "1", "1.3", "--peer-timeout-ms", "x"][..],
+        ),
+        (&p.echo_client, &[][..]),
+        (&p.echo_client, &["127.0.0.1", "1", "hi", "--tls11"][..]),
+    ] {
+        let ran = run_c(program, args);
+        assert_eq!(ran.status.code(), Some(2), "{}", ran.context());
+        assert!(ran.stderr.contains("usage:"), "{}", ran.context());
+    }
+}
+
+#[test]
+fn a_compile_error_fails_with_the_compilers_message() {
+    // The driver's own failure path: a broken file must fail loudly, with cc's
+    // diagnostics, not silently skip the C tests.
+    let dir = profile_dir().join("c-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken = dir.join(format!("broken{}.c", std::process::id()));
+    std::fs::write(&broken, "int main(void) { return undeclared; }\n").unwrap();
+    let err = compile(&broken, &dir, "broken", &[]).expect_err("compiled a broken file");
+    let _ = std::fs::remove_file(&broken);
+    assert!(err.contains("undeclared"), "{err}");
+    assert!(!dir.join("broken").exists());
+}
+
+// ---------------------------------------------------------------------------
+// examples/c/echo_client.c
+// ---------------------------------------------------------------------------
+
+#[test]
+fn echo_client_against_python_echo_clean() {
+    let message = "hello from C: close_notify, both ways";
+    for tls in BOTH {
+        let mut peer = python(tls, "echo");
+        let port = peer.port.to_string();
+        let mut args = vec!["127.0.0.1", port.as_str(), message];
+        if let Tls::V12 = tls {
+            args.push("--tls12");
+        }
+        let ran = run_c(&programs().echo_client, &args);
+        let context = format!("{tls:?}: {}\npeer: {}", ran.context(), peer.transcript());
+        ran.assert_success();
+        assert_eq!(ran.stdout, message, "{context}");
+        let line = ran
+            .stderr
+            .lines()
+            .rfind(|l| l.starts_with("outcome="))
+            .unwrap_or_else(|| panic!("no report line on stderr: {context}"));
+        Fields::parse(line, context)
+            .expect("outcome", "clean")
+            .expect("initiator", "local")
+            .expect("stage", "await_peer")
+            .expect("alert", "-1(none)")
+            .expect("os_error", "0")
+            .expect("discarded", "0")
+            .expect("resumable", "1")
+            .expect_range("elapsed_ms", 0, upper_ms(1000) as i64);
+        peer.expect_success();
+    }
+}
