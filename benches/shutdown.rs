@@ -205,13 +205,9 @@ fn client_ctx() -> SslContext {
 }
 
 /// `n` established connections to `addr`, handshaken on two threads.
-fn establish<S: Send + 'static>(
-    addr: SocketAddr,
-    n: usize,
-    wrap: fn(std::net::TcpStream) -> S,
-) -> Vec<SslStream<S>>
+fn establish<S>(addr: SocketAddr, n: usize, wrap: fn(std::net::TcpStream) -> S) -> Vec<SslStream<S>>
 where
-    S: Read + Write + std::fmt::Debug,
+    S: Read + Write + std::fmt::Debug + Send + 'static,
 {
     let ctx = Arc::new(client_ctx());
     let threads: Vec<_> = (0..2)

@@ -247,10 +247,22 @@ fn run(options: &Options, policy: &Policy) -> Result<bool, String> {
             Ok(finish(options, None, echoed, Some("reset")))
         }
         Close::Never => {
-            // Hold the connection without ever answering, until the server closes.
+            // Hold the connection without ever answering: past the server's
+            // close_notify and FIN, until it resets the connection (or we are
+            // killed). poll() reports POLLHUP/POLLERR only for a reset.
             stream.get_ref().set_read_timeout(None).ok();
             let mut raw = [0u8; 4096];
             while matches!(stream.get_mut().read(&mut raw), Ok(n) if n > 0) {}
+            let mut pfd = libc::pollfd {
+                fd: stream.get_ref().as_raw_fd(),
+                events: 0,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; no events requested, so only a hang-up or
+            // an error wakes it.
+            while unsafe { libc::poll(&mut pfd, 1, -1) } == 0
+                || pfd.revents & (libc::POLLHUP | libc::POLLERR) == 0
+            {}
             Ok(finish(options, None, echoed, Some("never")))
         }
     }

@@ -31,8 +31,8 @@ use common::cli::{self, Args};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslSessionCacheMode,
-    SslStream, SslVersion,
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode,
+    SslSessionCacheMode, SslStream, SslVersion,
 };
 use serde_json::json;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -56,7 +56,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PENDING: usize = 1 << 20;
 
 struct Options {
-    listen: String,
+    listen: SocketAddr,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     policy: Policy,
@@ -66,13 +66,18 @@ struct Options {
 
 fn parse_options() -> Result<Options, String> {
     let mut args = Args::from_env();
-    let (mut listen, mut cert, mut key, mut json) =
-        ("127.0.0.1:4433".to_string(), None, None, false);
+    let mut listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 4433));
+    let (mut cert, mut key, mut json) = (None, None, false);
     let mut policy = Policy::builder();
     let mut idle_timeout = None;
     while let Some(flag) = args.next_flag()? {
         match flag.as_str() {
-            "--listen" => listen = args.value(&flag)?,
+            "--listen" => {
+                let v = args.value(&flag)?;
+                listen = v
+                    .parse()
+                    .map_err(|_| format!("invalid --listen '{v}' (an IP:PORT address)"))?;
+            }
             "--cert" => cert = Some(PathBuf::from(args.value(&flag)?)),
             "--key" => key = Some(PathBuf::from(args.value(&flag)?)),
             "--mode" => policy = policy.mode(cli::mode(&args.value(&flag)?)?),
@@ -135,6 +140,9 @@ fn tls_context(options: &Options) -> Result<SslContext, String> {
     ctx.set_session_id_context(b"echo_server")
         .map_err(|e| e.to_string())?;
     ctx.set_session_cache_mode(SslSessionCacheMode::SERVER);
+    // The pending echo is a Vec that grows while a write waits: a retried
+    // SSL_write may come with the same bytes at another address.
+    ctx.set_mode(SslMode::ACCEPT_MOVING_WRITE_BUFFER);
     match (&options.cert, &options.key) {
         (Some(cert), Some(key)) => {
             ctx.set_certificate_chain_file(cert)
@@ -208,10 +216,7 @@ struct Server {
 impl Server {
     fn start(options: Options) -> Result<Server, String> {
         let ctx = tls_context(&options)?;
-        let addr: SocketAddr = options
-            .listen
-            .parse()
-            .map_err(|_| format!("invalid listen address '{}'", options.listen))?;
+        let addr = options.listen;
         let mut listener =
             TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let poll = Poll::new().map_err(|e| e.to_string())?;
