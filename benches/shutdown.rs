@@ -4,6 +4,7 @@
 //! cargo bench --bench shutdown                    # everything (a few minutes)
 //! cargo bench --bench shutdown -- --quick         # smoke run (seconds)
 //! cargo bench --bench shutdown -- --json out.json # also write the figures
+//! cargo bench --bench shutdown -- --only timeout_precision   # one section
 //! scripts/syscalls.sh                             # section 2, under strace
 //! ```
 //!
@@ -56,12 +57,26 @@ fn main() {
     for (k, v) in machine.as_object().into_iter().flatten() {
         println!("  {k}: {}", v.as_str().unwrap_or(&v.to_string()));
     }
+    // `--only per_shutdown|mass_close|deadline_queue|timeout_precision`.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let wanted = |name: &str| only.as_deref().map_or(true, |o| o == name);
     let peer = peer::Peer::spawn();
     let mut results = json!({ "machine": machine, "quick": quick });
-    results["per_shutdown"] = per_shutdown::run(&peer, quick);
-    results["mass_close"] = mass::run(&peer, quick);
-    results["deadline_queue"] = queue::run(quick);
-    results["timeout_precision"] = precision::run(&peer, quick);
+    if wanted("per_shutdown") {
+        results["per_shutdown"] = per_shutdown::run(&peer, quick);
+    }
+    if wanted("mass_close") {
+        results["mass_close"] = mass::run(&peer, quick);
+    }
+    if wanted("deadline_queue") {
+        results["deadline_queue"] = queue::run(quick);
+    }
+    if wanted("timeout_precision") {
+        results["timeout_precision"] = precision::run(&peer, quick);
+    }
     if let Some(path) = json_path {
         std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap()).unwrap();
         println!("\nfigures written to {path}");
@@ -70,8 +85,8 @@ fn main() {
 
 // --- measurement helpers -----------------------------------------------------------
 
-/// User + system CPU time of the calling thread.
-fn thread_cpu() -> Duration {
+/// CPU time of the calling thread: (user, system).
+fn thread_cpu() -> (Duration, Duration) {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
     // RUSAGE_THREAD (1, Linux): the calling thread only.
     // SAFETY: getrusage writes one rusage.
@@ -80,14 +95,28 @@ fn thread_cpu() -> Duration {
         usage.assume_init()
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    (tv(usage.ru_utime), tv(usage.ru_stime))
 }
 
-/// Runs `f`, returning (CPU of this thread, wall time).
-fn measure<R>(f: impl FnOnce() -> R) -> (Duration, Duration, R) {
-    let (cpu0, wall0) = (thread_cpu(), Instant::now());
+/// What one run cost the closing thread.
+#[derive(Clone, Copy)]
+struct Cost {
+    user: Duration,
+    system: Duration,
+    wall: Duration,
+}
+
+/// Runs `f`, returning its cost on this thread.
+fn measure<R>(f: impl FnOnce() -> R) -> (Cost, R) {
+    let ((u0, s0), wall0) = (thread_cpu(), Instant::now());
     let r = f();
-    (thread_cpu() - cpu0, wall0.elapsed(), r)
+    let (u1, s1) = thread_cpu();
+    let cost = Cost {
+        user: u1 - u0,
+        system: s1 - s0,
+        wall: wall0.elapsed(),
+    };
+    (cost, r)
 }
 
 fn status_kib(field: &str) -> u64 {
@@ -147,12 +176,11 @@ fn fd_limit() -> u64 {
     lim.rlim_cur
 }
 
-/// For silent peers: their shutdowns time out, and the RST of a reset on every
-/// timeout is what tells the peer process to let go of its side.
+/// For silent peers: the default policy with a shorter peer timeout (no reset on
+/// an await_peer timeout: close() then sends nothing more, our FIN already went).
 fn silent_policy(peer_timeout: Duration) -> Policy {
     Policy::builder()
         .peer_timeout(peer_timeout)
-        .reset_on_timeout(closenotify::ResetOnTimeout::Always)
         .build()
         .unwrap()
 }
@@ -259,47 +287,67 @@ mod per_shutdown {
             ro.push(rust_openssl(peer.answer, n));
             tk.push(tokio_openssl(peer.answer, n));
         }
-        let summarise = |v: &Vec<(f64, f64)>| {
-            (
-                median(v.iter().map(|x| x.0).collect()),
-                median(v.iter().map(|x| x.1).collect()),
-            )
+        // Medians of each figure, in µs per connection.
+        let per = |v: &Vec<Cost>, f: fn(&Cost) -> Duration| {
+            median(v.iter().map(|c| us(f(c)) / n as f64).collect())
         };
-        let (cn_cpu, cn_wall) = summarise(&cn);
-        let (ro_cpu, ro_wall) = summarise(&ro);
-        let (tk_cpu, tk_wall) = summarise(&tk);
-        println!("  {:<32} {:>12} {:>14}", "", "CPU µs/conn", "wall µs/conn");
+        let row = |v: &Vec<Cost>| {
+            let (u, s, w) = (per(v, |c| c.user), per(v, |c| c.system), per(v, |c| c.wall));
+            let cpu = median(v.iter().map(|c| us(c.user + c.system) / n as f64).collect());
+            (cpu, u, s, w)
+        };
+        let (cn_cpu, cn_user, cn_sys, cn_wall) = row(&cn);
+        let (ro_cpu, ro_user, ro_sys, ro_wall) = row(&ro);
+        let (tk_cpu, tk_user, tk_sys, tk_wall) = row(&tk);
         println!(
-            "  {:<32} {:>12.2} {:>14.2}",
-            "closenotify Closer (1 thread)", cn_cpu, cn_wall
+            "  {:<32} {:>12} {:>10} {:>10} {:>13}",
+            "µs per connection", "CPU", "user", "system", "wall"
         );
-        println!(
-            "  {:<32} {:>12.2} {:>14.2}",
-            "rust-openssl shutdown() loop", ro_cpu, ro_wall
-        );
-        println!(
-            "  {:<32} {:>12.2} {:>14.2}",
-            "tokio-openssl shutdown + EOF", tk_cpu, tk_wall
-        );
+        for (name, cpu, user, sys, wall) in [
+            (
+                "closenotify Closer (1 thread)",
+                cn_cpu,
+                cn_user,
+                cn_sys,
+                cn_wall,
+            ),
+            (
+                "rust-openssl shutdown() loop",
+                ro_cpu,
+                ro_user,
+                ro_sys,
+                ro_wall,
+            ),
+            (
+                "tokio-openssl shutdown + EOF",
+                tk_cpu,
+                tk_user,
+                tk_sys,
+                tk_wall,
+            ),
+        ] {
+            println!("  {name:<32} {cpu:>12.2} {user:>10.2} {sys:>10.2} {wall:>13.2}");
+        }
         println!(
             "  CPU ratios: closenotify / rust-openssl = {:.2} (target <= 1.15), closenotify / tokio-openssl = {:.2} (target <= 0.67)",
             cn_cpu / ro_cpu,
             cn_cpu / tk_cpu
         );
+        let fig = |cpu: f64, user: f64, sys: f64, wall: f64| json!({ "cpu_us": cpu, "user_us": user, "system_us": sys, "wall_us": wall });
         json!({
             "connections": n, "rounds": rounds,
-            "closenotify": { "cpu_us": cn_cpu, "wall_us": cn_wall },
-            "rust_openssl": { "cpu_us": ro_cpu, "wall_us": ro_wall },
-            "tokio_openssl": { "cpu_us": tk_cpu, "wall_us": tk_wall },
+            "closenotify": fig(cn_cpu, cn_user, cn_sys, cn_wall),
+            "rust_openssl": fig(ro_cpu, ro_user, ro_sys, ro_wall),
+            "tokio_openssl": fig(tk_cpu, tk_user, tk_sys, tk_wall),
             "ratio_vs_rust_openssl": cn_cpu / ro_cpu,
             "ratio_vs_tokio_openssl": cn_cpu / tk_cpu,
         })
     }
 
     /// The Closer, on this thread, with its own poll.
-    pub fn closenotify(addr: SocketAddr, n: usize, policy: &Policy) -> (f64, f64) {
+    pub fn closenotify(addr: SocketAddr, n: usize, policy: &Policy) -> Cost {
         let conns = establish_mio(addr, n);
-        let (cpu, wall, clean) = measure(|| {
+        let (cost, clean) = measure(|| {
             let mut closer: Closer = Closer::new(policy).unwrap();
             for c in conns {
                 closer.add(c, ()).unwrap();
@@ -311,13 +359,13 @@ mod per_shutdown {
                 .count()
         });
         assert_eq!(clean, n, "closenotify: not every shutdown was clean");
-        (us(cpu) / n as f64, us(wall) / n as f64)
+        cost
     }
 
     /// The cost floor of OpenSSL itself: `shutdown()` until `Received`, blocking.
-    pub fn rust_openssl(addr: SocketAddr, n: usize) -> (f64, f64) {
+    pub fn rust_openssl(addr: SocketAddr, n: usize) -> Cost {
         let conns = establish(addr, n, |t| t);
-        let (cpu, wall, ()) = measure(|| {
+        let (cost, ()) = measure(|| {
             for mut c in conns {
                 loop {
                     match c.shutdown() {
@@ -328,16 +376,16 @@ mod per_shutdown {
                 }
             }
         });
-        (us(cpu) / n as f64, us(wall) / n as f64)
+        cost
     }
 
     /// What Rust users write today: `shutdown().await`, then read to EOF under a
     /// timeout, one task per connection on a current-thread runtime.
-    pub fn tokio_openssl(addr: SocketAddr, n: usize) -> (f64, f64) {
+    pub fn tokio_openssl(addr: SocketAddr, n: usize) -> Cost {
         let (rt, conns) = tokio_setup(addr, n);
-        let (cpu, wall, clean) = measure(|| tokio_close(&rt, conns));
+        let (cost, clean) = measure(|| tokio_close(&rt, conns));
         assert_eq!(clean, n, "tokio-openssl: not every shutdown completed");
-        (us(cpu) / n as f64, us(wall) / n as f64)
+        cost
     }
 
     pub type TokioStream = tokio_openssl::SslStream<tokio::net::TcpStream>;
@@ -460,9 +508,8 @@ mod mass {
         let (heap0, rss0) = (heap_in_use(), rss_bytes());
         let conns = establish_mio(peer.silent, n);
         let (heap1, rss1) = (heap_in_use(), rss_bytes());
-        // Silent peers: the shutdowns stay pending until the timeout, whose RST
-        // (reset on every timeout) releases the peer's side.
-        let mut closer: Closer = Closer::new(&silent_policy(Duration::from_secs(2))).unwrap();
+        // Silent peers: the shutdowns stay pending until the timeout.
+        let mut closer: Closer = Closer::new(&silent_policy(Duration::from_secs(1))).unwrap();
         for c in conns {
             closer.add(c, ()).unwrap();
         }
@@ -739,7 +786,13 @@ mod peer {
         s: SslStream<mio::net::TcpStream>,
         answer: bool,
         st: St,
+        /// When a silent connection saw our FIN.
+        fin_at: Option<Instant>,
     }
+
+    /// How long a silent peer holds a connection after our FIN: longer than any
+    /// peer timeout the benchmark uses, so that our side always times out first.
+    const HOLD: Duration = Duration::from_secs(2);
 
     const ANSWER: Token = Token(0);
     const SILENT: Token = Token(1);
@@ -768,9 +821,22 @@ mod peer {
         let mut conns: Vec<Option<Conn>> = Vec::new();
         let mut free: Vec<usize> = Vec::new();
         let mut events = Events::with_capacity(1024);
+        let mut held: std::collections::VecDeque<(Instant, usize)> = Default::default();
         loop {
-            if poll.poll(&mut events, None).is_err() {
+            if poll
+                .poll(&mut events, Some(Duration::from_millis(100)))
+                .is_err()
+            {
                 continue;
+            }
+            // Let go of silent connections held long enough (or already gone).
+            let now = Instant::now();
+            while held.front().is_some_and(|&(t, _)| now >= t + HOLD) {
+                let (t, i) = held.pop_front().unwrap();
+                if conns[i].as_ref().is_some_and(|c| c.fin_at == Some(t)) {
+                    conns[i] = None;
+                    free.push(i);
+                }
             }
             for event in events.iter() {
                 let t = event.token().0;
@@ -793,6 +859,7 @@ mod peer {
                             s,
                             answer: t == 0,
                             st: St::Handshake,
+                            fin_at: None,
                         });
                         if !step(conns[i].as_mut().unwrap()) {
                             conns[i] = None;
@@ -800,9 +867,12 @@ mod peer {
                         }
                     }
                 } else if let Some(c) = conns[t - 2].as_mut() {
+                    let was_held = c.fin_at.is_some();
                     if !step(c) {
                         conns[t - 2] = None;
                         free.push(t - 2);
+                    } else if let (false, Some(at)) = (was_held, c.fin_at) {
+                        held.push_back((at, t - 2));
                     }
                 }
             }
@@ -843,10 +913,16 @@ mod peer {
                     Err(_) => return false,
                 },
                 St::Hold => match c.s.get_mut().read(&mut buf) {
-                    // Our half-close: keep holding. After a FIN, Linux answers 0
-                    // before it reports an error, so the RST that ends our side's
-                    // timeout shows up in SO_ERROR, not in read().
-                    Ok(0) => return !matches!(c.s.get_ref().take_error(), Ok(Some(_))),
+                    // Our half-close: keep holding for HOLD. After a FIN, Linux
+                    // answers 0 before it reports an error, so an RST from our side
+                    // shows up in SO_ERROR, not in read().
+                    Ok(0) => {
+                        if matches!(c.s.get_ref().take_error(), Ok(Some(_))) {
+                            return false;
+                        }
+                        c.fin_at.get_or_insert_with(Instant::now);
+                        return true;
+                    }
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                     Err(_) => return false,

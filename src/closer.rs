@@ -213,6 +213,7 @@ impl<T> Closer<T> {
         // Registered just now: epoll reports what is already waiting, so the
         // machine need not try a read before it waits.
         shutdown.readiness_is_level();
+        shutdown.closed_after_report();
         let now = Instant::now();
         self.pending += 1;
         self.slots[index].entry = Some(Entry {

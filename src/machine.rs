@@ -342,6 +342,9 @@ pub struct Shutdown<C: Connection> {
     unsent_written: usize,
     /// The failure the application already saw on this connection.
     prior_error: Option<TlsError>,
+    /// Keep the final report on the connection for a second shutdown (off when
+    /// the connection is closed right after, as in the Closer).
+    save_report: bool,
 }
 
 impl<C: Connection> Shutdown<C> {
@@ -369,6 +372,7 @@ impl<C: Connection> Shutdown<C> {
             unsent: Vec::new(),
             unsent_written: 0,
             prior_error: None,
+            save_report: true,
         }
     }
 
@@ -412,6 +416,12 @@ impl<C: Connection> Shutdown<C> {
     /// registration whose edge was consumed by the application.
     pub(crate) fn readiness_is_level(&mut self) {
         self.speculative_read = false;
+    }
+
+    /// The connection is closed as soon as the report is final (the Closer), so
+    /// keeping the report on it for a second shutdown would only cost allocations.
+    pub(crate) fn closed_after_report(&mut self) {
+        self.save_report = false;
     }
 
     /// Drives the shutdown. `now` is the current time; `ready` is what the socket
@@ -848,7 +858,9 @@ impl<C: Connection> Shutdown<C> {
             detail: self.detail,
             ssl_calls: self.calls,
         };
-        self.conn.save_report(&report);
+        if self.save_report {
+            self.conn.save_report(&report);
+        }
         log::debug!("closenotify: done: {report}");
         self.state = State::Done(report);
         Progress::Done(report)
