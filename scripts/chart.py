@@ -12,7 +12,7 @@ dependencies beyond the standard library.
 import json
 import sys
 
-W, H = 900, 380
+W, H = 960, 380
 PANEL_W, PANEL_H = 360, 260
 MARGIN_L, MARGIN_T = 70, 60
 

@@ -42,12 +42,16 @@ pub type Stream = SslStream<TcpStream>;
 /// (the shared-poll setup) is re-registered under the Closer's token.
 ///
 /// # Cost
-/// Deadlines live in a queue whose cost per timeout does not grow with the number
-/// pending (FIFO lanes, one per distinct timeout; see `BENCHMARKS.md`). OpenSSL's
-/// record buffers are released as soon as a connection only waits for an alert
-/// (`SSL_MODE_RELEASE_BUFFERS`). What remains per pending shutdown is the `SSL`
-/// object and its session (a few KiB in OpenSSL 3), about 400 bytes here, and the
-/// kernel's socket; `BENCHMARKS.md` has the measured figures.
+/// Deadlines live in a [`DeadlineQueue`](crate::DeadlineQueue), whose cost per timeout
+/// does not grow with the number pending (about 30 ns with a thousand or a million).
+/// OpenSSL's record buffers are freed while a connection waits for its peer
+/// (`SSL_free_buffers`, then `SSL_MODE_RELEASE_BUFFERS`), and read-ahead lets the
+/// peer's close_notify arrive in one `recv`. Measured on OpenSSL 3.0 (TLS 1.3), a
+/// pending shutdown holds about 19 KB of heap: OpenSSL's `SSL` object, its session
+/// and cipher state, and about 400 bytes of the Closer's own. That is 37% of an idle
+/// connection's 52 KB, plus the kernel's socket. A clean shutdown costs 4 system
+/// calls besides `close()`. `BENCHMARKS.md` has the figures and how to reproduce
+/// them.
 pub struct Closer<T = ()> {
     own: Option<(Poll, Events)>,
     registry: Registry,
