@@ -482,7 +482,8 @@ impl<C: Connection> Shutdown<C> {
                 if now >= next_check {
                     self.linger(now)
                 } else {
-                    self.waiting().map_or_else(unreachable_done, Progress::Wait)
+                    self.waiting()
+                        .map_or_else(|| unreachable_wait(now), Progress::Wait)
                 }
             }
         }
@@ -743,7 +744,7 @@ impl<C: Connection> Shutdown<C> {
             ..
         } = self.state
         else {
-            return unreachable_done();
+            return unreachable_wait(now);
         };
         match self.conn.send_queue_len() {
             Ok(0) => self.finish(now, outcome),
@@ -778,7 +779,8 @@ impl<C: Connection> Shutdown<C> {
             debug_assert_eq!(stage, self.stage);
             return self.timed_out(now);
         }
-        self.waiting().map_or_else(unreachable_done, Progress::Wait)
+        self.waiting()
+            .map_or_else(|| unreachable_wait(now), Progress::Wait)
     }
 
     fn timed_out(&mut self, now: Instant) -> Progress {
@@ -879,13 +881,13 @@ impl<C: Connection> Drop for Shutdown<C> {
 }
 
 /// The states that call this always have a wait; keep the type checker honest
-/// without a panic path.
+/// without a panic path (and without reading the clock).
 #[cold]
-fn unreachable_done() -> Progress {
+fn unreachable_wait(now: Instant) -> Progress {
     debug_assert!(false, "state without a wait");
     Progress::Wait(Wait {
         interest: Interest::Timer,
-        deadline: Instant::now(),
+        deadline: now,
     })
 }
 
