@@ -17,17 +17,13 @@
 mod util;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use util::identity;
+use util::process::{self, check_tool, require, Pems, Proc, Ran};
 
 /// How long an external peer gets to become ready, answer or exit.
 const READY: Duration = Duration::from_secs(5);
@@ -76,22 +72,6 @@ fn upper_ms(normal: u64) -> u64 {
     }
 }
 
-/// Fails the test, with a clear message, when `program` cannot be run.
-fn require(program: &str, version_arg: &str) -> Result<(), String> {
-    match Command::new(program).arg(version_arg).output() {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(format!(
-            "`{program} {version_arg}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )),
-        Err(e) => Err(format!(
-            "`{program}` is required by tests/c_api.rs and could not be run ({e}); \
-             install it (CI does) instead of skipping these tests"
-        )),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Compiling the C programs, once per test binary.
 // ---------------------------------------------------------------------------
@@ -120,8 +100,8 @@ fn programs() -> &'static Programs {
 }
 
 fn compile_all() -> Result<Programs, String> {
-    require("cc", "--version")?;
-    require("pkg-config", "--version")?;
+    check_tool("cc", "--version")?;
+    check_tool("pkg-config", "--version")?;
     let profile = profile_dir();
     let pc = profile.join("closenotify.pc");
     if !pc.is_file() {
@@ -214,64 +194,16 @@ fn compile(source: &Path, dir: &Path, name: &str, flags: &[String]) -> Result<Pa
 }
 
 // ---------------------------------------------------------------------------
-// Running processes: every child is killed and reaped on drop.
+// Running the C programs.
 // ---------------------------------------------------------------------------
 
-/// A child process, killed and reaped when dropped, whatever the test did.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Collects everything `r` produces on a thread (so that every wait is bounded).
-fn drain(mut r: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
-    let sink = Arc::new(Mutex::new(Vec::new()));
-    let out = sink.clone();
-    thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = r.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    sink
-}
-
-/// What a C program did.
-struct Ran {
-    what: String,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
 impl Ran {
-    fn context(&self) -> String {
-        format!(
-            "`{}` exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.what, self.status, self.stdout, self.stderr
-        )
-    }
-
-    /// Exited 0, and was not killed by a signal.
-    #[track_caller]
-    fn assert_success(&self) {
-        assert_eq!(self.status.signal(), None, "{}", self.context());
-        assert!(self.status.success(), "{}", self.context());
-    }
-
     /// The report line of `cn_test`.
     #[track_caller]
     fn report(&self) -> Fields {
         self.assert_success();
-        let line = self
-            .stdout
+        let stdout = self.stdout_text();
+        let line = stdout
             .lines()
             .find(|l| l.starts_with("outcome="))
             .unwrap_or_else(|| panic!("no report line: {}", self.context()));
@@ -288,46 +220,7 @@ fn run_c(program: &Path, args: &[&str]) -> Ran {
     }
     argv.push(program.to_str().unwrap().to_owned());
     argv.extend(args.iter().map(|s| s.to_string()));
-    let what = argv.join(" ");
-    let child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start `{what}`: {e}"));
-    let mut child = Reaped(child);
-    let stdout = drain(child.0.stdout.take().unwrap());
-    let stderr = drain(child.0.stderr.take().unwrap());
-    let deadline = Instant::now() + run_limit();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "`{what}` still running after {:?}; stderr so far:\n{}",
-                run_limit(),
-                String::from_utf8_lossy(&stderr.lock().unwrap())
-            );
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    // The pipes close with the process (the programs start no children); give
-    // the reader threads a bounded moment to see EOF.
-    let collected = |sink: &Arc<Mutex<Vec<u8>>>| {
-        let until = Instant::now() + READY;
-        while Arc::strong_count(sink) > 1 && Instant::now() < until {
-            thread::sleep(Duration::from_millis(2));
-        }
-        String::from_utf8_lossy(&sink.lock().unwrap()).into_owned()
-    };
-    let ran = Ran {
-        status,
-        stdout: collected(&stdout),
-        stderr: collected(&stderr),
-        what,
-    };
+    let ran = process::run(&argv[0], &argv[1..], b"", run_limit());
     if valgrind_mode() {
         assert_ne!(
             ran.status.code(),
@@ -414,150 +307,22 @@ impl Fields {
 // External peers (as in tests/external_peers.rs).
 // ---------------------------------------------------------------------------
 
-/// The certificate and key of `util::identity()` as PEM files in a private temp
-/// directory, removed on drop.
-struct Pems {
-    dir: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Pems {
-    fn write() -> Pems {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "closenotify-c-api-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (cert, key) = identity();
-        let pems = Pems {
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-            dir,
-        };
-        std::fs::write(&pems.cert, cert.to_pem().unwrap()).unwrap();
-        std::fs::write(&pems.key, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
-        pems
-    }
-
-    fn cert(&self) -> &str {
-        self.cert.to_str().unwrap()
-    }
-
-    fn key(&self) -> &str {
-        self.key.to_str().unwrap()
-    }
-}
-
-impl Drop for Pems {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// An external peer process: stdout lines on a channel, stderr kept for failure
-/// messages; killed and reaped on drop.
+/// An external peer process, listening on `port`; killed and reaped on drop.
+/// Its stdin stays open: `openssl s_server` ends the connection at EOF on it.
 struct External {
-    what: String,
-    child: Reaped,
-    /// Held open: `openssl s_server` ends the connection at EOF on its stdin.
-    _stdin: ChildStdin,
-    stdout: Receiver<String>,
-    seen: Vec<String>,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    proc: Proc,
     port: u16,
     _pems: Pems,
 }
 
 impl External {
-    fn spawn(program: &str, args: &[&str], pems: Pems) -> External {
-        let what = format!("{program} {}", args.join(" "));
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{what}`: {e} (is `{program}` installed?)"));
-        let mut child = Reaped(child);
-        let (tx, stdout) = mpsc::channel();
-        let out = BufReader::new(child.0.stdout.take().unwrap());
-        thread::spawn(move || {
-            for line in out.lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = drain(child.0.stderr.take().unwrap());
-        External {
-            what,
-            _stdin: child.0.stdin.take().unwrap(),
-            child,
-            stdout,
-            seen: Vec::new(),
-            stderr,
-            port: 0,
-            _pems: pems,
-        }
-    }
-
     fn transcript(&self) -> String {
-        format!(
-            "`{}`\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.what,
-            self.seen.join("\n"),
-            String::from_utf8_lossy(&self.stderr.lock().unwrap())
-        )
-    }
-
-    /// The first stdout line matching `pred`, within `READY`.
-    fn wait_line(&mut self, looking_for: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + READY;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("no {looking_for} within {READY:?}: {}", self.transcript())
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("stdout closed before {looking_for}: {}", self.transcript())
-                }
-            }
-        }
+        self.proc.transcript()
     }
 
     /// Waits (bounded) for a successful exit on its own.
     fn expect_success(&mut self) {
-        let deadline = Instant::now() + READY;
-        let status = loop {
-            if let Some(status) = self.child.0.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "did not exit within {READY:?}: {}",
-                self.transcript()
-            );
-            thread::sleep(Duration::from_millis(5));
-        };
-        while let Ok(line) = self.stdout.recv_timeout(READY) {
-            self.seen.push(line);
-        }
-        assert!(
-            status.success(),
-            "exited with {status}: {}",
-            self.transcript()
-        );
+        self.proc.expect_success(READY);
     }
 }
 
@@ -590,69 +355,32 @@ impl Tls {
 /// The two C shutdown APIs.
 const APIS: [&str; 2] = ["blocking", "step"];
 
-/// `openssl s_server` for exactly one connection, on the port it chose.
+/// `openssl s_server` for exactly one connection, on the port it chose (see
+/// `util::process::s_server`).
 fn s_server(tls: Tls) -> External {
-    require("openssl", "version").unwrap_or_else(|e| panic!("{e}"));
+    require("openssl", "version");
     let pems = Pems::write();
     let flag = match tls {
         Tls::V12 => "-tls1_2",
         Tls::V13 => "-tls1_3",
     };
-    let (cert, key) = (pems.cert().to_owned(), pems.key().to_owned());
-    let mut server = External::spawn(
-        "openssl",
-        &[
-            "s_server",
-            "-accept",
-            "127.0.0.1:0",
-            "-naccept",
-            "1",
-            "-cert",
-            &cert,
-            "-key",
-            &key,
-            flag,
-        ],
-        pems,
-    );
-    // Printed once it listens; `-naccept 1` would count a TCP probe as its one
-    // connection, so this line is the readiness signal.
-    let line = server.wait_line("ACCEPT line", |l| l.starts_with("ACCEPT"));
-    server.port = line
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}: {}", server.transcript()));
-    server
+    let (server, addr) = process::s_server(&pems, &[flag], READY);
+    External {
+        proc: server,
+        port: addr.port(),
+        _pems: pems,
+    }
 }
 
 /// `tests/peers/peer.py MODE`, listening on the port it prints first.
 fn python(tls: Tls, mode: &str) -> External {
-    require("python3", "--version").unwrap_or_else(|e| panic!("{e}"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/peer.py");
-    assert!(script.is_file(), "missing {}", script.display());
     let pems = Pems::write();
-    let (cert, key) = (pems.cert().to_owned(), pems.key().to_owned());
-    let mut peer = External::spawn(
-        "python3",
-        &[
-            script.to_str().unwrap(),
-            mode,
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--tls",
-            tls.arg(),
-        ],
-        pems,
-    );
-    let line = peer.wait_line("port line", |_| true);
-    peer.port = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("first line is not a port: {}", peer.transcript()));
-    peer
+    let (peer, port) = process::peer_py(&pems, mode, tls.arg(), READY);
+    External {
+        proc: peer,
+        port,
+        _pems: pems,
+    }
 }
 
 /// `cn_test API SCENARIO PORT VERSION [extra...]` against `peer`; its report,
@@ -859,7 +587,7 @@ fn a_reset_peer_does_not_kill_a_c_program_with_default_sigpipe() {
 fn every_result_code_from_c() {
     let ran = run_c(&programs().cn_test, &["errors"]);
     ran.assert_success();
-    assert_eq!(ran.stdout.trim(), "errors: ok", "{}", ran.context());
+    assert_eq!(ran.stdout_text().trim(), "errors: ok", "{}", ran.context());
 }
 
 #[test]
@@ -913,7 +641,7 @@ fn echo_client_against_python_echo_clean() {
         let ran = run_c(&programs().echo_client, &args);
         let context = format!("{tls:?}: {}\npeer: {}", ran.context(), peer.transcript());
         ran.assert_success();
-        assert_eq!(ran.stdout, message, "{context}");
+        assert_eq!(ran.stdout_text(), message, "{context}");
         let line = ran
             .stderr
             .lines()

@@ -15,20 +15,21 @@
 mod util;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{ErrorCode, ShutdownResult, Ssl, SslStream};
 use serde_json::{json, Value};
-use util::{identity, read_until_close_notify, reset_on_drop, wait_eof, Contexts, Tls, BOTH};
+use util::process::{self, Job, Pems, Proc, Ran};
+use util::{read_until_close_notify, reset_on_drop, wait_eof, Contexts, Tls, BOTH};
 
 /// The bound of every wait for a process, a line or a socket.
 const WAIT: Duration = Duration::from_secs(10);
@@ -130,57 +131,17 @@ fn command(program: &str) -> Command {
     cmd
 }
 
-/// Kills and reaps the child on drop, whatever happened in the test.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A long-running `program` (see `util::process::Proc`).
+fn spawn(program: &str, args: &[String]) -> Proc {
+    Proc::spawn_cmd(command(program), program, args)
 }
 
-/// Waits (bounded) for the child to exit.
-fn wait_exit(child: &mut Child, limit: Duration, what: &dyn Fn() -> String) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "did not exit within {limit:?}: {}",
-            what()
-        );
-        thread::sleep(Duration::from_millis(2));
-    }
+/// Runs `program args` to completion with `stdin` as its input, within `limit`.
+fn run(program: &str, args: &[String], stdin: &[u8], limit: Duration) -> Ran {
+    Job::start(command(program), program, args, stdin).wait(limit)
 }
 
-fn collect(mut from: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut all = Vec::new();
-        let _ = from.read_to_end(&mut all);
-        all
-    })
-}
-
-/// What a finished process left.
-struct Run {
-    what: String,
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Run {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-
-    fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr.lines().collect()
-    }
-
+impl Ran {
     /// The last stderr line, as JSON (the client's report).
     fn report(&self) -> Value {
         let last = self.stderr.lines().last().unwrap_or_else(|| {
@@ -188,168 +149,6 @@ impl Run {
         });
         serde_json::from_str(last)
             .unwrap_or_else(|e| panic!("{}: last stderr line is not JSON ({e}): {last}", self.what))
-    }
-}
-
-/// Runs `program args` to completion with `stdin` as its input, within `limit`.
-fn run(program: &str, args: &[String], stdin: &[u8], limit: Duration) -> Run {
-    let what = format!("`{program} {}`", args.join(" "));
-    let child = command(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let mut child = Reaper(child);
-    let mut input = child.0.stdin.take().unwrap();
-    let stdin = stdin.to_vec();
-    // A large input must not block the test: write it on a thread.
-    let writer = thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
-    let out = collect(child.0.stdout.take().unwrap());
-    let err = collect(child.0.stderr.take().unwrap());
-    let status = wait_exit(&mut child.0, limit, &|| what.clone());
-    let _ = writer.join();
-    Run {
-        stdout: out.join().unwrap(),
-        stderr: String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
-        what,
-        status,
-    }
-}
-
-/// A long-running process: stdout lines arrive on a channel (read by a thread, so
-/// that every wait is bounded), stderr is kept for failure messages.
-struct Proc {
-    what: String,
-    child: Reaper,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Proc {
-    fn spawn(program: &str, args: &[String]) -> Proc {
-        let what = format!("`{program} {}`", args.join(" "));
-        let child = command(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e} (is it installed?)"));
-        let mut child = Reaper(child);
-        let (tx, lines) = mpsc::channel();
-        let out = BufReader::new(child.0.stdout.take().unwrap());
-        thread::spawn(move || {
-            for line in out.lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut err = child.0.stderr.take().unwrap();
-        let sink = stderr.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Proc {
-            what,
-            stdin: child.0.stdin.take(),
-            child,
-            lines,
-            seen: Vec::new(),
-            stderr,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.0.id() as i32
-    }
-
-    fn transcript(&self) -> String {
-        let tail: Vec<&String> = self.seen.iter().rev().take(20).collect();
-        format!(
-            "{}\n--- last stdout lines ---\n{}\n--- stderr ---\n{}",
-            self.what,
-            tail.into_iter()
-                .rev()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("\n"),
-            String::from_utf8_lossy(&self.stderr.lock().unwrap())
-        )
-    }
-
-    /// The next stdout line, within `WAIT`.
-    fn next_line(&mut self, looking_for: &str) -> String {
-        match self.lines.recv_timeout(WAIT) {
-            Ok(line) => {
-                self.seen.push(line.clone());
-                line
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("no {looking_for} within {WAIT:?}: {}", self.transcript())
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                panic!("stdout closed before {looking_for}: {}", self.transcript())
-            }
-        }
-    }
-
-    /// The first stdout line that satisfies `pred`, within `WAIT`.
-    fn wait_line(&mut self, looking_for: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no {looking_for} within {WAIT:?}: {}", self.transcript()),
-            }
-        }
-    }
-
-    fn write_stdin(&mut self, bytes: &[u8]) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(bytes).expect("write to stdin");
-        stdin.flush().unwrap();
-    }
-
-    fn close_stdin(&mut self) {
-        drop(self.stdin.take());
-    }
-
-    /// Waits (bounded) for the exit; returns the status and every stdout line.
-    fn wait_exit(&mut self, limit: Duration) -> (ExitStatus, Vec<String>) {
-        let what = self.what.clone();
-        let status = wait_exit(&mut self.child.0, limit, &|| what.clone());
-        // The process is gone: the reader thread reaches EOF and hangs up.
-        while let Ok(line) = self.lines.recv_timeout(WAIT) {
-            self.seen.push(line);
-        }
-        (status, self.seen.clone())
-    }
-
-    /// SIGKILL and reap: the kernel has closed its sockets once this returns.
-    fn kill(&mut self) {
-        let _ = self.child.0.kill();
-        let _ = self.child.0.wait();
     }
 }
 
@@ -401,8 +200,8 @@ impl EchoServer {
             .map(|s| s.to_string())
             .collect();
         all.extend(args.iter().map(|s| s.to_string()));
-        let mut proc = Proc::spawn("echo_server", &all);
-        let first = proc.next_line("the listening line");
+        let mut proc = spawn("echo_server", &all);
+        let first = proc.next_line("the listening line", WAIT);
         let v: Value = serde_json::from_str(&first)
             .unwrap_or_else(|e| panic!("first line is not JSON ({e}): {}", proc.transcript()));
         let obj = v.as_object().expect("an object");
@@ -429,7 +228,7 @@ impl EchoServer {
 
     /// The next stdout line, parsed as JSON (every line must be).
     fn line(&mut self) -> Value {
-        let line = self.proc.next_line("a connection's line");
+        let line = self.proc.next_line("a connection's line", WAIT);
         serde_json::from_str(&line).unwrap_or_else(|e| {
             panic!(
                 "not a JSON line ({e}): {line:?}\n{}",
@@ -560,46 +359,6 @@ fn varied_bytes(len: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
-}
-
-/// The identity's certificate and key as PEM files in a private temp directory,
-/// removed on drop.
-struct Pems {
-    dir: PathBuf,
-}
-
-impl Pems {
-    fn write() -> Pems {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "closenotify-echo-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (cert, key) = identity();
-        std::fs::write(dir.join("cert.pem"), cert.to_pem().unwrap()).unwrap();
-        std::fs::write(dir.join("key.pem"), key.private_key_to_pem_pkcs8().unwrap()).unwrap();
-        Pems { dir }
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.dir.join(name).to_str().unwrap().to_string()
-    }
-
-    fn cert(&self) -> String {
-        self.file("cert.pem")
-    }
-
-    fn key(&self) -> String {
-        self.file("key.pem")
-    }
-}
-
-impl Drop for Pems {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -813,21 +572,7 @@ fn never_run(
     what: &str,
     server_mode: &str,
 ) {
-    let child = command("echo_client")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("{what}: cannot start echo_client: {err}"));
-    let mut child = Reaper(child);
-    let mut stdin = child.0.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = collect(child.0.stdout.take().unwrap());
-    let err = collect(child.0.stderr.take().unwrap());
+    let mut child = Job::start(command("echo_client"), "echo_client", args, input);
 
     let line = server.line();
     peer_port(&line);
@@ -842,19 +587,16 @@ fn never_run(
         assert!(elapsed < 1000, "{what}: {line}");
     }
     assert!(
-        child.0.try_wait().unwrap().is_none(),
+        child.is_running(),
         "{what}: the client stopped holding the connection"
     );
-    let _ = child.0.kill();
-    let _ = child.0.wait();
-    let _ = writer.join();
-    let stdout = out.join().unwrap();
+    let r = child.kill();
     assert!(
-        stdout == msg,
+        r.stdout == msg,
         "{what}: the echo on stdout differs ({} bytes, expected {}); stderr: {}",
-        stdout.len(),
+        r.stdout.len(),
         msg.len(),
-        String::from_utf8_lossy(&err.join().unwrap())
+        r.stderr
     );
 }
 
@@ -932,7 +674,7 @@ fn openssl_flag(tls: Tls) -> &'static str {
 /// `-quiet` implies `-ign_eof`; `-no_ign_eof` after it makes stdin EOF send
 /// close_notify.
 fn s_client(server: &EchoServer, tls: Tls) -> Proc {
-    let mut client = Proc::spawn(
+    let mut client = spawn(
         "openssl",
         &strings(&[
             "s_client",
@@ -944,7 +686,7 @@ fn s_client(server: &EchoServer, tls: Tls) -> Proc {
         ]),
     );
     client.write_stdin(b"ping\n");
-    client.wait_line("the echo of ping", |l| l == "ping");
+    client.wait_line("the echo of ping", WAIT, |l| l == "ping");
     client
 }
 
@@ -997,27 +739,11 @@ fn s_client_killed_after_the_echo_is_truncated() {
 // 3. echo_client -> openssl s_server.
 // ---------------------------------------------------------------------------
 
-/// `openssl s_server` for one connection on a port it picks; returns once it
-/// listens (its `ACCEPT 127.0.0.1:PORT` line). Its stdin stays open: EOF on it
-/// would end the connection.
+/// `openssl s_server` for one connection on a port it picks, once it listens,
+/// and its address (see `util::process::s_server`).
 fn s_server(extra: &[&str], pems: &Pems) -> (Proc, String) {
-    let mut args = strings(&[
-        "s_server",
-        "-accept",
-        "127.0.0.1:0",
-        "-naccept",
-        "1",
-        "-cert",
-        &pems.cert(),
-        "-key",
-        &pems.key(),
-    ]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let mut server = Proc::spawn("openssl", &args);
-    let line = server.wait_line("ACCEPT line", |l| l.starts_with("ACCEPT "));
-    let addr = line["ACCEPT ".len()..].trim().to_string();
-    assert!(addr.parse::<SocketAddr>().is_ok(), "{line:?}");
-    (server, addr)
+    let (server, addr) = process::s_server(pems, extra, WAIT);
+    (server, addr.to_string())
 }
 
 fn client_args(addr: &str, close: &str, tls: Tls, msg: &str) -> Vec<String> {
@@ -1849,31 +1575,31 @@ fn unusable_certificate_or_key_exits_1_with_one_line() {
     )
     .unwrap();
     let missing = pems.file("missing.pem");
-    let dir = pems.dir.to_str().unwrap().to_string();
+    let dir = pems.dir().to_str().unwrap().to_string();
     for (cert, key) in [
         (missing.clone(), missing.clone()),
-        (dir.clone(), pems.key()),
-        (pems.file("garbage.pem"), pems.key()),
-        (pems.cert(), pems.file("garbage.pem")),
-        (pems.cert(), missing.clone()),
-        (pems.cert(), pems.file("other.pem")),
+        (dir.clone(), pems.key().to_string()),
+        (pems.file("garbage.pem"), pems.key().to_string()),
+        (pems.cert().to_string(), pems.file("garbage.pem")),
+        (pems.cert().to_string(), missing.clone()),
+        (pems.cert().to_string(), pems.file("other.pem")),
     ] {
         let args = strings(&["--listen", "127.0.0.1:0", "--cert", &cert, "--key", &key]);
         assert_startup_failure(&args);
     }
     // The PEM files themselves work.
-    let mut ok = Proc::spawn(
+    let mut ok = spawn(
         "echo_server",
         &strings(&[
             "--listen",
             "127.0.0.1:0",
             "--cert",
-            &pems.cert(),
+            pems.cert(),
             "--key",
-            &pems.key(),
+            pems.key(),
         ]),
     );
-    let first: Value = serde_json::from_str(&ok.next_line("the listening line")).unwrap();
+    let first: Value = serde_json::from_str(&ok.next_line("the listening line", WAIT)).unwrap();
     assert!(first["listening"].is_string(), "{first}");
 }
 

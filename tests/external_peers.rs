@@ -7,226 +7,18 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use closenotify::{shutdown_blocking, Initiator, Outcome, Stage};
 use openssl::ssl::{Ssl, SslStream};
+use util::process::{self, require, Pems, Proc};
 use util::*;
 
 /// How long any external peer gets to become ready, answer or exit.
 const READY: Duration = Duration::from_secs(5);
-
-fn peer_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/peer.py")
-}
-
-/// Fails the test, with a clear message, when `program` cannot be run.
-fn require(program: &str, version_arg: &str) {
-    match Command::new(program).arg(version_arg).output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "`{program} {version_arg}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => panic!(
-            "`{program}` is required by tests/external_peers.rs and could not be run ({e}); \
-             install it (CI does) instead of skipping these tests"
-        ),
-    }
-}
-
-/// The certificate and key of `util::identity()` as PEM files in a private temp
-/// directory, removed on drop.
-struct Pems {
-    dir: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Pems {
-    fn write() -> Pems {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "closenotify-external-peers-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (cert, key) = identity();
-        let pems = Pems {
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-            dir,
-        };
-        std::fs::write(&pems.cert, cert.to_pem().unwrap()).unwrap();
-        std::fs::write(&pems.key, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
-        pems
-    }
-
-    fn cert(&self) -> &str {
-        self.cert.to_str().unwrap()
-    }
-
-    fn key(&self) -> &str {
-        self.key.to_str().unwrap()
-    }
-}
-
-impl Drop for Pems {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// An external peer process. Its stdout lines arrive on a channel (read by a
-/// thread, so that every wait is bounded); its stderr is kept for failure messages.
-/// Dropping it kills and reaps the process, whatever happened in the test.
-struct External {
-    what: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Receiver<String>,
-    seen: Vec<String>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl External {
-    fn spawn(program: &str, args: &[&str]) -> External {
-        let what = format!("{program} {}", args.join(" "));
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{what}`: {e} (is `{program}` installed?)"));
-        let (tx, stdout) = mpsc::channel();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        thread::spawn(move || {
-            for line in out.lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        External {
-            what,
-            stdin: child.stdin.take(),
-            child,
-            stdout,
-            seen: Vec::new(),
-            stderr,
-        }
-    }
-
-    /// What the process said so far, for failure messages.
-    fn transcript(&self) -> String {
-        format!(
-            "`{}`\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.what,
-            self.seen.join("\n"),
-            self.stderr.lock().unwrap()
-        )
-    }
-
-    /// The first stdout line matching `pred`, within `READY`.
-    fn wait_line(&mut self, looking_for: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + READY;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("no {looking_for} within {READY:?}: {}", self.transcript())
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("stdout closed before {looking_for}: {}", self.transcript())
-                }
-            }
-        }
-    }
-
-    /// Closes the process's stdin (EOF).
-    fn close_stdin(&mut self) {
-        drop(self.stdin.take());
-    }
-
-    /// Waits (bounded) for the process to exit on its own; returns its status and
-    /// everything it wrote to stdout.
-    fn wait_exit(&mut self) -> (ExitStatus, Vec<String>) {
-        let deadline = Instant::now() + READY;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "did not exit within {READY:?}: {}",
-                self.transcript()
-            );
-            thread::sleep(Duration::from_millis(5));
-        };
-        // The process is gone: the reader thread reaches EOF and hangs up.
-        while let Ok(line) = self.stdout.recv_timeout(READY) {
-            self.seen.push(line);
-        }
-        (status, self.seen.clone())
-    }
-
-    /// Waits for a successful exit.
-    fn expect_success(&mut self) -> Vec<String> {
-        let (status, out) = self.wait_exit();
-        assert!(
-            status.success(),
-            "exited with {status}: {}",
-            self.transcript()
-        );
-        out
-    }
-
-    /// SIGKILL, and reap the process: its sockets are closed by the kernel once
-    /// `wait` returns.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for External {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Waits (bounded) until `fd` reports one of `events`.
 fn wait_for(fd: i32, events: i16, what: &str) {
@@ -275,36 +67,12 @@ fn openssl_flag(tls: Tls) -> &'static str {
 // A. openssl s_server as the peer, our side the client.
 // ---------------------------------------------------------------------------
 
-/// Starts `openssl s_server` for exactly one connection; returns it and its port.
-///
-/// Readiness is the `ACCEPT 127.0.0.1:PORT` line s_server prints once it listens,
-/// and the port is the one it chose (`-accept 127.0.0.1:0`), so no other process
-/// can take it in between. A TCP probe would not do: `-naccept 1` counts the probe
-/// as its one connection and then exits.
-fn s_server(tls: Tls, pems: &Pems) -> (External, u16) {
+/// Starts `openssl s_server` for exactly one connection (see
+/// `util::process::s_server`); returns it and its port.
+fn s_server(tls: Tls, pems: &Pems) -> (Proc, u16) {
     require("openssl", "version");
-    let mut server = External::spawn(
-        "openssl",
-        &[
-            "s_server",
-            "-accept",
-            "127.0.0.1:0",
-            "-naccept",
-            "1",
-            "-cert",
-            pems.cert(),
-            "-key",
-            pems.key(),
-            openssl_flag(tls),
-        ],
-    );
-    let line = server.wait_line("ACCEPT line", |l| l.starts_with("ACCEPT"));
-    let port = line
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}: {}", server.transcript()));
-    (server, port)
+    let (server, addr) = process::s_server(pems, &[openssl_flag(tls)], READY);
+    (server, addr.port())
 }
 
 #[test]
@@ -334,7 +102,7 @@ fn s_server_answers_our_close_notify_clean_local() {
         drop(ours);
         // s_server saw our close_notify as the end of the stream ("DONE"), answered
         // it in its own shutdown, and exits after its one connection.
-        let out = server.expect_success();
+        let out = server.expect_success(READY);
         assert!(out.iter().any(|l| l == "DONE"), "{}", server.transcript());
     }
 }
@@ -351,12 +119,12 @@ fn s_server_answers_our_close_notify_clean_local() {
 /// `-quiet` keeps stdout to the application data; it also implies `-ign_eof`,
 /// which `-no_ign_eof` (after it) turns off again: EOF on stdin makes s_client
 /// send close_notify.
-fn s_client(tls: Tls, ctx: &Contexts) -> (External, SslStream<TcpStream>) {
+fn s_client(tls: Tls, ctx: &Contexts) -> (Proc, SslStream<TcpStream>) {
     require("openssl", "version");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let connect_to = format!("127.0.0.1:{port}");
-    let mut client = External::spawn(
+    let mut client = Proc::spawn(
         "openssl",
         &[
             "s_client",
@@ -369,7 +137,7 @@ fn s_client(tls: Tls, ctx: &Contexts) -> (External, SslStream<TcpStream>) {
     );
     let mut ours = accept(ctx, &listener);
     ours.write_all(b"ping\n").unwrap();
-    client.wait_line("echo of our ping", |l| l == "ping");
+    client.wait_line("echo of our ping", READY, |l| l == "ping");
     (client, ours)
 }
 
@@ -404,7 +172,7 @@ fn s_client_closes_on_stdin_eof_and_we_answer_clean_peer() {
         assert!(r.elapsed < ms(100), "{what}: {:?}", r.elapsed);
 
         drop(ours);
-        client.expect_success();
+        client.expect_success(READY);
     }
 }
 
@@ -449,33 +217,13 @@ fn s_client_killed_after_the_handshake_truncated() {
 // C. Python's ssl module as the peer (tests/peers/peer.py), our side the client.
 // ---------------------------------------------------------------------------
 
-/// Starts peer.py in `mode` and connects to it.
-fn python(tls: Tls, mode: &str, pems: &Pems) -> (External, SslStream<TcpStream>) {
-    require("python3", "--version");
-    let script = peer_script();
-    assert!(script.is_file(), "missing {}", script.display());
+/// Starts peer.py in `mode` (see `util::process::peer_py`) and connects to it.
+fn python(tls: Tls, mode: &str, pems: &Pems) -> (Proc, SslStream<TcpStream>) {
     let version = match tls {
         Tls::V12 => "1.2",
         Tls::V13 => "1.3",
     };
-    let mut peer = External::spawn(
-        "python3",
-        &[
-            script.to_str().unwrap(),
-            mode,
-            "--cert",
-            pems.cert(),
-            "--key",
-            pems.key(),
-            "--tls",
-            version,
-        ],
-    );
-    let line = peer.wait_line("port line", |_| true);
-    let port: u16 = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("first line is not a port: {}", peer.transcript()));
+    let (peer, port) = process::peer_py(pems, mode, version, READY);
     let ctx = Contexts::new(tls);
     let ours = connect(&ctx, port);
     (peer, ours)
@@ -501,7 +249,7 @@ fn python_answers_our_close_notify_clean() {
         assert!(r.session_resumable, "{what}");
         assert!(r.elapsed < ms(1000), "{what}: {:?}", r.elapsed);
         drop(ours);
-        peer.expect_success();
+        peer.expect_success(READY);
     }
 }
 
@@ -555,7 +303,7 @@ fn python_closes_without_close_notify_truncated() {
             "{what}"
         );
         assert!(r.elapsed < ms(1000), "{what}: waited for the timeout");
-        peer.expect_success();
+        peer.expect_success(READY);
     }
 }
 
@@ -581,7 +329,7 @@ fn python_resets_reset_with_econnreset() {
             "{what}"
         );
         assert!(r.elapsed < ms(1000), "{what}: waited for the timeout");
-        peer.expect_success();
+        peer.expect_success(READY);
     }
 }
 
@@ -604,6 +352,6 @@ fn python_sends_data_after_our_close_notify_clean_with_discarded_bytes() {
         assert!(r.session_resumable, "{what}");
         assert!(r.elapsed < ms(1000), "{what}: {:?}", r.elapsed);
         drop(ours);
-        peer.expect_success();
+        peer.expect_success(READY);
     }
 }

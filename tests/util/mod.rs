@@ -1,6 +1,9 @@
 //! Shared helpers for the integration tests: real OpenSSL on both ends of real
-//! loopback sockets. Each test file uses a subset.
+//! loopback sockets. Each test file uses a subset. External processes (openssl,
+//! python3, the C programs, the examples) are in `process`.
 #![allow(dead_code)]
+
+pub mod process;
 
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
