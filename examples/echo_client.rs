@@ -125,13 +125,7 @@ fn main() -> ExitCode {
     env_logger::init();
     let mut options = match parse_options() {
         Ok(o) => o,
-        Err(msg) => {
-            if !msg.is_empty() {
-                eprintln!("echo_client: {msg}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(msg) => return cli::usage_error("echo_client", USAGE, &msg),
     };
     let mode = match options.close {
         Close::Shutdown(mode) => mode,
@@ -139,10 +133,7 @@ fn main() -> ExitCode {
     };
     let policy = match std::mem::take(&mut options.policy).mode(mode).build() {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("echo_client: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return cli::usage_error("echo_client", USAGE, &e.to_string()),
     };
     match run(&options, &policy) {
         Ok(true) => ExitCode::SUCCESS,

@@ -116,13 +116,7 @@ fn main() -> ExitCode {
     env_logger::init();
     let options = match parse_options() {
         Ok(o) => o,
-        Err(msg) => {
-            if !msg.is_empty() {
-                eprintln!("echo_server: {msg}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(msg) => return cli::usage_error("echo_server", USAGE, &msg),
     };
     match Server::start(options).and_then(|mut s| s.run()) {
         Ok(()) => ExitCode::SUCCESS,

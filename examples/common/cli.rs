@@ -72,6 +72,15 @@ impl Args {
     }
 }
 
+/// A usage error: the reason (none for `--help`), the usage line, exit code 2.
+pub fn usage_error(program: &str, usage: &str, reason: &str) -> std::process::ExitCode {
+    if !reason.is_empty() {
+        eprintln!("{program}: {reason}");
+    }
+    eprintln!("{usage}");
+    std::process::ExitCode::from(2)
+}
+
 /// The mode names of the command line (`send-only`, with a dash).
 pub fn mode(name: &str) -> Result<closenotify::Mode, String> {
     match name {
