@@ -218,30 +218,20 @@ mod on_ssl {
     /// Lets a retried `SSL_write` come with a different buffer holding the same
     /// bytes (the caller's unsent data, now owned by the shutdown).
     pub fn accept_moving_write_buffer(ssl: &SslRef) {
-        // SAFETY: `ssl` is valid; SSL_ctrl(SSL_CTRL_MODE) only ORs a mode bit.
-        unsafe {
-            ffi::SSL_ctrl(
-                ssl.as_ptr(),
-                ffi::SSL_CTRL_MODE,
-                ffi::SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER,
-                std::ptr::null_mut(),
-            )
-        };
+        set_mode(ssl, ffi::SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     }
 
     /// Releases OpenSSL's read and write buffers whenever they are empty
     /// (`SSL_MODE_RELEASE_BUFFERS`): a connection that only waits for an alert
     /// then holds no 16 KiB record buffers.
     pub fn release_buffers(ssl: &SslRef) {
-        // SAFETY: as above.
-        unsafe {
-            ffi::SSL_ctrl(
-                ssl.as_ptr(),
-                ffi::SSL_CTRL_MODE,
-                ffi::SSL_MODE_RELEASE_BUFFERS,
-                std::ptr::null_mut(),
-            )
-        };
+        set_mode(ssl, ffi::SSL_MODE_RELEASE_BUFFERS);
+    }
+
+    /// `SSL_set_mode`: ORs `mode` into the connection's mode bits.
+    fn set_mode(ssl: &SslRef, mode: std::ffi::c_long) {
+        // SAFETY: `ssl` is valid; SSL_ctrl(SSL_CTRL_MODE) only ORs a mode bit.
+        unsafe { ffi::SSL_ctrl(ssl.as_ptr(), ffi::SSL_CTRL_MODE, mode, std::ptr::null_mut()) };
     }
 
     pub fn has_pending(ssl: &SslRef) -> bool {
