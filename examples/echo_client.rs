@@ -320,19 +320,14 @@ fn finish(options: &Options, report: Option<&Report>, echoed: u64, close: Option
     match (report, options.json) {
         (Some(r), true) => eprintln!(
             "{}",
-            json!({
-                "outcome": r.outcome.as_str(),
-                "initiator": r.initiator.as_str(),
-                "stage": r.stage.as_str(),
-                "alert": r.alert.map(|a| a.alert.code()),
-                "alert_name": r.alert.map(|a| a.alert.name()),
-                "os_error": r.os_error,
-                "bytes_echoed": echoed,
-                "discarded_bytes": r.discarded_bytes,
-                "elapsed_ms": r.elapsed.as_millis() as u64,
-                "tls_version": r.tls_version.map(|v| v.as_str()),
-                "session_resumable": r.session_resumable,
-            })
+            common::report_json(
+                vec![],
+                r,
+                vec![
+                    ("os_error", json!(r.os_error)),
+                    ("bytes_echoed", json!(echoed))
+                ],
+            )
         ),
         (Some(r), false) => eprintln!("{echoed} bytes echoed; {r}"),
         (None, true) => eprintln!("{}", json!({ "close": close, "bytes_echoed": echoed })),

@@ -463,20 +463,14 @@ impl Server {
         for (info, report) in reports {
             *self.outcomes.entry(report.outcome.as_str()).or_default() += 1;
             if self.json {
-                self.line(json!({
-                    "peer": info.peer.to_string(),
-                    "outcome": report.outcome.as_str(),
-                    "initiator": report.initiator.as_str(),
-                    "stage": report.stage.as_str(),
-                    "alert": report.alert.map(|a| a.alert.code()),
-                    "alert_name": report.alert.map(|a| a.alert.name()),
-                    "bytes_in": info.bytes_in,
-                    "bytes_out": info.bytes_out,
-                    "discarded_bytes": report.discarded_bytes,
-                    "elapsed_ms": report.elapsed.as_millis() as u64,
-                    "tls_version": report.tls_version.map(|v| v.as_str()),
-                    "session_resumable": report.session_resumable,
-                }));
+                self.line(common::report_json(
+                    vec![("peer", json!(info.peer.to_string()))],
+                    &report,
+                    vec![
+                        ("bytes_in", json!(info.bytes_in)),
+                        ("bytes_out", json!(info.bytes_out)),
+                    ],
+                ));
             } else {
                 println!(
                     "{} in={} out={} {report}",

@@ -424,3 +424,35 @@ fn answer_now(mut s: SslStream<TcpStream>) {
         wait_eof(s.get_mut());
     }
 }
+
+/// A report as the examples' JSON object, fields in the order of SPEC §6: `before`
+/// first (the server's `peer`), then the report, with `middle` (byte counts, the
+/// client's errno) between `alert_name` and `discarded_bytes`.
+pub fn report_json(
+    before: Vec<(&str, serde_json::Value)>,
+    r: &closenotify::Report,
+    middle: Vec<(&str, serde_json::Value)>,
+) -> serde_json::Value {
+    use serde_json::json;
+    let mut fields: Vec<(&str, serde_json::Value)> = before;
+    fields.extend([
+        ("outcome", json!(r.outcome.as_str())),
+        ("initiator", json!(r.initiator.as_str())),
+        ("stage", json!(r.stage.as_str())),
+        ("alert", json!(r.alert.map(|a| a.alert.code()))),
+        ("alert_name", json!(r.alert.map(|a| a.alert.name()))),
+    ]);
+    fields.extend(middle);
+    fields.extend([
+        ("discarded_bytes", json!(r.discarded_bytes)),
+        ("elapsed_ms", json!(r.elapsed.as_millis() as u64)),
+        ("tls_version", json!(r.tls_version.map(|v| v.as_str()))),
+        ("session_resumable", json!(r.session_resumable)),
+    ]);
+    serde_json::Value::Object(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
+}
