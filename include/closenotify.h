@@ -42,11 +42,13 @@ typedef struct {
    */
   closenotify_mode mode;
   /*
-   Longest wait to get close_notify into the kernel, 1..=3600000 ms; default 3000.
+   Longest wait to get close_notify into the kernel, 1..=3600000 ms (0 is
+   allowed in quiet mode, which sends nothing); default 3000.
    */
   uint32_t flush_timeout_ms;
   /*
-   Longest wait for the peer's close_notify, 1..=3600000 ms; default 3000.
+   Longest wait for the peer's close_notify, 1..=3600000 ms (0 is allowed in
+   the modes that do not wait for the peer); default 3000.
    */
   uint32_t peer_timeout_ms;
   /*
@@ -336,8 +338,14 @@ void closenotify_policy_init(closenotify_policy *policy);
  caller's `close()` sends an RST. Calling it again on the same `ssl` writes the
  same report.
 
+ `ssl` must read and write through OpenSSL's socket (or fd) BIO on `fd`, as
+ `SSL_set_fd(ssl, fd)` sets it up. Anything else (a memory BIO, a BIO pair, a
+ BIO of another library, a socket BIO on another fd) is refused with
+ `CLOSENOTIFY_ERR_INVALID_ARGUMENT` before either socket is touched.
+
  Returns `CLOSENOTIFY_OK` (the report is written), `CLOSENOTIFY_ERR_NULL_ARGUMENT`
- (`ssl` or `report` NULL) or `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (bad fd or policy).
+ (`ssl` or `report` NULL) or `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (bad fd, an `ssl`
+ not on `fd`, or a bad policy; `closenotify_last_error` says which).
 
  # Safety
  `ssl` is a valid `SSL*` used by no other thread during the call; `fd` is its
@@ -356,9 +364,17 @@ closenotify_result closenotify_shutdown_blocking(SSL *ssl,
  Ownership: the caller keeps `ssl` and `fd`, which must stay valid until the
  shutdown object is freed; neither is freed nor closed by the library.
 
+ Blocking sockets: from the first step until the shutdown is done (or the
+ object is freed), `fd` is in non-blocking mode, so that no step blocks past
+ the policy's deadlines; a blocking `fd` is switched back afterwards. Do not
+ use `fd` elsewhere meanwhile.
+
+ `ssl` must read and write through OpenSSL's socket (or fd) BIO on `fd`, as for
+ `closenotify_shutdown_blocking`.
+
  Returns `CLOSENOTIFY_OK`, `CLOSENOTIFY_ERR_NULL_ARGUMENT` (`ssl` or `out` NULL) or
- `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (bad fd or policy); `*out` is written only on
- success.
+ `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (bad fd, an `ssl` not on `fd`, or a bad
+ policy); `*out` is written only on success.
 
  # Safety
  `ssl` is a valid `SSL*` that outlives the shutdown object and is used by no
@@ -375,8 +391,14 @@ closenotify_result closenotify_shutdown_new(SSL *ssl,
  `CLOSENOTIFY_WAIT_READ` or `_WRITE` (poll the socket for POLLIN or POLLOUT),
  `_TIMER` (only wait), each with `*timeout_ms` milliseconds until the deadline,
  ready for poll(); or `_DONE` with `*timeout_ms` 0. Call it first to start, then
- whenever poll() returns, ready or timed out; a call that finds nothing to do
- changes nothing. After `_DONE`, every call answers `_DONE` again.
+ whenever poll() returns, ready or timed out. After `_DONE`, every call answers
+ `_DONE` again.
+
+ This call does not know what poll() reported, so while the shutdown waits it
+ tries the OpenSSL call it waits for (one call, which answers "not yet" when the
+ socket was not ready). In a poll() loop shared with other sockets, pass the
+ socket's `revents` to `closenotify_shutdown_step_revents` instead: wake-ups
+ that do not concern this socket then cost nothing.
 
  Returns `CLOSENOTIFY_OK` or `CLOSENOTIFY_ERR_NULL_ARGUMENT`; the outputs are
  written only on success.
@@ -388,6 +410,26 @@ closenotify_result closenotify_shutdown_new(SSL *ssl,
 closenotify_result closenotify_shutdown_step(closenotify_shutdown *sd,
                                              closenotify_wait *wait,
                                              int *timeout_ms);
+
+/*
+ As `closenotify_shutdown_step`, told what poll() reported for the socket:
+ `revents` is the `revents` of its `struct pollfd` (`POLLIN`, `POLLOUT`,
+ `POLLHUP`, `POLLERR`, `POLLNVAL`), or 0 when poll() returned for another
+ reason (a timeout, another socket). A call whose `revents` does not match
+ what the shutdown waits for, before the deadline, makes no OpenSSL call and
+ changes nothing; at the deadline it ends the stage. Use it in a poll() loop
+ shared with other sockets.
+
+ Returns `CLOSENOTIFY_OK` or `CLOSENOTIFY_ERR_NULL_ARGUMENT`; the outputs are
+ written only on success.
+
+ # Safety
+ As `closenotify_shutdown_step`.
+ */
+closenotify_result closenotify_shutdown_step_revents(closenotify_shutdown *sd,
+                                                     int revents,
+                                                     closenotify_wait *wait,
+                                                     int *timeout_ms);
 
 /*
  Writes the report of a finished shutdown to `report`.

@@ -16,9 +16,9 @@ use crate::socket;
 /// connection ended.
 ///
 /// It never waits longer than the policy allows (`flush_timeout + peer_timeout +
-/// linger_timeout` at most), whether the socket is blocking or not: a blocking
-/// socket is switched to non-blocking mode for the duration and switched back
-/// afterwards. The stream is not closed; drop it to close the socket. A misbehaving
+/// linger_timeout` at most), whether the socket is blocking or not: like every
+/// [`Shutdown`], it switches a blocking socket to non-blocking mode for the
+/// duration and back afterwards. The stream is not closed; drop it to close the socket. A misbehaving
 /// peer is an outcome in the report, never a panic or an error.
 ///
 /// Calling it again on the same stream returns the same report.
@@ -27,7 +27,6 @@ pub fn shutdown_blocking<S: Read + Write + AsFd>(
     policy: &Policy,
 ) -> Report {
     let fd = stream.get_ref().as_fd().as_raw_fd();
-    let _nonblocking = nonblocking(fd);
     let mut sd = Shutdown::new(stream, policy);
     sd.readiness_is_level();
     drive(&mut sd, fd)
@@ -38,19 +37,10 @@ impl RawConnection {
     /// bounded by the policy. The `SSL` is not freed and the socket not closed.
     pub fn shutdown_blocking(self, policy: &Policy) -> Report {
         let fd = self.as_raw_fd();
-        let _nonblocking = nonblocking(fd);
         let mut sd = Shutdown::new(self, policy);
         sd.readiness_is_level();
         drive(&mut sd, fd)
     }
-}
-
-/// Non-blocking mode for the duration of a blocking shutdown. If it cannot be set,
-/// the fd is broken and the first OpenSSL call reports it.
-fn nonblocking(fd: RawFd) -> Option<socket::NonBlocking> {
-    socket::NonBlocking::new(fd)
-        .map_err(|err| log::debug!("closenotify: cannot make fd {fd} non-blocking: {err}"))
-        .ok()
 }
 
 /// Runs the machine to its report, waiting on `fd` with `poll(2)` in between.

@@ -19,7 +19,7 @@ use openssl_sys::SSL;
 
 use crate::machine::{Interest, Progress, Ready, Shutdown};
 use crate::ossl::RawConnection;
-use crate::policy::{Mode, Policy, ResetOnTimeout};
+use crate::policy::{Mode, Names, Policy, ResetOnTimeout};
 use crate::report::{Alert, Initiator, Outcome, Report, Stage, TlsVersion};
 use crate::Error;
 
@@ -130,9 +130,11 @@ pub const CLOSENOTIFY_WAIT_TIMER: closenotify_wait = closenotify_wait(3);
 pub struct closenotify_policy {
     /// `CLOSENOTIFY_MODE_*`; default bidirectional.
     pub mode: closenotify_mode,
-    /// Longest wait to get close_notify into the kernel, 1..=3600000 ms; default 3000.
+    /// Longest wait to get close_notify into the kernel, 1..=3600000 ms (0 is
+    /// allowed in quiet mode, which sends nothing); default 3000.
     pub flush_timeout_ms: u32,
-    /// Longest wait for the peer's close_notify, 1..=3600000 ms; default 3000.
+    /// Longest wait for the peer's close_notify, 1..=3600000 ms (0 is allowed in
+    /// the modes that do not wait for the peer); default 3000.
     pub peer_timeout_ms: u32,
     /// Bound of the linger stage, 0 (off, default) ..= 3600000 ms.
     pub linger_timeout_ms: u32,
@@ -264,9 +266,18 @@ unsafe fn to_policy(policy: *const closenotify_policy) -> Result<Policy, closeno
         .half_close(c.half_close != 0)
         .reset_on_timeout(reset)
         .keep_session_on_truncation(c.keep_session_on_truncation != 0)
-        .build()
+        .build_named(&C_NAMES)
         .map_err(|e| fail(CLOSENOTIFY_ERR_INVALID_ARGUMENT, e.to_string()))
 }
+
+/// The policy's knobs as C callers name them, for the error messages.
+const C_NAMES: Names = Names {
+    flush_timeout: "flush_timeout_ms",
+    peer_timeout: "peer_timeout_ms",
+    linger_timeout: "linger_timeout_ms",
+    quiet: "CLOSENOTIFY_MODE_QUIET",
+    send_only: "CLOSENOTIFY_MODE_SEND_ONLY",
+};
 
 /// # Safety
 /// As [`RawConnection::new`].
@@ -347,8 +358,14 @@ pub unsafe extern "C" fn closenotify_policy_init(policy: *mut closenotify_policy
 /// caller's `close()` sends an RST. Calling it again on the same `ssl` writes the
 /// same report.
 ///
+/// `ssl` must read and write through OpenSSL's socket (or fd) BIO on `fd`, as
+/// `SSL_set_fd(ssl, fd)` sets it up. Anything else (a memory BIO, a BIO pair, a
+/// BIO of another library, a socket BIO on another fd) is refused with
+/// `CLOSENOTIFY_ERR_INVALID_ARGUMENT` before either socket is touched.
+///
 /// Returns `CLOSENOTIFY_OK` (the report is written), `CLOSENOTIFY_ERR_NULL_ARGUMENT`
-/// (`ssl` or `report` NULL) or `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (bad fd or policy).
+/// (`ssl` or `report` NULL) or `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (bad fd, an `ssl`
+/// not on `fd`, or a bad policy; `closenotify_last_error` says which).
 ///
 /// # Safety
 /// `ssl` is a valid `SSL*` used by no other thread during the call; `fd` is its
@@ -388,9 +405,17 @@ pub unsafe extern "C" fn closenotify_shutdown_blocking(
 /// Ownership: the caller keeps `ssl` and `fd`, which must stay valid until the
 /// shutdown object is freed; neither is freed nor closed by the library.
 ///
+/// Blocking sockets: from the first step until the shutdown is done (or the
+/// object is freed), `fd` is in non-blocking mode, so that no step blocks past
+/// the policy's deadlines; a blocking `fd` is switched back afterwards. Do not
+/// use `fd` elsewhere meanwhile.
+///
+/// `ssl` must read and write through OpenSSL's socket (or fd) BIO on `fd`, as for
+/// `closenotify_shutdown_blocking`.
+///
 /// Returns `CLOSENOTIFY_OK`, `CLOSENOTIFY_ERR_NULL_ARGUMENT` (`ssl` or `out` NULL) or
-/// `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (bad fd or policy); `*out` is written only on
-/// success.
+/// `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (bad fd, an `ssl` not on `fd`, or a bad
+/// policy); `*out` is written only on success.
 ///
 /// # Safety
 /// `ssl` is a valid `SSL*` that outlives the shutdown object and is used by no
@@ -430,8 +455,14 @@ pub unsafe extern "C" fn closenotify_shutdown_new(
 /// `CLOSENOTIFY_WAIT_READ` or `_WRITE` (poll the socket for POLLIN or POLLOUT),
 /// `_TIMER` (only wait), each with `*timeout_ms` milliseconds until the deadline,
 /// ready for poll(); or `_DONE` with `*timeout_ms` 0. Call it first to start, then
-/// whenever poll() returns, ready or timed out; a call that finds nothing to do
-/// changes nothing. After `_DONE`, every call answers `_DONE` again.
+/// whenever poll() returns, ready or timed out. After `_DONE`, every call answers
+/// `_DONE` again.
+///
+/// This call does not know what poll() reported, so while the shutdown waits it
+/// tries the OpenSSL call it waits for (one call, which answers "not yet" when the
+/// socket was not ready). In a poll() loop shared with other sockets, pass the
+/// socket's `revents` to `closenotify_shutdown_step_revents` instead: wake-ups
+/// that do not concern this socket then cost nothing.
 ///
 /// Returns `CLOSENOTIFY_OK` or `CLOSENOTIFY_ERR_NULL_ARGUMENT`; the outputs are
 /// written only on success.
@@ -445,6 +476,52 @@ pub unsafe extern "C" fn closenotify_shutdown_step(
     wait: *mut closenotify_wait,
     timeout_ms: *mut c_int,
 ) -> closenotify_result {
+    // SAFETY: the caller's contract, forwarded.
+    unsafe { step(sd, Ready::ALL, wait, timeout_ms) }
+}
+
+/// As `closenotify_shutdown_step`, told what poll() reported for the socket:
+/// `revents` is the `revents` of its `struct pollfd` (`POLLIN`, `POLLOUT`,
+/// `POLLHUP`, `POLLERR`, `POLLNVAL`), or 0 when poll() returned for another
+/// reason (a timeout, another socket). A call whose `revents` does not match
+/// what the shutdown waits for, before the deadline, makes no OpenSSL call and
+/// changes nothing; at the deadline it ends the stage. Use it in a poll() loop
+/// shared with other sockets.
+///
+/// Returns `CLOSENOTIFY_OK` or `CLOSENOTIFY_ERR_NULL_ARGUMENT`; the outputs are
+/// written only on success.
+///
+/// # Safety
+/// As `closenotify_shutdown_step`.
+#[no_mangle]
+pub unsafe extern "C" fn closenotify_shutdown_step_revents(
+    sd: *mut closenotify_shutdown,
+    revents: c_int,
+    wait: *mut closenotify_wait,
+    timeout_ms: *mut c_int,
+) -> closenotify_result {
+    let broken = revents & c_int::from(libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
+    let mut ready = Ready::NONE;
+    if revents & c_int::from(libc::POLLIN) != 0 || broken {
+        ready = ready | Ready::READABLE;
+    }
+    if revents & c_int::from(libc::POLLOUT) != 0 || broken {
+        ready = ready | Ready::WRITABLE;
+    }
+    // SAFETY: the caller's contract, forwarded.
+    unsafe { step(sd, ready, wait, timeout_ms) }
+}
+
+/// The body of the two step calls.
+///
+/// # Safety
+/// As `closenotify_shutdown_step`.
+unsafe fn step(
+    sd: *mut closenotify_shutdown,
+    ready: Ready,
+    wait: *mut closenotify_wait,
+    timeout_ms: *mut c_int,
+) -> closenotify_result {
     boundary(CLOSENOTIFY_ERR_PANIC, || {
         // SAFETY: NULL or a live shutdown object, per the contract.
         let Some(sd) = (unsafe { sd.as_mut() }) else {
@@ -454,7 +531,7 @@ pub unsafe extern "C" fn closenotify_shutdown_step(
             return fail(CLOSENOTIFY_ERR_NULL_ARGUMENT, "wait or timeout_ms is NULL");
         }
         let now = Instant::now();
-        let (kind, ms) = match sd.machine.poll(now, Ready::ALL) {
+        let (kind, ms) = match sd.machine.poll(now, ready) {
             Progress::Done(_) => (CLOSENOTIFY_WAIT_DONE, 0),
             Progress::Wait(w) => {
                 let kind = match w.interest {

@@ -1,7 +1,8 @@
 //! The shutdown state machine: flush -> half-close -> await_peer -> linger.
 //!
-//! [`Shutdown`] never sleeps and never reads the clock. Every call to
-//! [`Shutdown::poll`] takes `now` and what the socket reported, and answers either
+//! [`Shutdown`] never sleeps, and its deadlines come only from the `now` it is
+//! given. Every call to [`Shutdown::poll`] takes `now` and what the socket
+//! reported, and answers either
 //! [`Progress::Done`] with the [`Report`] or [`Progress::Wait`]: wait for READ or
 //! WRITE readiness (or only for time to pass), at the latest until a deadline. The
 //! adapters — [`shutdown_blocking`](crate::shutdown_blocking), the
@@ -56,8 +57,14 @@ pub enum TlsError {
 pub struct Status {
     /// The handshake finished and no fatal error happened: `SSL_shutdown` is allowed.
     pub usable: bool,
-    /// Our close_notify was already queued (`SSL_SENT_SHUTDOWN`).
+    /// Our close_notify was already queued (`SSL_SENT_SHUTDOWN`): the application
+    /// called `SSL_shutdown`, or an earlier shutdown was dropped midway.
     pub sent: bool,
+    /// Our close_notify is queued but OpenSSL has not finished writing it to the
+    /// socket (the last call wanted to write): `SSL_shutdown` must flush it.
+    /// When `sent` is set and this is not, the alert has left, and the shutdown
+    /// never calls `SSL_shutdown` again.
+    pub sent_pending: bool,
     /// The peer's close_notify already arrived (`SSL_RECEIVED_SHUTDOWN`).
     pub received: bool,
     /// The negotiated version, if the handshake finished.
@@ -75,10 +82,18 @@ pub trait Connection {
     /// The state before the shutdown begins.
     fn status(&mut self) -> Status;
     /// Called once before the first `shutdown`/`read_discard` call. The OpenSSL
-    /// implementations suspend `SSL_OP_IGNORE_UNEXPECTED_EOF` here so that a
-    /// truncation is never mistaken for close_notify.
+    /// implementations suspend `SSL_OP_IGNORE_UNEXPECTED_EOF` here, so that a
+    /// truncation is never mistaken for close_notify, and put the socket in
+    /// non-blocking mode, so that no call blocks past a deadline.
     fn begin(&mut self) {}
-    /// Called once when the report is final (or the shutdown is dropped): undo `begin`.
+    /// Called once our close_notify has been flushed, before the shutdown reads
+    /// for the peer's: from now on nothing may reach the peer. The OpenSSL
+    /// implementations swap the write BIO for a sink, so that the answer OpenSSL
+    /// writes to a TLS 1.3 KeyUpdate(update_requested) neither fails on the
+    /// half-closed socket nor follows our close_notify on the wire.
+    fn seal(&mut self) {}
+    /// Called once when the report is final (or the shutdown is dropped): undo
+    /// `begin` and `seal`.
     fn end(&mut self) {}
     /// One `SSL_shutdown` call.
     fn shutdown(&mut self) -> Result<ShutdownResult, TlsError>;
@@ -117,6 +132,9 @@ impl<T: Connection + ?Sized> Connection for &mut T {
     }
     fn begin(&mut self) {
         (**self).begin()
+    }
+    fn seal(&mut self) {
+        (**self).seal()
     }
     fn end(&mut self) {
         (**self).end()
@@ -321,7 +339,8 @@ pub struct Shutdown<C: Connection> {
     conn: C,
     policy: Policy,
     state: State,
-    started: Option<Instant>,
+    /// The `now` of the first call, and the monotonic clock at that moment.
+    started: Option<(Instant, Instant)>,
     initiator: Initiator,
     stage: Stage,
     sent: bool,
@@ -333,6 +352,7 @@ pub struct Shutdown<C: Connection> {
     alert: Option<AlertRecord>,
     os_error: Option<i32>,
     detail: Option<&'static str>,
+    linger_bytes: Option<u64>,
     speculative_read: bool,
     /// Bytes handed to the caller by the last `poll_read`; more may be waiting in
     /// OpenSSL or the socket, so the next call reads without waiting for readiness.
@@ -367,6 +387,7 @@ impl<C: Connection> Shutdown<C> {
             alert: None,
             os_error: None,
             detail: None,
+            linger_bytes: None,
             speculative_read: true,
             delivered: 0,
             unsent: Vec::new(),
@@ -540,7 +561,7 @@ impl<C: Connection> Shutdown<C> {
     // --- stages -------------------------------------------------------------------
 
     fn start(&mut self, now: Instant, out: Option<&mut [u8]>) -> Progress {
-        self.started = Some(now);
+        self.started = Some((now, Instant::now()));
         if let Some(report) = self.conn.saved_report() {
             log::debug!("closenotify: shutdown already done: {report}");
             self.state = State::Done(report);
@@ -569,6 +590,15 @@ impl<C: Connection> Shutdown<C> {
             );
             self.conn.set_quiet();
             return self.finish(now, Outcome::Quiet);
+        }
+        if status.sent && !status.sent_pending {
+            // Our close_notify has already left (the application called
+            // SSL_shutdown, or an earlier shutdown was dropped after the flush): a
+            // second SSL_shutdown would read, and fail on application data the
+            // peer may still send. Go straight to reading with SSL_read.
+            log::debug!("closenotify: close_notify already sent; not calling SSL_shutdown");
+            self.sent = true;
+            return self.after_flush(now, out);
         }
         let deadline = now + self.policy.flush_timeout();
         self.flush(now, deadline, out)
@@ -638,6 +668,7 @@ impl<C: Connection> Shutdown<C> {
             Mode::SendOnly | Mode::Quiet => self.linger_or_finish(now, Outcome::SentOnly),
             Mode::Bidirectional => {
                 self.enter(Stage::AwaitPeer);
+                self.conn.seal();
                 let deadline = now + self.policy.peer_timeout();
                 if self.speculative_read || self.conn.has_pending() {
                     self.await_peer(now, deadline, out)
@@ -662,6 +693,29 @@ impl<C: Connection> Shutdown<C> {
         deadline: Instant,
         mut out: Option<&mut [u8]>,
     ) -> Progress {
+        if out.as_deref().is_some_and(<[u8]>::is_empty) {
+            // `poll_read` with no room: read nothing (reading would have to discard
+            // what the caller asked to receive), keep waiting.
+            if now >= deadline {
+                return self.timed_out(now);
+            }
+            let data_pending = matches!(
+                self.state,
+                State::AwaitPeer {
+                    data_pending: true,
+                    ..
+                }
+            );
+            self.state = State::AwaitPeer {
+                deadline,
+                interest: Interest::Read,
+                data_pending,
+            };
+            return Progress::Wait(Wait {
+                interest: Interest::Read,
+                deadline,
+            });
+        }
         // One retry on buffered bytes per wake-up: OpenSSL may consume a record
         // (a TLS 1.3 ticket, a KeyUpdate) and still answer WANT_READ. A partial
         // record is also "pending" and needs the socket; one retry tells them apart.
@@ -669,8 +723,8 @@ impl<C: Connection> Shutdown<C> {
         loop {
             self.calls += 1;
             let read = match out.as_deref_mut() {
-                Some(buf) if !buf.is_empty() => self.conn.read(buf).map(|n| (n, true)),
-                _ => self.conn.read_discard().map(|n| (n, false)),
+                Some(buf) => self.conn.read(buf).map(|n| (n, true)),
+                None => self.conn.read_discard().map(|n| (n, false)),
             };
             match read {
                 Ok((n, true)) => {
@@ -746,7 +800,14 @@ impl<C: Connection> Shutdown<C> {
         else {
             return unreachable_wait(now);
         };
-        match self.conn.send_queue_len() {
+        let queued = self.conn.send_queue_len();
+        if let Ok(n) = queued {
+            if self.linger_bytes.is_none() {
+                log::debug!("closenotify: linger: {n} bytes in the send queue");
+                self.linger_bytes = Some(n as u64);
+            }
+        }
+        match queued {
             Ok(0) => self.finish(now, outcome),
             Ok(queued) => {
                 if now >= deadline {
@@ -843,7 +904,11 @@ impl<C: Connection> Shutdown<C> {
             self.conn.forget_session();
         }
         self.conn.end();
-        let started = self.started.unwrap_or(now);
+        // The spread of the `now` values, or the time that really passed if that
+        // is more (a caller may pass a stale `now`): never less than the truth.
+        let elapsed = self.started.map_or(Duration::ZERO, |(first, clock)| {
+            now.saturating_duration_since(first).max(clock.elapsed())
+        });
         let report = Report {
             outcome,
             initiator: self.initiator,
@@ -854,10 +919,11 @@ impl<C: Connection> Shutdown<C> {
             alert: self.alert,
             os_error: self.os_error,
             discarded_bytes: self.discarded,
-            elapsed: now.saturating_duration_since(started),
+            elapsed,
             session_resumable: self.conn.session_resumable(),
             tls_version: self.version,
             detail: self.detail,
+            linger_bytes: self.linger_bytes,
             ssl_calls: self.calls,
         };
         if self.save_report {
@@ -923,6 +989,7 @@ mod tests {
                 status: Some(Status {
                     usable: true,
                     sent: false,
+                    sent_pending: false,
                     received: false,
                     version: Some(TlsVersion::Tls1_3),
                 }),

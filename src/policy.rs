@@ -169,12 +169,14 @@ impl PolicyBuilder {
         self.policy.mode = mode;
         self
     }
-    /// Sets [`Policy::flush_timeout`]: between 1 ms and one hour.
+    /// Sets [`Policy::flush_timeout`]: between 1 ms and one hour (zero is allowed
+    /// in [`Mode::Quiet`], which sends nothing).
     pub fn flush_timeout(mut self, timeout: Duration) -> Self {
         self.policy.flush_timeout = timeout;
         self
     }
-    /// Sets [`Policy::peer_timeout`]: between 1 ms and one hour.
+    /// Sets [`Policy::peer_timeout`]: between 1 ms and one hour (zero is allowed
+    /// in the modes that do not wait for the peer).
     pub fn peer_timeout(mut self, timeout: Duration) -> Self {
         self.policy.peer_timeout = timeout;
         self
@@ -209,53 +211,85 @@ impl PolicyBuilder {
     /// Checks the timeouts and returns the policy.
     ///
     /// # Errors
-    /// [`Error::InvalidPolicy`] when `flush_timeout` or `peer_timeout` is zero (use
-    /// [`Mode::SendOnly`] or [`Mode::Quiet`] to not wait) or any timeout exceeds
-    /// [`MAX_TIMEOUT`].
+    /// [`Error::InvalidPolicy`] when a timeout the mode uses is zero
+    /// (`flush_timeout` unless the mode is [`Mode::Quiet`], which sends nothing;
+    /// `peer_timeout` in [`Mode::Bidirectional`], the only mode that waits for the
+    /// peer), below 1 ms, or above [`MAX_TIMEOUT`]. The message names the knob.
     pub fn build(self) -> Result<Policy, Error> {
+        self.build_named(&Names::RUST)
+    }
+
+    /// As [`build`](PolicyBuilder::build), with the knobs named as the caller's API
+    /// names them in the error message.
+    pub(crate) fn build_named(self, names: &Names) -> Result<Policy, Error> {
         let p = self.policy;
-        check_timeout(
-            "flush_timeout",
+        let check = |name: &str, value: Duration, zero_ok: bool, hint: &str| {
+            timeout_problem(value, zero_ok)
+                .map(|problem| match problem {
+                    Problem::Zero => format!("{name} must be at least 1 ms ({hint})"),
+                    Problem::TooSmall => {
+                        format!("{name} of {value:?} is below the 1 ms resolution of poll(2)")
+                    }
+                    Problem::TooLarge => {
+                        format!("{name} of {value:?} exceeds the maximum of one hour")
+                    }
+                })
+                .map_or(Ok(()), |msg| Err(Error::InvalidPolicy(msg)))
+        };
+        let quiet = format!("or use {} to send nothing", names.quiet);
+        let not_waiting = format!("or use {} not to wait for the peer", names.send_only);
+        check(
+            names.flush_timeout,
             p.flush_timeout,
-            false,
-            "use Mode::Quiet to send nothing",
+            p.mode == Mode::Quiet,
+            &quiet,
         )?;
-        check_timeout(
-            "peer_timeout",
+        check(
+            names.peer_timeout,
             p.peer_timeout,
-            false,
-            "use Mode::SendOnly to not wait for the peer",
+            p.mode != Mode::Bidirectional,
+            &not_waiting,
         )?;
-        check_timeout("linger_timeout", p.linger_timeout, true, "")?;
+        check(names.linger_timeout, p.linger_timeout, true, "")?;
         Ok(p)
     }
 }
 
-fn check_timeout(
-    name: &'static str,
-    value: Duration,
-    zero_allowed: bool,
-    hint: &'static str,
-) -> Result<(), Error> {
+/// How an API names the knobs of a policy, for error messages.
+pub(crate) struct Names {
+    pub flush_timeout: &'static str,
+    pub peer_timeout: &'static str,
+    pub linger_timeout: &'static str,
+    pub quiet: &'static str,
+    pub send_only: &'static str,
+}
+
+impl Names {
+    /// The Rust API's names.
+    pub const RUST: Names = Names {
+        flush_timeout: "flush_timeout",
+        peer_timeout: "peer_timeout",
+        linger_timeout: "linger_timeout",
+        quiet: "Mode::Quiet",
+        send_only: "Mode::SendOnly",
+    };
+}
+
+/// What is wrong with a timeout.
+enum Problem {
+    Zero,
+    TooSmall,
+    TooLarge,
+}
+
+fn timeout_problem(value: Duration, zero_ok: bool) -> Option<Problem> {
     if value.is_zero() {
-        if zero_allowed {
-            return Ok(());
-        }
-        return Err(Error::InvalidPolicy(format!(
-            "{name} must be at least 1 ms ({hint})"
-        )));
+        return (!zero_ok).then_some(Problem::Zero);
     }
     if value < MIN_TIMEOUT {
-        return Err(Error::InvalidPolicy(format!(
-            "{name} of {value:?} is below the 1 ms resolution of poll(2)"
-        )));
+        return Some(Problem::TooSmall);
     }
-    if value > MAX_TIMEOUT {
-        return Err(Error::InvalidPolicy(format!(
-            "{name} of {value:?} exceeds the maximum of one hour"
-        )));
-    }
-    Ok(())
+    (value > MAX_TIMEOUT).then_some(Problem::TooLarge)
 }
 
 #[cfg(test)]
@@ -300,6 +334,26 @@ mod tests {
             .linger_timeout(Duration::from_secs(7200))
             .build();
         assert!(linger.unwrap_err().to_string().contains("linger_timeout"));
+    }
+
+    #[test]
+    fn modes_that_do_not_use_a_timeout_accept_zero() {
+        let quiet = Policy::builder()
+            .mode(Mode::Quiet)
+            .flush_timeout(Duration::ZERO)
+            .peer_timeout(Duration::ZERO)
+            .build();
+        assert!(quiet.is_ok(), "{quiet:?}");
+        let send_only = Policy::builder()
+            .mode(Mode::SendOnly)
+            .peer_timeout(Duration::ZERO)
+            .build();
+        assert!(send_only.is_ok(), "{send_only:?}");
+        let send_only = Policy::builder()
+            .mode(Mode::SendOnly)
+            .flush_timeout(Duration::ZERO)
+            .build();
+        assert!(send_only.unwrap_err().to_string().contains("flush_timeout"));
     }
 
     #[test]

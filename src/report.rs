@@ -309,7 +309,9 @@ pub struct Report {
     pub close_notify_sent: bool,
     /// The peer's close_notify arrived.
     pub close_notify_received: bool,
-    /// `shutdown(SHUT_WR)` was applied to the socket.
+    /// `shutdown(SHUT_WR)` was applied to the socket (or found applied already,
+    /// by an earlier shutdown of the same connection, while the connection is
+    /// still open).
     pub half_closed: bool,
     /// The alert behind `peer_alert` or `protocol_error`.
     pub alert: Option<AlertRecord>,
@@ -317,7 +319,9 @@ pub struct Report {
     pub os_error: Option<i32>,
     /// Application bytes received and discarded after our close_notify.
     pub discarded_bytes: u64,
-    /// Time from the first call to the final report.
+    /// Time from the first call to the final report: the spread of the `now`
+    /// values given to [`Shutdown::poll`](crate::Shutdown::poll), or the time that
+    /// really passed if that is more.
     pub elapsed: Duration,
     /// Whether the session can still be resumed. Only `clean` and `sent_only` (and
     /// `truncated` when the policy says so) keep it; every other outcome removes it
@@ -329,6 +333,10 @@ pub struct Report {
     pub tls_version: Option<TlsVersion>,
     /// OpenSSL's reason text for `protocol_error` (`"wrong version number"`, ...).
     pub detail: Option<&'static str>,
+    /// Bytes the kernel send queue held, not yet acknowledged by the peer, when the
+    /// linger stage began: what it waited for (`SIOCOUTQ`). `None` when the stage
+    /// did not run (no linger timeout, or the shutdown ended before it).
+    pub linger_bytes: Option<u64>,
     /// `SSL_shutdown` and `SSL_read` calls made: a silent peer costs a handful, never a
     /// loop.
     pub ssl_calls: u32,

@@ -10,9 +10,45 @@ use socket2::{SockRef, Type};
 
 use crate::machine::{Interest, Ready};
 
-/// `shutdown(SHUT_WR)`: the peer reads EOF after our close_notify.
+/// `shutdown(SHUT_WR)`: the peer reads EOF after our close_notify. A socket whose
+/// write side is already shut (by an earlier shutdown of the same connection, or
+/// by the application) counts as half-closed: Linux answers ENOTCONN to a second
+/// `shutdown(SHUT_WR)`, and the TCP state tells the two apart from a dead
+/// connection.
 pub(crate) fn half_close(fd: BorrowedFd<'_>) -> io::Result<()> {
-    SockRef::from(&fd).shutdown(HowShutdown::Write)
+    match SockRef::from(&fd).shutdown(HowShutdown::Write) {
+        Err(err) if err.raw_os_error() == Some(libc::ENOTCONN) && fin_sent(fd) => Ok(()),
+        other => other,
+    }
+}
+
+/// Whether a TCP socket is in a state in which its FIN has been queued
+/// (`FIN_WAIT1`, `FIN_WAIT2`, `CLOSING`, `TIME_WAIT`, `LAST_ACK`).
+fn fin_sent(fd: BorrowedFd<'_>) -> bool {
+    // TCP states of include/net/tcp_states.h.
+    const FIN_WAIT1: u8 = 4;
+    const FIN_WAIT2: u8 = 5;
+    const TIME_WAIT: u8 = 6;
+    const LAST_ACK: u8 = 9;
+    const CLOSING: u8 = 11;
+    // SAFETY: an all-zero tcp_info is a valid value of the plain C struct.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes; the kernel writes at most that.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    rc == 0
+        && matches!(
+            info.tcpi_state,
+            FIN_WAIT1 | FIN_WAIT2 | TIME_WAIT | LAST_ACK | CLOSING
+        )
 }
 
 /// `SO_LINGER {1, 0}`: the owner's `close()` sends an RST and frees the kernel state.
@@ -43,44 +79,32 @@ pub(crate) fn check_stream_socket(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Puts a socket in non-blocking mode for as long as the guard lives, and restores
-/// blocking mode afterwards if it was set. Holds the fd number only: the caller
-/// keeps the socket open for the guard's lifetime.
-pub(crate) struct NonBlocking {
-    fd: RawFd,
-    restore: bool,
+/// Puts `fd` in non-blocking mode; returns whether it was blocking before.
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<bool> {
+    // SAFETY: fcntl with F_GETFL/F_SETFL takes no pointers; a bad fd is EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK != 0 {
+        return Ok(false);
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(true)
 }
 
-impl NonBlocking {
-    pub(crate) fn new(fd: RawFd) -> io::Result<Self> {
-        // SAFETY: fcntl with F_GETFL/F_SETFL takes no pointers; a bad fd is EBADF.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if flags < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if flags & libc::O_NONBLOCK != 0 {
-            return Ok(NonBlocking { fd, restore: false });
-        }
-        // SAFETY: as above.
-        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(NonBlocking { fd, restore: true })
+/// Puts `fd` back in blocking mode.
+pub(crate) fn set_blocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl with F_GETFL/F_SETFL takes no pointers; a bad fd is EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
     }
-}
-
-impl Drop for NonBlocking {
-    fn drop(&mut self) {
-        if self.restore {
-            // SAFETY: as in `new`.
-            unsafe {
-                let flags = libc::fcntl(self.fd, libc::F_GETFL);
-                if flags >= 0 {
-                    libc::fcntl(self.fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-                }
-            }
-        }
-    }
+    Ok(())
 }
 
 /// Waits with `poll(2)` until `fd` is ready for `interest` or `timeout` passes.

@@ -352,8 +352,9 @@ impl Tls {
     }
 }
 
-/// The two C shutdown APIs.
-const APIS: [&str; 2] = ["blocking", "step"];
+/// The C shutdown APIs: blocking, and the step API with and without poll()'s
+/// revents.
+const APIS: [&str; 3] = ["blocking", "step", "step-revents"];
 
 /// `openssl s_server` for exactly one connection, on the port it chose (see
 /// `util::process::s_server`).
@@ -396,8 +397,8 @@ fn cn_test(api: &str, scenario: &str, tls: Tls, peer: &External, extra: &[&str])
     // Every retry follows a readiness event: a handful of calls, never a spin.
     r.expect_range("ssl_calls", 1, 10);
     match api {
-        "step" => r.expect_range("steps", 1, 10),
-        _ => r.expect("steps", "0"),
+        "blocking" => r.expect("steps", "0"),
+        _ => r.expect_range("steps", 1, 10),
     };
     r
 }
@@ -472,6 +473,69 @@ fn python_silent_times_out_in_await_peer() {
             // `peer` sleeps forever: killed on drop.
         }
     }
+}
+
+/// A careless caller hands the step API a blocking socket: every step returns at
+/// once (cn_test fails if one takes 100 ms), and the shutdown ends within its
+/// policy. The socket is blocking again afterwards (cn_test checks its flags).
+#[test]
+fn a_blocking_fd_in_the_step_api_is_bounded_by_the_policy() {
+    for tls in BOTH {
+        for api in ["step", "step-revents"] {
+            let peer = python(tls, "silent");
+            let r = cn_test(
+                api,
+                "plain",
+                tls,
+                &peer,
+                &["--peer-timeout-ms", "300", "--blocking-fd"],
+            );
+            r.expect("outcome", "timed_out")
+                .expect("stage", "await_peer")
+                .expect_range("elapsed_ms", 300, upper_ms(600) as i64);
+        }
+    }
+}
+
+/// In a poll() loop shared with other sockets, wake-ups come every 10 ms
+/// whatever this socket does. Told the socket's revents, the step makes no
+/// OpenSSL call on them; without them, every wake-up costs one.
+#[test]
+fn step_revents_costs_no_openssl_call_per_foreign_wakeup() {
+    let tls = Tls::V13;
+    let mut calls = Vec::new();
+    for api in ["step-revents", "step"] {
+        let peer = python(tls, "silent");
+        let port = peer.port.to_string();
+        let args = [
+            api,
+            "plain",
+            port.as_str(),
+            tls.arg(),
+            "--peer-timeout-ms",
+            "300",
+            "--tick-ms",
+            "10",
+        ];
+        let r = run_c(&programs().cn_test, &args).report();
+        r.expect("outcome", "timed_out")
+            .expect("stage", "await_peer")
+            .expect_range("elapsed_ms", 300, upper_ms(600) as i64);
+        calls.push((r.num("ssl_calls"), r.num("steps")));
+    }
+    let (with_revents, steps) = calls[0];
+    assert!(steps >= 10, "the loop did not tick: {steps} steps");
+    // SSL_shutdown, one read before waiting, the TLS 1.3 tickets the peer sends
+    // after the handshake: a handful, whatever the number of wake-ups.
+    assert!(
+        with_revents <= 6,
+        "{with_revents} OpenSSL calls for {steps} steps with revents"
+    );
+    let (without, steps) = calls[1];
+    assert!(
+        without >= 15,
+        "{without} OpenSSL calls for {steps} steps without revents: the contrast is gone"
+    );
 }
 
 #[test]

@@ -604,32 +604,6 @@ fn half_close_delivers_the_peers_data_until_its_close_notify() {
     }
 }
 
-/// Drives a `Shutdown` with poll(2), as a simple event loop would.
-fn drive<C: closenotify::Connection>(
-    mut sd: closenotify::Shutdown<C>,
-    fd: i32,
-) -> closenotify::Report {
-    use closenotify::{Interest, Progress, Ready};
-    let mut ready = Ready::NONE;
-    loop {
-        match sd.poll(Instant::now(), ready) {
-            Progress::Done(r) => return r,
-            Progress::Wait(w) => {
-                let events = match w.interest {
-                    Interest::Read => libc::POLLIN,
-                    Interest::Write => libc::POLLOUT,
-                    Interest::Timer => 0,
-                };
-                ready = if wait_for(fd, events, w.timeout(Instant::now())) {
-                    Ready::ALL
-                } else {
-                    Ready::NONE
-                };
-            }
-        }
-    }
-}
-
 /// Writes `data` until the stalled peer makes OpenSSL answer WANT_WRITE with a
 /// record half in the kernel; returns where the interrupted SSL_write began.
 fn write_until_stalled(

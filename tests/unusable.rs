@@ -166,6 +166,10 @@ fn raw_connection_on_an_unconnected_socket_is_quiet() {
     let ctx = Contexts::new(Tls::V12);
     let ssl = Ssl::new(&ctx.client).unwrap();
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // SAFETY: a fresh SSL; the socket outlives it.
+    unsafe {
+        sys::SSL_set_fd(foreign_types::ForeignType::as_ptr(&ssl), sock.as_raw_fd());
+    }
     // SAFETY: both live until the end of the test.
     let conn =
         unsafe { RawConnection::new(foreign_types::ForeignType::as_ptr(&ssl), sock.as_raw_fd()) }
@@ -173,4 +177,104 @@ fn raw_connection_on_an_unconnected_socket_is_quiet() {
     let r = conn.shutdown_blocking(&policy(100, 100));
     assert_outcome(&r, Outcome::Quiet, "unconnected");
     assert!(error_queue_empty());
+}
+
+/// An `SSL*` and an fd that do not belong together are refused before anything
+/// happens to either connection: the report would describe the wrong connection
+/// (A's peer answered, B's fd was polled) and B would be half-closed.
+#[test]
+fn raw_connection_refuses_an_ssl_on_another_fd() {
+    let ctx = Contexts::new(Tls::V13);
+    let (a, a_peer) = RawClient::connect(&ctx, |_| {});
+    let (b, b_peer) = RawClient::connect(&ctx, |_| {});
+    // SAFETY: both SSLs and sockets live until the end of the test.
+    let err = unsafe {
+        RawConnection::new(
+            foreign_types::ForeignType::as_ptr(&a.ssl),
+            b.tcp.as_raw_fd(),
+        )
+    }
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{msg}");
+    assert!(
+        msg.contains(&format!("reads from fd {}", a.tcp.as_raw_fd()))
+            && msg.contains(&format!("not fd {}", b.tcp.as_raw_fd())),
+        "{msg}"
+    );
+    // Neither connection was touched: B's peer sees no EOF, and A still shuts
+    // down cleanly on its own fd.
+    let b_fd = b_peer.get_ref().as_raw_fd();
+    assert!(
+        !wait_for(b_fd, libc::POLLIN, ms(100)),
+        "B's peer saw something"
+    );
+    let a_peer = spawn_peer(a_peer, answer);
+    let r = a.conn().shutdown_blocking(&policy(500, 500));
+    assert_outcome(&r, Outcome::Clean, "A on its own fd");
+    drop(a);
+    a_peer.join().unwrap();
+    drop((b, b_peer));
+}
+
+/// Memory BIOs (and BIO pairs): nothing to poll, nothing to half-close.
+#[test]
+fn raw_connection_refuses_an_ssl_on_memory_bios() {
+    let ctx = Contexts::new(Tls::V13);
+    let ssl = Ssl::new(&ctx.client).unwrap();
+    let ptr = foreign_types::ForeignType::as_ptr(&ssl);
+    // SAFETY: two fresh memory BIOs whose references pass to the SSL.
+    unsafe {
+        let rbio = openssl_sys::BIO_new(openssl_sys::BIO_s_mem());
+        let wbio = openssl_sys::BIO_new(openssl_sys::BIO_s_mem());
+        openssl_sys::SSL_set_bio(ptr, rbio, wbio);
+    }
+    let (tcp, _other) = tcp_pair();
+    // SAFETY: the SSL and the socket live until the end of the test.
+    let err = unsafe { RawConnection::new(ptr, tcp.as_raw_fd()) }.unwrap_err();
+    assert!(err.to_string().contains("memory BIO"), "{err}");
+}
+
+/// tokio-openssl's `SSL*` runs on a BIO that calls back into tokio-openssl and
+/// needs its async context: driving it from outside panicked (debug) or crashed
+/// (release). It is refused, and says what to use instead.
+#[test]
+fn raw_connection_refuses_tokio_openssls_ssl() {
+    let ctx = Contexts::new(Tls::V13);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_ctx = ctx.server.clone();
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let tls = Ssl::new(&server_ctx).unwrap().accept(tcp).unwrap();
+        answer(tls);
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let fd = tcp.as_raw_fd();
+        let mut stream =
+            tokio_openssl::SslStream::new(Ssl::new(&ctx.client).unwrap(), tcp).unwrap();
+        std::pin::Pin::new(&mut stream).connect().await.unwrap();
+        let ptr = foreign_types::ForeignTypeRef::as_ptr(stream.ssl());
+        // SAFETY: the stream (and its SSL and socket) outlive the call.
+        let err = unsafe { RawConnection::new(ptr, fd) }.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("custom BIO") && msg.contains("tokio-openssl"),
+            "{msg}"
+        );
+        // The stream still works: tokio-openssl's own shutdown sends close_notify.
+        tokio::io::AsyncWriteExt::shutdown(&mut stream)
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest)
+            .await
+            .unwrap();
+    });
+    server.join().unwrap();
 }

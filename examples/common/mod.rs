@@ -251,19 +251,24 @@ pub fn read_tickets(s: &mut SslStream<TcpStream>) {
 /// the kernel accepts not even one more byte and the state is stable: what a
 /// connection looks like after an application wrote more than a stalled peer
 /// would take. OpenSSL's own state is untouched (no half-written record).
-pub fn fill_send_buffer(tcp: &TcpStream) {
+/// Returns the number of raw bytes written, for a peer that drains them before it
+/// reads TLS again.
+pub fn fill_send_buffer(tcp: &TcpStream) -> usize {
     let fd = tcp.as_raw_fd();
     let chunk = vec![0u8; 65536];
-    let send = |size: usize| {
+    let mut total = 0;
+    let mut send = |size: usize| {
         // SAFETY: `chunk` is valid for `size` bytes; MSG_DONTWAIT never blocks.
-        unsafe {
+        let n = unsafe {
             libc::send(
                 fd,
                 chunk.as_ptr().cast(),
                 size,
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            ) >= 0
-        }
+            )
+        };
+        total += n.max(0) as usize;
+        n >= 0
     };
     loop {
         while send(chunk.len()) {}
@@ -272,7 +277,7 @@ pub fn fill_send_buffer(tcp: &TcpStream) {
         // been acknowledged into the peer's full receive buffer) and even then the
         // kernel refuses a single byte.
         if !wait_for(fd, libc::POLLOUT, Duration::from_millis(50)) && !send(1) {
-            return;
+            return total;
         }
     }
 }

@@ -3,11 +3,18 @@
  * uses it. Driven by tests/c_api.rs, which starts the peers and checks what this
  * program prints.
  *
- *   cn_test blocking|step SCENARIO PORT 1.2|1.3 [--peer-timeout-ms N]
+ *   cn_test blocking|step|step-revents SCENARIO PORT 1.2|1.3 [OPTIONS]
+ *       step-revents: the step API told poll()'s revents
  *       SCENARIO: plain           shut down right after the handshake
  *                 peer-initiated  SSL_read until the peer's close_notify first
  *                 alert           forge a TLS record under the TLS layer, wait
  *                                 for the peer's answer (a fatal alert)
+ *       OPTIONS:  --peer-timeout-ms N  the policy's peer timeout (default 1000)
+ *                 --blocking-fd        step APIs: leave the socket blocking, as
+ *                                      a careless caller would
+ *                 --tick-ms N          step APIs: wake up at least every N ms,
+ *                                      as a poll() loop shared with other
+ *                                      sockets does
  *   cn_test sigpipe PORT 1.2|1.3
  *       SIGPIPE at its default action; the peer resets right after the
  *       handshake; the shutdown must not kill this process.
@@ -283,12 +290,31 @@ static void shutdown_blocking(struct conn *c, const closenotify_policy *policy,
  * poll() for what it asked (or only the timeout), step again, until DONE.
  * Returns the number of step calls.
  */
-static unsigned shutdown_step(struct conn *c, const closenotify_policy *policy,
-                              closenotify_report *out)
+struct step_options {
+    int revents;     /* closenotify_shutdown_step_revents instead of _step */
+    int blocking_fd; /* leave the socket blocking */
+    int tick_ms;     /* wake up at least this often (0: only when asked) */
+};
+
+static long long ms_since(const struct timespec *start)
 {
-    /* An event loop's sockets are non-blocking. */
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long long)(now.tv_sec - start->tv_sec) * 1000 +
+           (now.tv_nsec - start->tv_nsec) / 1000000;
+}
+
+static unsigned shutdown_step(struct conn *c, const closenotify_policy *policy,
+                              const struct step_options *opt, closenotify_report *out)
+{
+    /* An event loop's sockets are non-blocking; a careless caller's may not be.
+     * Either way the library leaves the mode as it found it. */
     int flags = fcntl(c->fd, F_GETFL);
-    CHECK(flags != -1 && fcntl(c->fd, F_SETFL, flags | O_NONBLOCK) == 0);
+    CHECK(flags != -1);
+    if (!opt->blocking_fd) {
+        flags |= O_NONBLOCK;
+        CHECK(fcntl(c->fd, F_SETFL, flags) == 0);
+    }
 
     closenotify_shutdown *sd = NULL;
     CHECK_RC(closenotify_shutdown_new(c->ssl, c->fd, policy, &sd), CLOSENOTIFY_OK);
@@ -307,10 +333,20 @@ static unsigned shutdown_step(struct conn *c, const closenotify_policy *policy,
     clock_gettime(CLOCK_MONOTONIC, &start);
 
     unsigned steps = 0;
+    short revents = 0;
     for (;;) {
         closenotify_wait wait = 0xdead;
         int timeout_ms = -12345;
-        CHECK_RC(closenotify_shutdown_step(sd, &wait, &timeout_ms), CLOSENOTIFY_OK);
+        struct timespec before;
+        clock_gettime(CLOCK_MONOTONIC, &before);
+        if (opt->revents)
+            CHECK_RC(closenotify_shutdown_step_revents(sd, revents, &wait, &timeout_ms),
+                     CLOSENOTIFY_OK);
+        else
+            CHECK_RC(closenotify_shutdown_step(sd, &wait, &timeout_ms), CLOSENOTIFY_OK);
+        /* A step never blocks, whatever the socket's mode. */
+        if (ms_since(&before) > 100)
+            FAIL("a step took %lld ms", ms_since(&before));
         steps++;
         if (wait == CLOSENOTIFY_WAIT_DONE) {
             CHECK(timeout_ms == 0);
@@ -319,26 +355,26 @@ static unsigned shutdown_step(struct conn *c, const closenotify_policy *policy,
         CHECK(wait == CLOSENOTIFY_WAIT_READ || wait == CLOSENOTIFY_WAIT_WRITE ||
               wait == CLOSENOTIFY_WAIT_TIMER);
         CHECK(timeout_ms >= 0);
-        CHECK(steps < 1000); /* a handful is normal; more is a busy loop */
+        /* A handful is normal; more is a busy loop (or the ticks). */
+        CHECK(steps < (opt->tick_ms > 0 ? 100000u : 1000u));
 
         /* Still waiting: the report is refused and left untouched. */
         CHECK_RC(closenotify_shutdown_report(sd, &r), CLOSENOTIFY_ERR_WRONG_STATE);
         CHECK(is_sentinel(&r));
 
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long long spent = (long long)(now.tv_sec - start.tv_sec) * 1000 +
-                          (now.tv_nsec - start.tv_nsec) / 1000000;
-        CHECK(spent < budget_ms);
+        CHECK(ms_since(&start) < budget_ms);
 
         struct pollfd pfd = {.fd = c->fd, .events = 0, .revents = 0};
         if (wait == CLOSENOTIFY_WAIT_READ)
             pfd.events = POLLIN;
         else if (wait == CLOSENOTIFY_WAIT_WRITE)
             pfd.events = POLLOUT;
+        if (opt->tick_ms > 0 && timeout_ms > opt->tick_ms)
+            timeout_ms = opt->tick_ms;
         int n = poll(&pfd, wait == CLOSENOTIFY_WAIT_TIMER ? 0 : 1, timeout_ms);
         if (n < 0 && errno != EINTR)
             FAIL("poll: %s", strerror(errno));
+        revents = n > 0 ? pfd.revents : 0;
     }
 
     CHECK_RC(closenotify_shutdown_report(sd, &r), CLOSENOTIFY_OK);
@@ -354,8 +390,8 @@ static unsigned shutdown_step(struct conn *c, const closenotify_policy *policy,
     CHECK(report_eq(&r, &again));
 
     closenotify_shutdown_free(sd);
-    /* The library left our O_NONBLOCK alone. */
-    CHECK((fcntl(c->fd, F_GETFL) & O_NONBLOCK) != 0);
+    /* The library left the socket's mode as it found it. */
+    CHECK(fcntl(c->fd, F_GETFL) == flags);
     *out = r;
     return steps;
 }
@@ -395,8 +431,8 @@ static void read_until_close_notify(SSL *ssl)
     }
 }
 
-static int run_scenario(int step, const char *scenario, int port, int version,
-                        unsigned peer_timeout_ms)
+static int run_scenario(int step, const struct step_options *opt, const char *scenario,
+                        int port, int version, unsigned peer_timeout_ms)
 {
     closenotify_policy policy;
     closenotify_policy_init(&policy);
@@ -416,7 +452,7 @@ static int run_scenario(int step, const char *scenario, int port, int version,
     unsigned steps = 0;
     sigpipe(SIG_DFL);
     if (step)
-        steps = shutdown_step(&c, &policy, &r);
+        steps = shutdown_step(&c, &policy, opt, &r);
     else
         shutdown_blocking(&c, &policy, &r);
     CHECK(r.tls_version == version);
@@ -705,6 +741,49 @@ static int run_errors(void)
     bad = good;
     bad.linger_timeout_ms = 3600001;
     EXPECT_REFUSED(ssl, sp[0], &bad, CLOSENOTIFY_ERR_INVALID_ARGUMENT, "linger_timeout");
+    /* Messages name the knobs as C names them. */
+    bad = good;
+    bad.flush_timeout_ms = 0;
+    EXPECT_REFUSED(ssl, sp[0], &bad, CLOSENOTIFY_ERR_INVALID_ARGUMENT,
+                   "flush_timeout_ms must be at least 1 ms (or use CLOSENOTIFY_MODE_QUIET");
+    bad.peer_timeout_ms = 0;
+    bad.flush_timeout_ms = 500;
+    EXPECT_REFUSED(ssl, sp[0], &bad, CLOSENOTIFY_ERR_INVALID_ARGUMENT,
+                   "or use CLOSENOTIFY_MODE_SEND_ONLY");
+    /* A mode that does not use a timeout accepts 0 for it. */
+    bad = good;
+    bad.mode = CLOSENOTIFY_MODE_QUIET;
+    bad.flush_timeout_ms = 0;
+    bad.peer_timeout_ms = 0;
+    closenotify_shutdown *quiet = NULL;
+    CHECK_RC(closenotify_shutdown_new(ssl, sp[0], &bad, &quiet), CLOSENOTIFY_OK);
+    closenotify_shutdown_free(quiet);
+    bad = good;
+    bad.mode = CLOSENOTIFY_MODE_SEND_ONLY;
+    bad.peer_timeout_ms = 0;
+    CHECK_RC(closenotify_shutdown_new(ssl, sp[0], &bad, &quiet), CLOSENOTIFY_OK);
+    closenotify_shutdown_free(quiet);
+
+    /* ---- CLOSENOTIFY_ERR_INVALID_ARGUMENT: an SSL that is not on the fd ---- */
+    /* A socket BIO on sp[0], and the other end of the pair given as its fd:
+     * refused, and neither socket touched (checked at the end). */
+    EXPECT_REFUSED(ssl, sp[1], &good, CLOSENOTIFY_ERR_INVALID_ARGUMENT,
+                   "not fd");
+    /* Memory BIOs: nothing to poll, nothing to half-close. */
+    SSL *mem = SSL_new(ctx);
+    CHECK(mem != NULL);
+    BIO *rbio = BIO_new(BIO_s_mem());
+    BIO *wbio = BIO_new(BIO_s_mem());
+    CHECK(rbio != NULL && wbio != NULL);
+    SSL_set_bio(mem, rbio, wbio);
+    EXPECT_REFUSED(mem, sp[0], &good, CLOSENOTIFY_ERR_INVALID_ARGUMENT, "memory BIO");
+    /* No BIO at all. */
+    SSL *bare = SSL_new(ctx);
+    CHECK(bare != NULL);
+    EXPECT_REFUSED(bare, sp[0], &good, CLOSENOTIFY_ERR_INVALID_ARGUMENT, "SSL_set_fd");
+    SSL_free(bare);
+    SSL_free(mem);
+
     /* The bounds themselves are valid (3600000 ms is the documented maximum). */
     bad = good;
     bad.peer_timeout_ms = 3600000;
@@ -748,8 +827,11 @@ static int run_errors(void)
     CHECK(fcntl(sp[0], F_GETFD) != -1);
     CHECK(fcntl(sp[0], F_GETFL) == flags);
     CHECK(SSL_get_fd(ssl) == sp[0]);
-    /* The peer end sees no EOF: nothing closed the socket. */
+    /* Neither end saw EOF or data: nothing closed, half-closed or wrote to
+     * either socket, the refused calls included. */
     struct pollfd pfd = {.fd = sp[1], .events = POLLIN, .revents = 0};
+    CHECK(poll(&pfd, 1, 0) == 0);
+    pfd.fd = sp[0];
     CHECK(poll(&pfd, 1, 0) == 0);
 
     SSL_free(ssl); /* ours to free; valgrind checks nothing else was */
@@ -765,8 +847,8 @@ static int run_errors(void)
 static int usage(void)
 {
     fprintf(stderr,
-            "usage: cn_test blocking|step plain|peer-initiated|alert PORT 1.2|1.3 "
-            "[--peer-timeout-ms N]\n"
+            "usage: cn_test blocking|step|step-revents plain|peer-initiated|alert PORT "
+            "1.2|1.3 [--peer-timeout-ms N] [--blocking-fd] [--tick-ms N]\n"
             "       cn_test sigpipe PORT 1.2|1.3\n"
             "       cn_test errors\n");
     return 2;
@@ -794,18 +876,31 @@ int main(int argc, char **argv)
             return usage();
         return run_sigpipe((int)port, version);
     }
-    if ((argc == 5 || argc == 7) &&
-        (strcmp(argv[1], "blocking") == 0 || strcmp(argv[1], "step") == 0)) {
+    if (argc >= 5 && (strcmp(argv[1], "blocking") == 0 || strcmp(argv[1], "step") == 0 ||
+                      strcmp(argv[1], "step-revents") == 0)) {
+        int step = strcmp(argv[1], "blocking") != 0;
+        struct step_options opt = {strcmp(argv[1], "step-revents") == 0, 0, 0};
         int version = parse_version(argv[4]);
         if (!parse_uint(argv[3], 65535, &port) || version == 0)
             return usage();
-        if (argc == 7 && (strcmp(argv[5], "--peer-timeout-ms") != 0 ||
-                          !parse_uint(argv[6], 0xffffffffUL, &peer_timeout)))
-            return usage();
+        for (int i = 5; i < argc; i++) {
+            unsigned long v;
+            if (strcmp(argv[i], "--peer-timeout-ms") == 0 && i + 1 < argc &&
+                parse_uint(argv[i + 1], 0xffffffffUL, &peer_timeout))
+                i++;
+            else if (strcmp(argv[i], "--blocking-fd") == 0 && step)
+                opt.blocking_fd = 1;
+            else if (strcmp(argv[i], "--tick-ms") == 0 && step && i + 1 < argc &&
+                     parse_uint(argv[i + 1], 60000, &v) && v > 0) {
+                opt.tick_ms = (int)v;
+                i++;
+            } else
+                return usage();
+        }
         if (strcmp(argv[2], "plain") != 0 && strcmp(argv[2], "peer-initiated") != 0 &&
             strcmp(argv[2], "alert") != 0)
             return usage();
-        return run_scenario(strcmp(argv[1], "step") == 0, argv[2], (int)port, version,
+        return run_scenario(step, &opt, argv[2], (int)port, version,
                             (unsigned)peer_timeout);
     }
     return usage();

@@ -25,6 +25,8 @@ pub mod sys {
         pub fn SSL_new_session_ticket(s: *mut SSL) -> c_int;
         pub fn SSL_key_update(s: *mut SSL, updatetype: c_int) -> c_int;
         pub fn SSL_get_options(s: *const SSL) -> u64;
+        pub fn SSL_get_wbio(s: *const SSL) -> *mut openssl_sys::BIO;
+        pub fn SSL_get_wfd(s: *const SSL) -> c_int;
     }
 }
 
@@ -43,6 +45,19 @@ impl Contexts {
     /// As `pair`, with our side on a `mio::net::TcpStream` (non-blocking once the
     /// handshake is done).
     pub fn pair_mio(&self, role: Role) -> (SslStream<mio::net::TcpStream>, SslStream<TcpStream>) {
+        let (ours, peer) = self.pair_mio_blocking(role);
+        socket2::SockRef::from(ours.get_ref())
+            .set_nonblocking(true)
+            .unwrap();
+        (ours, peer)
+    }
+
+    /// As `pair_mio`, but the socket stays in blocking mode, as
+    /// `mio::net::TcpStream::from_std` leaves a socket a std server accepted.
+    pub fn pair_mio_blocking(
+        &self,
+        role: Role,
+    ) -> (SslStream<mio::net::TcpStream>, SslStream<TcpStream>) {
         let (client_tcp, server_tcp) = tcp_pair();
         let (ours_tcp, peer_tcp, ours_ctx, peer_ctx) = match role {
             Role::Client => (client_tcp, server_tcp, &self.client, self.server.clone()),
@@ -63,11 +78,43 @@ impl Contexts {
             Role::Client => ours.connect().expect("our handshake"),
             Role::Server => ours.accept().expect("our handshake"),
         }
-        socket2::SockRef::from(ours.get_ref())
-            .set_nonblocking(true)
-            .unwrap();
         (ours, peer.join().unwrap())
     }
+}
+
+/// Drives a `Shutdown` with poll(2), as a simple event loop would.
+pub fn drive<C: closenotify::Connection>(
+    mut sd: closenotify::Shutdown<C>,
+    fd: i32,
+) -> closenotify::Report {
+    use closenotify::{Interest, Progress, Ready};
+    use std::time::Instant;
+    let mut ready = Ready::NONE;
+    loop {
+        match sd.poll(Instant::now(), ready) {
+            Progress::Done(r) => return r,
+            Progress::Wait(w) => {
+                let events = match w.interest {
+                    Interest::Read => libc::POLLIN,
+                    Interest::Write => libc::POLLOUT,
+                    Interest::Timer => 0,
+                };
+                ready = if wait_for(fd, events, w.timeout(Instant::now())) {
+                    Ready::ALL
+                } else {
+                    Ready::NONE
+                };
+            }
+        }
+    }
+}
+
+/// Whether `fd` is in blocking mode.
+pub fn is_blocking(fd: i32) -> bool {
+    // SAFETY: F_GETFL on an fd takes no pointers.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    assert!(flags >= 0, "fcntl: {}", std::io::Error::last_os_error());
+    flags & libc::O_NONBLOCK == 0
 }
 
 /// Runs a misbehaving peer on its own thread.

@@ -1,0 +1,382 @@
+//! The only module that calls `openssl-sys`: [`Connection`] for rust-openssl's
+//! `SslStream` and for a raw `SSL*` ([`RawConnection`]), the classification of
+//! OpenSSL's answers into [`TlsError`]s (`classify`), and OpenSSL's reason codes
+//! (`reasons`).
+
+mod classify;
+mod ext;
+mod raw;
+mod reasons;
+
+use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::OnceLock;
+
+use foreign_types::ForeignTypeRef;
+use openssl::ex_data::Index;
+use openssl::ssl::{ShutdownResult, Ssl, SslRef, SslStream};
+use openssl_sys as ffi;
+
+use self::classify::classify_stream;
+use self::ext::*;
+use crate::machine::{Connection, Status, TlsError};
+use crate::report::{Report, TlsVersion};
+use crate::socket;
+
+pub use self::raw::RawConnection;
+
+// The option constants are `uint64_t` in OpenSSL 3 and `unsigned long` before.
+#[cfg(ossl300)]
+#[allow(clippy::unnecessary_cast)]
+const IGNORE_UNEXPECTED_EOF: u64 = ffi::SSL_OP_IGNORE_UNEXPECTED_EOF as u64;
+#[allow(clippy::unnecessary_cast)]
+const NO_TICKET: u64 = ffi::SSL_OP_NO_TICKET as u64;
+
+/// Per-`SSL` state kept in ex_data: the final report (so that a second shutdown
+/// returns it), and what `begin` and `seal` changed, for `end` to undo.
+#[derive(Default)]
+struct Saved {
+    report: Option<Report>,
+    /// `begin` cleared `SSL_OP_IGNORE_UNEXPECTED_EOF`.
+    suspended_ignore_eof: bool,
+    /// `begin` switched the socket from blocking to non-blocking mode.
+    was_blocking: bool,
+    /// `seal` replaced the write BIO by a sink; this is the address of the
+    /// original, on which `seal` holds one reference until `end` puts it back.
+    sealed_wbio: usize,
+}
+
+fn saved_index() -> Option<Index<Ssl, Saved>> {
+    static INDEX: OnceLock<Option<Index<Ssl, Saved>>> = OnceLock::new();
+    *INDEX.get_or_init(|| Ssl::new_ex_index().ok())
+}
+
+/// The helpers shared by every OpenSSL-backed connection, on an `&SslRef`.
+mod on_ssl {
+    use super::*;
+
+    pub fn status(ssl: &SslRef) -> Status {
+        let usable = ssl.is_init_finished();
+        // SAFETY: `ssl` is a valid SSL for the duration of the borrow.
+        let flags = unsafe { ffi::SSL_get_shutdown(ssl.as_ptr()) };
+        let sent = flags & ffi::SSL_SENT_SHUTDOWN != 0;
+        // OpenSSL 4.0 leaves the state machine in an error state after a record
+        // failure that carried no alert (the application saw an EOF), so that
+        // `SSL_is_init_finished` says no; the version is known all the same.
+        let version = (usable || handshake_completed(ssl)).then(|| {
+            // SAFETY: as above.
+            let v = unsafe { ffi::SSL_version(ssl.as_ptr()) };
+            TlsVersion::from_wire(v as u16)
+        });
+        Status {
+            usable,
+            sent,
+            // SAFETY: as above; SSL_want reads the state of the last I/O call,
+            // which is SSL_WRITING while a queued alert waits for the socket.
+            sent_pending: sent && unsafe { SSL_want(ssl.as_ptr()) } == SSL_WRITING,
+            received: flags & ffi::SSL_RECEIVED_SHUTDOWN != 0,
+            version,
+        }
+    }
+
+    /// Prepares the connection for the shutdown:
+    /// - suspends `SSL_OP_IGNORE_UNEXPECTED_EOF`: with it, OpenSSL turns an EOF
+    ///   into a fake close_notify and a truncation would be reported as `clean`;
+    /// - puts the socket in non-blocking mode, so that no OpenSSL call can block
+    ///   past the policy's deadlines.
+    pub fn begin(ssl: &mut SslRef, fd: RawFd) {
+        #[cfg(ossl300)]
+        {
+            // SAFETY: `ssl` is valid; the option calls only read/modify a bit field.
+            let had = unsafe { SSL_get_options(ssl.as_ptr()) } & IGNORE_UNEXPECTED_EOF != 0;
+            if had {
+                // SAFETY: as above.
+                unsafe { SSL_clear_options(ssl.as_ptr(), IGNORE_UNEXPECTED_EOF) };
+                with_saved(ssl, |s| s.suspended_ignore_eof = true);
+            }
+        }
+        match socket::set_nonblocking(fd) {
+            Ok(true) => with_saved(ssl, |s| s.was_blocking = true),
+            Ok(false) => {}
+            // A broken fd: the first OpenSSL call reports it.
+            Err(err) => log::debug!("closenotify: cannot make fd {fd} non-blocking: {err}"),
+        }
+    }
+
+    /// Once our close_notify is flushed, nothing OpenSSL writes may reach the
+    /// peer: replaces the write BIO by a sink (`BIO_s_null`). A TLS 1.3 peer's
+    /// KeyUpdate(update_requested) makes OpenSSL write its own KeyUpdate while we
+    /// read; after our `shutdown(SHUT_WR)` that write would fail with EPIPE and
+    /// turn a clean close into a reset, and without the half-close it would put a
+    /// message on the wire after our close_notify, which TLS forbids. The read
+    /// side is untouched.
+    pub fn seal(ssl: &mut SslRef) {
+        // SAFETY: `ssl` is valid. The original write BIO gets one more reference
+        // before SSL_set0_wbio drops the SSL's, so it stays alive (and its fd
+        // open) until `end` hands it back; the sink is a fresh BIO whose only
+        // reference passes to the SSL. When the read and write BIOs are the same
+        // BIO, the SSL's read reference keeps it alive as well.
+        let wbio = unsafe {
+            let ptr = ssl.as_ptr();
+            let wbio = SSL_get_wbio(ptr);
+            if wbio.is_null() || BIO_up_ref(wbio) != 1 {
+                return;
+            }
+            let sink = ffi::BIO_new(BIO_s_null());
+            if sink.is_null() {
+                ffi::BIO_free_all(wbio);
+                return;
+            }
+            SSL_set0_wbio(ptr, sink);
+            wbio
+        };
+        with_saved(ssl, |s| s.sealed_wbio = wbio as usize);
+    }
+
+    /// Undoes `begin` and `seal`.
+    pub fn end(ssl: &mut SslRef, fd: RawFd) {
+        let Some(index) = saved_index() else { return };
+        let Some(saved) = ssl.ex_data_mut(index) else {
+            return;
+        };
+        let suspended = std::mem::take(&mut saved.suspended_ignore_eof);
+        let was_blocking = std::mem::take(&mut saved.was_blocking);
+        let sealed = std::mem::take(&mut saved.sealed_wbio);
+        if sealed != 0 {
+            // SAFETY: `sealed` is the write BIO `seal` took a reference on; giving
+            // it back to the SSL transfers that reference and frees the sink.
+            unsafe { SSL_set0_wbio(ssl.as_ptr(), sealed as *mut ffi::BIO) };
+        }
+        #[cfg(ossl300)]
+        if suspended {
+            // SAFETY: `ssl` is valid; restores the option `begin` cleared.
+            unsafe { SSL_set_options(ssl.as_ptr(), IGNORE_UNEXPECTED_EOF) };
+        }
+        #[cfg(not(ossl300))]
+        let _ = suspended;
+        if was_blocking {
+            if let Err(err) = socket::set_blocking(fd) {
+                log::debug!("closenotify: cannot restore blocking mode on fd {fd}: {err}");
+            }
+        }
+    }
+
+    /// Lets a retried `SSL_write` come with a different buffer holding the same
+    /// bytes (the caller's unsent data, now owned by the shutdown).
+    pub fn accept_moving_write_buffer(ssl: &SslRef) {
+        set_mode(ssl, ffi::SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    }
+
+    /// Releases OpenSSL's read and write buffers whenever they are empty
+    /// (`SSL_MODE_RELEASE_BUFFERS`): a connection that only waits for an alert
+    /// then holds no 16 KiB record buffers.
+    pub fn release_buffers(ssl: &SslRef) {
+        set_mode(ssl, ffi::SSL_MODE_RELEASE_BUFFERS);
+    }
+
+    /// `SSL_set_mode`: ORs `mode` into the connection's mode bits.
+    fn set_mode(ssl: &SslRef, mode: std::ffi::c_long) {
+        // SAFETY: `ssl` is valid; SSL_ctrl(SSL_CTRL_MODE) only ORs a mode bit.
+        unsafe { ffi::SSL_ctrl(ssl.as_ptr(), ffi::SSL_CTRL_MODE, mode, std::ptr::null_mut()) };
+    }
+
+    pub fn has_pending(ssl: &SslRef) -> bool {
+        // SAFETY: `ssl` is valid; SSL_has_pending only inspects buffers.
+        unsafe { SSL_has_pending(ssl.as_ptr()) == 1 }
+    }
+
+    pub fn set_quiet(ssl: &mut SslRef) {
+        // SAFETY: `ssl` is valid; sets the shutdown flags so that nothing is ever
+        // sent, which OpenSSL allows in any state (it is what quiet shutdown does).
+        unsafe {
+            ffi::SSL_set_shutdown(
+                ssl.as_ptr(),
+                ffi::SSL_SENT_SHUTDOWN | ffi::SSL_RECEIVED_SHUTDOWN,
+            )
+        };
+    }
+
+    /// Removes the session from the context's cache; OpenSSL also marks it not
+    /// resumable, so a client holding it will not offer it again.
+    pub fn forget_session(ssl: &mut SslRef) {
+        // SAFETY: `ssl` is valid; the session and context pointers come from it and
+        // stay valid while it lives; SSL_CTX_remove_session accepts any session.
+        unsafe {
+            let session = ffi::SSL_get_session(ssl.as_ptr());
+            if !session.is_null() {
+                ffi::SSL_CTX_remove_session(ffi::SSL_get_SSL_CTX(ssl.as_ptr()), session);
+            }
+            ffi::ERR_clear_error();
+        }
+    }
+
+    pub fn session_resumable(ssl: &SslRef) -> bool {
+        // SAFETY: `ssl` is valid; the session pointer is checked for null.
+        let (resumable, stateless_tickets) = unsafe {
+            let session = ffi::SSL_get_session(ssl.as_ptr());
+            let resumable = !session.is_null() && SSL_SESSION_is_resumable(session) == 1;
+            let tickets = ffi::SSL_is_server(ssl.as_ptr()) == 1
+                && SSL_get_options(ssl.as_ptr()) & NO_TICKET == 0
+                && (ffi::SSL_version(ssl.as_ptr()) != ffi::TLS1_3_VERSION
+                    || ffi::SSL_get_num_tickets(ssl.as_ptr()) > 0);
+            (resumable, tickets)
+        };
+        // A server cannot revoke a stateless ticket: the client can still resume.
+        resumable || (stateless_tickets && handshake_completed(ssl))
+    }
+
+    /// The handshake completed at least once (both Finished messages were
+    /// exchanged), even if the connection failed since.
+    fn handshake_completed(ssl: &SslRef) -> bool {
+        // SAFETY: `ssl` is valid; with a null buffer and count 0 these only return
+        // the lengths of our Finished message and of the peer's.
+        unsafe {
+            ffi::SSL_get_finished(ssl.as_ptr(), std::ptr::null_mut(), 0) > 0
+                && ffi::SSL_get_peer_finished(ssl.as_ptr(), std::ptr::null_mut(), 0) > 0
+        }
+    }
+
+    pub fn saved_report(ssl: &SslRef) -> Option<Report> {
+        saved_index()
+            .and_then(|index| ssl.ex_data(index))
+            .and_then(|s| s.report)
+    }
+
+    pub fn save_report(ssl: &mut SslRef, report: &Report) {
+        with_saved(ssl, |s| s.report = Some(*report));
+    }
+
+    fn with_saved(ssl: &mut SslRef, f: impl FnOnce(&mut Saved)) {
+        let Some(index) = saved_index() else { return };
+        if let Some(saved) = ssl.ex_data_mut(index) {
+            f(saved);
+        } else {
+            let mut saved = Saved::default();
+            f(&mut saved);
+            ssl.set_ex_data(index, saved);
+        }
+    }
+
+    /// Clears the error queue before an OpenSSL call: a stale entry would turn the
+    /// next `SSL_ERROR_SYSCALL` into a misclassified `SSL_ERROR_SSL`.
+    pub fn clear_errors() {
+        // SAFETY: ERR_clear_error only touches this thread's error queue.
+        unsafe { ffi::ERR_clear_error() };
+    }
+}
+
+/// Size of the buffer application data is read into and discarded: one record.
+const DISCARD_BUF: usize = 16 * 1024;
+
+impl<S: Read + Write + AsFd> Connection for SslStream<S> {
+    fn status(&mut self) -> Status {
+        on_ssl::status(self.ssl())
+    }
+    fn begin(&mut self) {
+        let fd = self.get_ref().as_fd().as_raw_fd();
+        on_ssl::begin(stream_ssl_mut(self), fd)
+    }
+    fn seal(&mut self) {
+        on_ssl::seal(stream_ssl_mut(self))
+    }
+    fn end(&mut self) {
+        let fd = self.get_ref().as_fd().as_raw_fd();
+        on_ssl::end(stream_ssl_mut(self), fd)
+    }
+    fn shutdown(&mut self) -> Result<ShutdownResult, TlsError> {
+        on_ssl::clear_errors();
+        let result = SslStream::shutdown(self).map_err(|e| classify_stream(&e));
+        on_ssl::clear_errors();
+        result
+    }
+    fn read_discard(&mut self) -> Result<usize, TlsError> {
+        let mut buf = [MaybeUninit::<u8>::uninit(); DISCARD_BUF];
+        on_ssl::clear_errors();
+        let result = self
+            .ssl_read_uninit(&mut buf)
+            .map_err(|e| classify_stream(&e));
+        on_ssl::clear_errors();
+        result
+    }
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
+        on_ssl::clear_errors();
+        let result = self.ssl_read(buf).map_err(|e| classify_stream(&e));
+        on_ssl::clear_errors();
+        result
+    }
+    fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
+        on_ssl::accept_moving_write_buffer(self.ssl());
+        on_ssl::clear_errors();
+        let result = self.ssl_write(buf).map_err(|e| classify_stream(&e));
+        on_ssl::clear_errors();
+        result
+    }
+    fn has_pending(&self) -> bool {
+        on_ssl::has_pending(self.ssl())
+    }
+    fn set_quiet(&mut self) {
+        on_ssl::set_quiet(stream_ssl_mut(self))
+    }
+    fn half_close(&mut self) -> io::Result<()> {
+        socket::half_close(self.get_ref().as_fd())
+    }
+    fn send_queue_len(&self) -> io::Result<usize> {
+        socket::send_queue_len(self.get_ref().as_fd())
+    }
+    fn arm_reset(&mut self) -> io::Result<()> {
+        socket::arm_reset(self.get_ref().as_fd())
+    }
+    fn forget_session(&mut self) {
+        on_ssl::forget_session(stream_ssl_mut(self))
+    }
+    fn session_resumable(&self) -> bool {
+        on_ssl::session_resumable(self.ssl())
+    }
+    fn saved_report(&self) -> Option<Report> {
+        on_ssl::saved_report(self.ssl())
+    }
+    fn save_report(&mut self, report: &Report) {
+        on_ssl::save_report(stream_ssl_mut(self), report)
+    }
+}
+
+/// Prepares a stream the [`Closer`](crate::Closer) now owns: `SSL_MODE_RELEASE_BUFFERS`,
+/// so that buffers OpenSSL allocates for the last records are freed once empty,
+/// and read-ahead, so that the peer's close_notify takes one `recv` instead of two
+/// (header, then body). Read-ahead may pull in bytes beyond the close_notify;
+/// harmless here, since the Closer closes the socket after it (it is off for
+/// streams the caller keeps, which could carry plaintext after TLS).
+pub(crate) fn prepare_for_closer<S>(stream: &mut SslStream<S>) {
+    on_ssl::release_buffers(stream.ssl());
+    let ssl = stream_ssl_mut(stream);
+    // SAFETY: `ssl` is valid; SSL_set_read_ahead only sets a flag.
+    unsafe { SSL_set_read_ahead(ssl.as_ptr(), 1) };
+}
+
+/// Frees the record buffers a connection still holds from its handshake or its
+/// application traffic, if they are empty (`SSL_free_buffers`): a shutdown that
+/// waits for the peer needs none until the peer's alert arrives.
+pub(crate) fn free_buffers<S>(stream: &mut SslStream<S>) {
+    let ssl = stream_ssl_mut(stream);
+    // SAFETY: `ssl` is valid; SSL_free_buffers frees only empty buffers (it
+    // returns 0 and keeps them when data is pending).
+    unsafe { SSL_free_buffers(ssl.as_ptr()) };
+    on_ssl::clear_errors();
+}
+
+/// `&mut SslRef` of a stream; rust-openssl only hands out `&SslRef`.
+fn stream_ssl_mut<S>(stream: &mut SslStream<S>) -> &mut SslRef {
+    // SAFETY: the pointer is the stream's own valid SSL, and `&mut stream` makes
+    // this the only reference to it for the lifetime of the borrow.
+    unsafe { SslRef::from_ptr_mut(stream.ssl().as_ptr()) }
+}
+
+impl From<&openssl::ssl::Error> for TlsError {
+    /// Classifies an error rust-openssl returned (from `ssl_read`, `ssl_write`,
+    /// `connect`, ...) the way the shutdown classifies its own; use it with
+    /// [`Shutdown::after_error`](crate::Shutdown::after_error).
+    fn from(err: &openssl::ssl::Error) -> TlsError {
+        classify_stream(err)
+    }
+}

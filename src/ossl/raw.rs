@@ -1,0 +1,263 @@
+//! [`RawConnection`]: a raw `SSL*` and the socket it runs on, as C callers own them.
+
+use std::ffi::{c_int, c_void};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::ptr::NonNull;
+
+use foreign_types::ForeignTypeRef;
+use openssl::error::ErrorStack;
+use openssl::ssl::{ErrorCode, ShutdownResult, SslRef};
+use openssl_sys as ffi;
+
+use super::classify::classify;
+use super::ext;
+use super::{on_ssl, DISCARD_BUF};
+use crate::error::Error;
+use crate::machine::{Connection, Status, TlsError};
+use crate::report::Report;
+use crate::sigpipe::SigpipeGuard;
+use crate::socket;
+
+/// A raw `SSL*` and the socket it runs on: what C callers own.
+///
+/// The caller keeps ownership of both: nothing here frees the `SSL` or closes the
+/// socket. The `SSL` must read and write through OpenSSL's own socket (or fd) BIO
+/// on exactly that socket (`SSL_set_fd`); [`RawConnection::new`] checks it.
+///
+/// Every OpenSSL call runs with `SIGPIPE` blocked on the calling thread, and a
+/// `SIGPIPE` it raised is consumed before the mask is restored, so a host program
+/// with the default disposition survives a peer that reset the connection even
+/// though OpenSSL's socket BIO writes with `write()`. The socket is switched to
+/// non-blocking mode while a [`Shutdown`](crate::Shutdown) runs on it, and back
+/// when the shutdown ends or is dropped.
+#[derive(Debug)]
+pub struct RawConnection {
+    ssl: NonNull<ffi::SSL>,
+    fd: RawFd,
+}
+
+impl RawConnection {
+    /// Wraps `ssl` and its socket `fd`, after checking that they belong together.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`], with nothing done to either socket, when `ssl`
+    /// is null, `fd` is negative or not a stream socket, or the `SSL` does not read
+    /// and write through a socket or fd BIO on `fd`: a memory BIO, a BIO pair, a
+    /// BIO of another library (rust-openssl's and tokio-openssl's streams use their
+    /// own: shut those down through their stream types instead), or a socket BIO on
+    /// another fd. The message names the problem.
+    ///
+    /// # Safety
+    /// `ssl` must point to a valid `SSL` that outlives the returned value, and
+    /// neither it nor `fd` may be used by another thread while the value is in use.
+    /// `fd` must stay open until the value is dropped.
+    pub unsafe fn new(ssl: *mut ffi::SSL, fd: RawFd) -> Result<RawConnection, Error> {
+        let ssl = NonNull::new(ssl)
+            .ok_or_else(|| Error::InvalidArgument("SSL pointer is null".into()))?;
+        if fd < 0 {
+            return Err(Error::InvalidArgument(format!("fd {fd} is negative")));
+        }
+        // SAFETY: the caller guarantees `fd` stays open while we use it.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        socket::check_stream_socket(borrowed)
+            .map_err(|e| Error::InvalidArgument(format!("fd {fd} is not a stream socket: {e}")))?;
+        // SAFETY: the caller guarantees `ssl` is a valid SSL.
+        unsafe { check_bios(ssl.as_ptr(), fd) }.map_err(Error::InvalidArgument)?;
+        Ok(RawConnection { ssl, fd })
+    }
+
+    /// The socket.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    fn ssl(&self) -> &SslRef {
+        // SAFETY: `new`'s contract: the SSL is valid and not used elsewhere while
+        // this value lives.
+        unsafe { SslRef::from_ptr(self.ssl.as_ptr()) }
+    }
+
+    fn ssl_mut(&mut self) -> &mut SslRef {
+        // SAFETY: as in `ssl`; `&mut self` makes the borrow unique.
+        unsafe { SslRef::from_ptr_mut(self.ssl.as_ptr()) }
+    }
+
+    fn sock(&self) -> BorrowedFd<'_> {
+        // SAFETY: `new`'s contract keeps the fd open while this value lives.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
+    }
+
+    /// One OpenSSL I/O call with SIGPIPE blocked, errno captured right after it,
+    /// and the error queue drained.
+    fn call(&mut self, f: impl FnOnce(*mut ffi::SSL) -> c_int) -> (c_int, Option<TlsError>) {
+        let ssl = self.ssl.as_ptr();
+        on_ssl::clear_errors();
+        let guard = SigpipeGuard::new();
+        errno::clear();
+        let ret = f(ssl);
+        let errno = errno::get();
+        drop(guard);
+        let err = if ret > 0 {
+            None
+        } else {
+            // SAFETY: `ssl` is valid (see `new`); SSL_get_error reads its state and
+            // this thread's error queue, which ErrorStack::get then drains.
+            let code = ErrorCode::from_raw(unsafe { ffi::SSL_get_error(ssl, ret) });
+            let stack = ErrorStack::get();
+            Some(classify(code, Some(&stack), Some(errno)))
+        };
+        on_ssl::clear_errors();
+        (ret, err)
+    }
+
+    /// One `SSL_read_ex` into `len` writable bytes at `buf`.
+    fn read_into(&mut self, buf: *mut u8, len: usize) -> Result<usize, TlsError> {
+        let mut n = 0usize;
+        // SAFETY: the SSL is valid; the callers pass a buffer writable for `len`
+        // bytes, of which OpenSSL writes at most `len`; `n` is a valid out-pointer.
+        let (_, err) =
+            self.call(|ssl| unsafe { ffi::SSL_read_ex(ssl, buf as *mut c_void, len, &mut n) });
+        match err {
+            None => Ok(n),
+            Some(err) => Err(err),
+        }
+    }
+}
+
+/// Checks that `ssl` reads and writes through a socket or fd BIO on `fd`, so that
+/// readiness on `fd` means progress for `ssl`, a half-close of `fd` ends `ssl`'s
+/// stream, and no BIO callback of another library runs outside its context.
+///
+/// # Safety
+/// `ssl` is a valid SSL.
+unsafe fn check_bios(ssl: *mut ffi::SSL, fd: RawFd) -> Result<(), String> {
+    // SAFETY: `ssl` is valid; these getters only read its BIO pointers.
+    let (rbio, wbio) = unsafe { (ffi::SSL_get_rbio(ssl), ext::SSL_get_wbio(ssl)) };
+    for (bio, side) in [(rbio, "read"), (wbio, "write")] {
+        if bio.is_null() {
+            return Err(format!(
+                "the SSL has no {side} BIO: attach the socket with SSL_set_fd"
+            ));
+        }
+        // SAFETY: `bio` is a live BIO of `ssl`; BIO_method_type reads its method.
+        let kind = unsafe { ext::BIO_method_type(bio) };
+        if kind != ext::BIO_TYPE_SOCKET && kind != ext::BIO_TYPE_FD {
+            let what = match kind {
+                ext::BIO_TYPE_MEM => "a memory BIO".to_string(),
+                ext::BIO_TYPE_BIO => "half of a BIO pair".to_string(),
+                0 => "a custom BIO (as rust-openssl's and tokio-openssl's streams use)".to_string(),
+                other => format!("a BIO of type {other:#06x}"),
+            };
+            return Err(format!(
+                "the SSL's {side} BIO is {what}, not a socket or fd BIO: closenotify \
+                 drives raw SSL* only on OpenSSL's own socket BIO (SSL_set_fd); shut \
+                 rust-openssl or tokio-openssl streams down through their stream types"
+            ));
+        }
+    }
+    // SAFETY: `ssl` is valid; SSL_get_rfd/wfd read the BIOs' descriptors.
+    let (rfd, wfd) = unsafe { (ext::SSL_get_rfd(ssl), ext::SSL_get_wfd(ssl)) };
+    if rfd != fd || wfd != fd {
+        return Err(format!(
+            "the SSL reads from fd {rfd} and writes to fd {wfd}, not fd {fd}: pass \
+             the socket the SSL was given with SSL_set_fd"
+        ));
+    }
+    Ok(())
+}
+
+impl Connection for RawConnection {
+    fn status(&mut self) -> Status {
+        on_ssl::status(self.ssl())
+    }
+    fn begin(&mut self) {
+        let fd = self.fd;
+        on_ssl::begin(self.ssl_mut(), fd)
+    }
+    fn seal(&mut self) {
+        on_ssl::seal(self.ssl_mut())
+    }
+    fn end(&mut self) {
+        let fd = self.fd;
+        on_ssl::end(self.ssl_mut(), fd)
+    }
+    fn shutdown(&mut self) -> Result<ShutdownResult, TlsError> {
+        // SAFETY: the pointer is the valid SSL of `new`'s contract.
+        let (ret, err) = self.call(|ssl| unsafe { ffi::SSL_shutdown(ssl) });
+        match (ret, err) {
+            (1, _) => Ok(ShutdownResult::Received),
+            (0, _) => Ok(ShutdownResult::Sent),
+            (_, Some(err)) => Err(err),
+            (_, None) => Err(TlsError::Protocol {
+                alert: None,
+                detail: "SSL_shutdown returned an unknown value",
+            }),
+        }
+    }
+    fn read_discard(&mut self) -> Result<usize, TlsError> {
+        let mut buf = [MaybeUninit::<u8>::uninit(); DISCARD_BUF];
+        self.read_into(buf.as_mut_ptr().cast(), buf.len())
+    }
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
+        self.read_into(buf.as_mut_ptr(), buf.len())
+    }
+    fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
+        on_ssl::accept_moving_write_buffer(self.ssl());
+        let mut n = 0usize;
+        // SAFETY: the SSL is valid; `buf` is readable for its length; `n` is a
+        // valid out-pointer.
+        let (_, err) = self.call(|ssl| unsafe {
+            ffi::SSL_write_ex(ssl, buf.as_ptr() as *const c_void, buf.len(), &mut n)
+        });
+        match err {
+            None => Ok(n),
+            Some(err) => Err(err),
+        }
+    }
+    fn has_pending(&self) -> bool {
+        on_ssl::has_pending(self.ssl())
+    }
+    fn set_quiet(&mut self) {
+        on_ssl::set_quiet(self.ssl_mut())
+    }
+    fn half_close(&mut self) -> io::Result<()> {
+        socket::half_close(self.sock())
+    }
+    fn send_queue_len(&self) -> io::Result<usize> {
+        socket::send_queue_len(self.sock())
+    }
+    fn arm_reset(&mut self) -> io::Result<()> {
+        socket::arm_reset(self.sock())
+    }
+    fn forget_session(&mut self) {
+        on_ssl::forget_session(self.ssl_mut())
+    }
+    fn session_resumable(&self) -> bool {
+        on_ssl::session_resumable(self.ssl())
+    }
+    fn saved_report(&self) -> Option<Report> {
+        on_ssl::saved_report(self.ssl())
+    }
+    fn save_report(&mut self, report: &Report) {
+        on_ssl::save_report(self.ssl_mut(), report)
+    }
+}
+
+impl AsRawFd for RawConnection {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
+/// errno, read and reset around one call.
+mod errno {
+    pub fn clear() {
+        // SAFETY: __errno_location returns this thread's errno slot.
+        unsafe { *libc::__errno_location() = 0 };
+    }
+    pub fn get() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    }
+}
