@@ -163,3 +163,44 @@ fn a_close_notify_still_buffered_is_flushed_before_reading() {
         peer.join().unwrap();
     }
 }
+
+/// The application's own `SSL_shutdown` could not write its close_notify (the peer
+/// was not reading), and the application read afterwards, which leaves no trace
+/// of the pending write in `SSL_want`. The shutdown must still flush it first.
+#[test]
+fn the_applications_pending_close_notify_is_flushed_after_a_read() {
+    for (tls, role) in matrix() {
+        let what = format!("{tls:?} as {role:?}");
+        let ctx = Contexts::new(tls);
+        let Pair { mut ours, mut peer } = ctx.pair(role);
+        if tls == Tls::V13 {
+            match role {
+                Role::Client => read_tickets(&mut ours),
+                Role::Server => read_tickets(&mut peer),
+            }
+        }
+        let raw = fill_send_buffer(ours.get_ref());
+        let (go, start) = mpsc::channel::<()>();
+        let peer = spawn_peer(peer, move |mut p| {
+            start.recv().unwrap();
+            std::io::Write::write_all(&mut p, &[7u8; DATA]).unwrap();
+            assert_eq!(p.shutdown().unwrap(), ShutdownResult::Sent);
+            let mut filler = vec![1u8; raw];
+            std::io::Read::read_exact(p.get_mut(), &mut filler).unwrap();
+            assert!(filler.iter().all(|&b| b == 0), "not the filler");
+            read_until_close_notify(&mut p).expect("our close_notify");
+            wait_eof(p.get_mut());
+        });
+        ours.get_ref().set_nonblocking(true).unwrap();
+        let err = ours.shutdown().unwrap_err();
+        assert_eq!(err.code(), openssl::ssl::ErrorCode::WANT_WRITE, "{what}");
+        let err = ours.ssl_read(&mut [0u8; 16]).unwrap_err();
+        assert_eq!(err.code(), openssl::ssl::ErrorCode::WANT_READ, "{what}");
+        ours.get_ref().set_nonblocking(false).unwrap();
+        go.send(()).unwrap();
+        let r = shutdown_blocking(&mut ours, &policy(2000, 2000));
+        assert_clean_with_data(&r, &what);
+        drop(ours);
+        peer.join().unwrap();
+    }
+}

@@ -13,7 +13,6 @@ extern "C" {
     pub fn SSL_set_options(s: *mut SSL, op: u64) -> u64;
     pub fn SSL_free_buffers(s: *mut SSL) -> c_int;
     pub fn SSL_set_read_ahead(s: *mut SSL, yes: c_int);
-    pub fn SSL_want(s: *const SSL) -> c_int;
     pub fn SSL_get_wbio(s: *const SSL) -> *mut BIO;
     pub fn SSL_get_rfd(s: *const SSL) -> c_int;
     pub fn SSL_get_wfd(s: *const SSL) -> c_int;
@@ -22,9 +21,6 @@ extern "C" {
     pub fn BIO_s_null() -> *const BIO_METHOD;
     pub fn BIO_up_ref(b: *mut BIO) -> c_int;
 }
-
-/// `SSL_WRITING`, the value of `SSL_want` while output waits for the socket.
-pub const SSL_WRITING: c_int = 2;
 
 /// `BIO_TYPE_DESCRIPTOR | BIO_TYPE_SOURCE_SINK | 5`: `BIO_s_socket`.
 pub const BIO_TYPE_SOCKET: c_int = 0x0400 | 0x0100 | 5;

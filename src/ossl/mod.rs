@@ -72,12 +72,28 @@ mod on_ssl {
         Status {
             usable,
             sent,
-            // SAFETY: as above; SSL_want reads the state of the last I/O call,
-            // which is SSL_WRITING while a queued alert waits for the socket.
-            sent_pending: sent && unsafe { SSL_want(ssl.as_ptr()) } == SSL_WRITING,
             received: flags & ffi::SSL_RECEIVED_SHUTDOWN != 0,
             version,
         }
+    }
+
+    /// Runs `shutdown` (one `SSL_shutdown` call) so that it can only write: with
+    /// `SSL_RECEIVED_SHUTDOWN` presented, `SSL_shutdown` flushes a close_notify
+    /// still buffered and returns, and when there is none it returns at once; its
+    /// branch that reads for the peer's close_notify cannot run. The flags are
+    /// put back afterwards.
+    pub fn flush_close_notify(
+        ssl: *mut ffi::SSL,
+        shutdown: impl FnOnce() -> Result<ShutdownResult, TlsError>,
+    ) -> Result<(), TlsError> {
+        // SAFETY: `ssl` is the caller's valid SSL; SSL_get/set_shutdown only read
+        // and write its flags.
+        let flags = unsafe { ffi::SSL_get_shutdown(ssl) };
+        unsafe { ffi::SSL_set_shutdown(ssl, flags | ffi::SSL_RECEIVED_SHUTDOWN) };
+        let result = shutdown();
+        // SAFETY: as above.
+        unsafe { ffi::SSL_set_shutdown(ssl, flags) };
+        result.map(drop)
     }
 
     /// Prepares the connection for the shutdown:
@@ -289,6 +305,10 @@ impl<S: Read + Write + AsFd> Connection for SslStream<S> {
         let result = SslStream::shutdown(self).map_err(|e| classify_stream(&e));
         on_ssl::clear_errors();
         result
+    }
+    fn flush_close_notify(&mut self) -> Result<(), TlsError> {
+        let ssl = self.ssl().as_ptr();
+        on_ssl::flush_close_notify(ssl, || Connection::shutdown(self))
     }
     fn read_discard(&mut self) -> Result<usize, TlsError> {
         let mut buf = [MaybeUninit::<u8>::uninit(); DISCARD_BUF];

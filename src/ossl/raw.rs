@@ -90,8 +90,14 @@ impl RawConnection {
     }
 
     /// One OpenSSL I/O call with SIGPIPE blocked, errno captured right after it,
-    /// and the error queue drained.
-    fn call(&mut self, f: impl FnOnce(*mut ffi::SSL) -> c_int) -> (c_int, Option<TlsError>) {
+    /// and the error queue drained. `sends`: the call writes (`SSL_shutdown`,
+    /// `SSL_write`); once the peer's close_notify is in, `SSL_get_error` says
+    /// ZERO_RETURN for any failure of such a call, and the errno is the truth.
+    fn call(
+        &mut self,
+        sends: bool,
+        f: impl FnOnce(*mut ffi::SSL) -> c_int,
+    ) -> (c_int, Option<TlsError>) {
         let ssl = self.ssl.as_ptr();
         on_ssl::clear_errors();
         let guard = SigpipeGuard::new();
@@ -106,7 +112,10 @@ impl RawConnection {
             // this thread's error queue, which ErrorStack::get then drains.
             let code = ErrorCode::from_raw(unsafe { ffi::SSL_get_error(ssl, ret) });
             let stack = ErrorStack::get();
-            Some(classify(code, Some(&stack), Some(errno)))
+            Some(match classify(code, Some(&stack), Some(errno)) {
+                TlsError::CloseNotify if sends && errno != 0 => TlsError::Os(errno),
+                other => other,
+            })
         };
         on_ssl::clear_errors();
         (ret, err)
@@ -117,8 +126,9 @@ impl RawConnection {
         let mut n = 0usize;
         // SAFETY: the SSL is valid; the callers pass a buffer writable for `len`
         // bytes, of which OpenSSL writes at most `len`; `n` is a valid out-pointer.
-        let (_, err) =
-            self.call(|ssl| unsafe { ffi::SSL_read_ex(ssl, buf as *mut c_void, len, &mut n) });
+        let (_, err) = self.call(false, |ssl| unsafe {
+            ffi::SSL_read_ex(ssl, buf as *mut c_void, len, &mut n)
+        });
         match err {
             None => Ok(n),
             Some(err) => Err(err),
@@ -185,7 +195,7 @@ impl Connection for RawConnection {
     }
     fn shutdown(&mut self) -> Result<ShutdownResult, TlsError> {
         // SAFETY: the pointer is the valid SSL of `new`'s contract.
-        let (ret, err) = self.call(|ssl| unsafe { ffi::SSL_shutdown(ssl) });
+        let (ret, err) = self.call(true, |ssl| unsafe { ffi::SSL_shutdown(ssl) });
         match (ret, err) {
             (1, _) => Ok(ShutdownResult::Received),
             (0, _) => Ok(ShutdownResult::Sent),
@@ -195,6 +205,10 @@ impl Connection for RawConnection {
                 detail: "SSL_shutdown returned an unknown value",
             }),
         }
+    }
+    fn flush_close_notify(&mut self) -> Result<(), TlsError> {
+        let ssl = self.ssl.as_ptr();
+        on_ssl::flush_close_notify(ssl, || Connection::shutdown(self))
     }
     fn read_discard(&mut self) -> Result<usize, TlsError> {
         let mut buf = [MaybeUninit::<u8>::uninit(); DISCARD_BUF];
@@ -208,7 +222,7 @@ impl Connection for RawConnection {
         let mut n = 0usize;
         // SAFETY: the SSL is valid; `buf` is readable for its length; `n` is a
         // valid out-pointer.
-        let (_, err) = self.call(|ssl| unsafe {
+        let (_, err) = self.call(true, |ssl| unsafe {
             ffi::SSL_write_ex(ssl, buf.as_ptr() as *const c_void, buf.len(), &mut n)
         });
         match err {

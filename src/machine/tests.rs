@@ -1,0 +1,553 @@
+//! The machine against a scripted connection and a fake clock: exact deadlines,
+//! no sleeping, no sockets.
+
+use super::script::Script;
+use super::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn policy() -> Policy {
+    Policy::builder()
+        .flush_timeout(ms(100))
+        .peer_timeout(ms(300))
+        .build()
+        .unwrap()
+}
+
+fn wait(p: Progress) -> Wait {
+    match p {
+        Progress::Wait(w) => w,
+        Progress::Done(r) => panic!("expected a wait, got {r}"),
+    }
+}
+
+fn done(p: Progress) -> Report {
+    match p {
+        Progress::Done(r) => r,
+        Progress::Wait(w) => panic!("expected a report, got {w:?}"),
+    }
+}
+
+#[test]
+fn clean_exchange_reports_clean_local_and_counts_calls() {
+    let t0 = Instant::now();
+    let conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Err(TlsError::WantRead))
+        .read(Err(TlsError::CloseNotify));
+    let mut sd = Shutdown::new(conn, &policy());
+    let w = wait(sd.poll(t0, Ready::NONE));
+    assert_eq!(w.interest, Interest::Read);
+    assert_eq!(w.deadline, t0 + ms(300));
+    let r = done(sd.poll(t0 + ms(7), Ready::READABLE));
+    assert_eq!(r.outcome, Outcome::Clean);
+    assert_eq!(r.initiator, Initiator::Local);
+    assert_eq!(r.stage, Stage::AwaitPeer);
+    assert!(r.close_notify_sent && r.close_notify_received && r.half_closed);
+    assert_eq!(r.elapsed, ms(7));
+    assert_eq!(r.ssl_calls, 3);
+    assert!(r.session_resumable);
+    assert_eq!(sd.get_ref().began, 1);
+    assert_eq!(sd.get_ref().ended, 1);
+    // A second call returns the same report and calls nothing.
+    assert_eq!(done(sd.poll(t0 + ms(500), Ready::ALL)), r);
+}
+
+#[test]
+fn flush_deadline_is_exact_and_spurious_wakeups_are_noops() {
+    let t0 = Instant::now();
+    let conn = Script::usable().shutdown(Err(TlsError::WantWrite));
+    let mut sd = Shutdown::new(conn, &policy());
+    let w = wait(sd.poll(t0, Ready::NONE));
+    assert_eq!(
+        w,
+        Wait {
+            interest: Interest::Write,
+            deadline: t0 + ms(100)
+        }
+    );
+    // Readable is not what we wait for; neither is a timer before the deadline.
+    assert_eq!(wait(sd.poll(t0 + ms(10), Ready::READABLE)), w);
+    assert_eq!(wait(sd.poll(t0 + ms(99), Ready::NONE)), w);
+    let just_before = t0 + ms(100) - Duration::from_nanos(1);
+    assert_eq!(wait(sd.poll(just_before, Ready::NONE)), w);
+    let r = done(sd.poll(t0 + ms(100), Ready::NONE));
+    assert_eq!(r.outcome, Outcome::TimedOut);
+    assert_eq!(r.stage, Stage::Flush);
+    assert_eq!(r.elapsed, ms(100));
+    assert_eq!(r.ssl_calls, 1, "spurious wake-ups made OpenSSL calls");
+    assert!(!r.close_notify_sent && !r.half_closed);
+    // Default policy: a flush timeout arms the reset and drops the session.
+    assert!(sd.get_ref().reset_armed);
+    assert!(!r.session_resumable);
+}
+
+#[test]
+fn await_peer_deadline_is_exact_and_not_reset_by_default() {
+    let t0 = Instant::now();
+    let conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Err(TlsError::WantRead))
+        .read(Err(TlsError::WantRead));
+    let mut sd = Shutdown::new(conn, &policy());
+    let start = ms(20);
+    let w = wait(sd.poll(t0 + start, Ready::NONE));
+    assert_eq!(w.deadline, t0 + start + ms(300));
+    // A readable event with no full record: one call, same deadline.
+    assert_eq!(wait(sd.poll(t0 + ms(100), Ready::READABLE)), w);
+    assert_eq!(wait(sd.poll(t0 + ms(200), Ready::WRITABLE)), w);
+    let r = done(sd.poll(t0 + start + ms(300), Ready::NONE));
+    assert_eq!(r.outcome, Outcome::TimedOut);
+    assert_eq!(r.stage, Stage::AwaitPeer);
+    assert_eq!(r.elapsed, ms(300));
+    assert_eq!(r.ssl_calls, 3);
+    assert!(r.close_notify_sent && !r.close_notify_received);
+    assert!(!sd.get_ref().reset_armed);
+}
+
+#[test]
+fn reset_on_timeout_always_and_never() {
+    let t0 = Instant::now();
+    for (reset, expected) in [
+        (ResetOnTimeout::Always, true),
+        (ResetOnTimeout::Never, false),
+    ] {
+        let p = policy()
+            .to_builder()
+            .reset_on_timeout(reset)
+            .build()
+            .unwrap();
+        let conn = Script::usable().shutdown(Err(TlsError::WantWrite));
+        let mut sd = Shutdown::new(conn, &p);
+        let _ = sd.poll(t0, Ready::NONE);
+        let r = done(sd.poll(t0 + ms(100), Ready::NONE));
+        assert_eq!(r.outcome, Outcome::TimedOut);
+        assert_eq!(sd.get_ref().reset_armed, expected, "{reset:?}");
+
+        let conn = Script::usable()
+            .shutdown(Ok(ShutdownResult::Sent))
+            .read(Err(TlsError::WantRead));
+        let mut sd = Shutdown::new(conn, &p);
+        let _ = sd.poll(t0, Ready::NONE);
+        let r = done(sd.poll(t0 + ms(300), Ready::NONE));
+        assert_eq!(r.stage, Stage::AwaitPeer);
+        assert_eq!(sd.get_ref().reset_armed, expected, "{reset:?}");
+    }
+}
+
+#[test]
+fn readiness_after_the_deadline_is_still_tried_first() {
+    let t0 = Instant::now();
+    let conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Err(TlsError::WantRead))
+        .read(Err(TlsError::CloseNotify));
+    let mut sd = Shutdown::new(conn, &policy());
+    let _ = sd.poll(t0, Ready::NONE);
+    // The loop was late, but the close_notify is there: clean, not timed out.
+    let r = done(sd.poll(t0 + ms(400), Ready::READABLE));
+    assert_eq!(r.outcome, Outcome::Clean);
+}
+
+#[test]
+fn level_triggered_skips_the_speculative_read() {
+    let t0 = Instant::now();
+    let conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Err(TlsError::CloseNotify));
+    let mut sd = Shutdown::new(conn, &policy());
+    sd.readiness_is_level();
+    let w = wait(sd.poll(t0, Ready::NONE));
+    assert_eq!(w.interest, Interest::Read);
+    let r = done(sd.poll(t0 + ms(1), Ready::READABLE));
+    assert_eq!(r.outcome, Outcome::Clean);
+    assert_eq!(r.ssl_calls, 2);
+}
+
+#[test]
+fn buffered_bytes_are_read_before_waiting() {
+    let t0 = Instant::now();
+    let mut conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Err(TlsError::CloseNotify));
+    conn.pending.push_back(true);
+    let mut sd = Shutdown::new(conn, &policy());
+    sd.readiness_is_level();
+    let r = done(sd.poll(t0, Ready::NONE));
+    assert_eq!(r.outcome, Outcome::Clean);
+}
+
+#[test]
+fn want_read_with_pending_bytes_retries_once_then_waits() {
+    let t0 = Instant::now();
+    let mut conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Err(TlsError::WantRead))
+        .read(Err(TlsError::WantRead));
+    conn.pending.push_back(true); // a partial record stays pending
+    let mut sd = Shutdown::new(conn, &policy());
+    let w = wait(sd.poll(t0, Ready::NONE));
+    assert_eq!(w.interest, Interest::Read);
+    assert_eq!(sd.calls, 3, "shutdown + read + one retry");
+}
+
+#[test]
+fn peer_initiated_answers_and_skips_the_wait() {
+    let t0 = Instant::now();
+    let mut conn = Script::usable().shutdown(Ok(ShutdownResult::Received));
+    conn.status.as_mut().unwrap().received = true;
+    let mut sd = Shutdown::new(conn, &policy());
+    let r = done(sd.poll(t0, Ready::NONE));
+    assert_eq!(r.outcome, Outcome::Clean);
+    assert_eq!(r.initiator, Initiator::Peer);
+    assert_eq!(r.stage, Stage::HalfClose);
+    assert!(r.close_notify_sent && r.close_notify_received && r.half_closed);
+    assert_eq!(r.ssl_calls, 1);
+}
+
+#[test]
+fn send_only_does_not_wait() {
+    let t0 = Instant::now();
+    let p = policy().to_builder().mode(Mode::SendOnly).build().unwrap();
+    let conn = Script::usable().shutdown(Ok(ShutdownResult::Sent));
+    let mut sd = Shutdown::new(conn, &p);
+    let r = done(sd.poll(t0, Ready::NONE));
+    assert_eq!(r.outcome, Outcome::SentOnly);
+    assert_eq!(r.stage, Stage::HalfClose);
+    assert!(r.session_resumable);
+    assert!(!sd.get_ref().forgot_session);
+
+    let p = p.to_builder().half_close(false).build().unwrap();
+    let conn = Script::usable().shutdown(Ok(ShutdownResult::Sent));
+    let mut sd = Shutdown::new(conn, &p);
+    let r = done(sd.poll(t0, Ready::NONE));
+    assert_eq!(r.stage, Stage::Flush);
+    assert!(!r.half_closed && !sd.get_ref().half_closed);
+}
+
+#[test]
+fn quiet_by_policy_and_when_unusable_calls_nothing() {
+    let t0 = Instant::now();
+    let p = policy().to_builder().mode(Mode::Quiet).build().unwrap();
+    let mut sd = Shutdown::new(Script::usable(), &p);
+    let r = done(sd.poll(t0, Ready::NONE));
+    assert_eq!(r.outcome, Outcome::Quiet);
+    assert_eq!(r.ssl_calls, 0);
+    assert!(sd.get_ref().quiet && sd.get_ref().forgot_session);
+
+    let mut conn = Script::usable();
+    conn.status.as_mut().unwrap().usable = false;
+    let mut sd = Shutdown::new(conn, &policy());
+    let r = done(sd.poll(t0, Ready::NONE));
+    assert_eq!(r.outcome, Outcome::Quiet);
+    assert!(!r.close_notify_sent);
+    assert_eq!(r.ssl_calls, 0);
+}
+
+#[test]
+fn failures_map_to_outcomes() {
+    let t0 = Instant::now();
+    let cases = [
+        (TlsError::Eof, Outcome::Truncated),
+        (TlsError::Os(libc::ECONNRESET), Outcome::Reset),
+        (TlsError::PeerAlert(48), Outcome::PeerAlert),
+        (
+            TlsError::Protocol {
+                alert: Some(20),
+                detail: "bad record mac",
+            },
+            Outcome::ProtocolError,
+        ),
+    ];
+    for (err, outcome) in cases {
+        let conn = Script::usable()
+            .shutdown(Ok(ShutdownResult::Sent))
+            .read(Ok(10))
+            .read(Err(err));
+        let mut sd = Shutdown::new(conn, &policy());
+        let r = done(sd.poll(t0, Ready::NONE));
+        assert_eq!(r.outcome, outcome);
+        assert_eq!(r.discarded_bytes, 10);
+        assert!(!r.session_resumable, "{outcome} kept the session");
+        match outcome {
+            Outcome::Reset => assert_eq!(r.os_error, Some(libc::ECONNRESET)),
+            Outcome::PeerAlert => {
+                let a = r.alert.unwrap();
+                assert_eq!(
+                    (a.alert.name(), a.direction),
+                    ("unknown_ca", AlertDirection::Received)
+                );
+            }
+            Outcome::ProtocolError => {
+                let a = r.alert.unwrap();
+                assert_eq!(
+                    (a.alert, a.direction),
+                    (Alert::BadRecordMac, AlertDirection::Sent)
+                );
+                assert_eq!(r.detail, Some("bad record mac"));
+            }
+            _ => assert!(r.alert.is_none() && r.os_error.is_none()),
+        }
+    }
+}
+
+#[test]
+fn keep_session_on_truncation_is_honoured() {
+    let t0 = Instant::now();
+    let p = policy()
+        .to_builder()
+        .keep_session_on_truncation(true)
+        .build()
+        .unwrap();
+    let conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Err(TlsError::Eof));
+    let mut sd = Shutdown::new(conn, &p);
+    let r = done(sd.poll(t0, Ready::NONE));
+    assert_eq!(r.outcome, Outcome::Truncated);
+    assert!(r.session_resumable);
+}
+
+#[test]
+fn drain_limit_counts_and_stops() {
+    let t0 = Instant::now();
+    let p = policy().to_builder().drain_limit(100).build().unwrap();
+    let conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Ok(60))
+        .read(Ok(40))
+        .read(Err(TlsError::CloseNotify));
+    let mut sd = Shutdown::new(conn, &p);
+    let r = done(sd.poll(t0, Ready::NONE));
+    assert_eq!((r.outcome, r.discarded_bytes), (Outcome::Clean, 100));
+
+    let conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Ok(60))
+        .read(Ok(41));
+    let mut sd = Shutdown::new(conn, &p);
+    let r = done(sd.poll(t0, Ready::NONE));
+    assert_eq!((r.outcome, r.discarded_bytes), (Outcome::DrainLimit, 101));
+    assert_eq!(r.stage, Stage::AwaitPeer);
+}
+
+#[test]
+fn want_write_while_awaiting_waits_for_write() {
+    let t0 = Instant::now();
+    let conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Err(TlsError::WantWrite))
+        .read(Err(TlsError::CloseNotify));
+    let mut sd = Shutdown::new(conn, &policy());
+    let w = wait(sd.poll(t0, Ready::NONE));
+    assert_eq!(w.interest, Interest::Write);
+    assert_eq!(wait(sd.poll(t0 + ms(1), Ready::READABLE)), w);
+    let r = done(sd.poll(t0 + ms(2), Ready::WRITABLE));
+    assert_eq!(r.outcome, Outcome::Clean);
+}
+
+#[test]
+fn unfinished_write_goes_quiet() {
+    let t0 = Instant::now();
+    let conn = Script::usable().shutdown(Err(TlsError::Unusable {
+        detail: "bad write retry",
+    }));
+    let mut sd = Shutdown::new(conn, &policy());
+    let r = done(sd.poll(t0, Ready::NONE));
+    assert_eq!(r.outcome, Outcome::Quiet);
+    assert!(!r.close_notify_sent);
+    assert_eq!(r.detail, Some("bad write retry"));
+}
+
+#[test]
+fn linger_checks_with_backoff_until_empty_or_deadline() {
+    let t0 = Instant::now();
+    let p = policy()
+        .to_builder()
+        .linger_timeout(ms(20))
+        .build()
+        .unwrap();
+    let mut conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Err(TlsError::CloseNotify));
+    conn.send_queue.push_back(500);
+    let mut sd = Shutdown::new(conn, &p);
+    let w = wait(sd.poll(t0, Ready::NONE));
+    assert_eq!(w.interest, Interest::Timer);
+    assert_eq!(w.deadline, t0 + ms(1));
+    // Early wake-up: no-op.
+    assert_eq!(wait(sd.poll(t0, Ready::READABLE)), w);
+    let w = wait(sd.poll(t0 + ms(1), Ready::NONE));
+    assert_eq!(w.deadline, t0 + ms(3));
+    sd.get_mut().send_queue.clear();
+    let r = done(sd.poll(t0 + ms(3), Ready::NONE));
+    assert_eq!((r.outcome, r.stage), (Outcome::Clean, Stage::Linger));
+
+    let mut conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Err(TlsError::CloseNotify));
+    conn.send_queue.push_back(500);
+    let mut sd = Shutdown::new(conn, &p);
+    let mut now = t0;
+    let mut checks = 0;
+    let r = loop {
+        match sd.poll(now, Ready::NONE) {
+            Progress::Wait(w) => {
+                assert!(w.deadline <= t0 + ms(20));
+                now = w.deadline;
+                checks += 1;
+            }
+            Progress::Done(r) => break r,
+        }
+    };
+    assert_eq!((r.outcome, r.stage), (Outcome::TimedOut, Stage::Linger));
+    assert_eq!(r.elapsed, ms(20));
+    assert!(checks <= 6, "{checks} checks in 20 ms");
+}
+
+#[test]
+fn saved_report_is_returned_without_touching_the_connection() {
+    let t0 = Instant::now();
+    let conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Err(TlsError::CloseNotify));
+    let mut conn = conn;
+    let first = done(Shutdown::new(&mut conn, &policy()).poll(t0, Ready::NONE));
+    assert_eq!(conn.ended, 1);
+    let mut again = Shutdown::new(conn, &policy());
+    assert_eq!(done(again.poll(t0 + ms(50), Ready::ALL)), first);
+    assert_eq!(again.get_ref().began, 1, "second shutdown began again");
+}
+
+#[test]
+fn poll_read_delivers_data_and_rereads_without_readiness() {
+    let t0 = Instant::now();
+    let conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Ok(4))
+        .read(Ok(3))
+        .read(Err(TlsError::WantRead))
+        .read(Ok(2))
+        .read(Err(TlsError::CloseNotify));
+    let mut sd = Shutdown::new(conn, &policy());
+    let mut buf = [0u8; 8];
+    let (n, p) = sd.poll_read(t0, Ready::NONE, &mut buf);
+    assert_eq!((n, wait(p).interest), (4, Interest::Read));
+    // Called again at once with no readiness: still reads.
+    let (n, p) = sd.poll_read(t0, Ready::NONE, &mut buf);
+    assert_eq!(n, 3);
+    let w = wait(p);
+    let (n, p) = sd.poll_read(t0, Ready::NONE, &mut buf);
+    assert_eq!((n, wait(p)), (0, w), "WANT_READ: now it waits");
+    // A spurious wake-up is still a no-op.
+    let (n, _) = sd.poll_read(t0 + ms(1), Ready::WRITABLE, &mut buf);
+    assert_eq!(n, 0);
+    let (n, _) = sd.poll_read(t0 + ms(2), Ready::READABLE, &mut buf);
+    assert_eq!(n, 2);
+    let (n, p) = sd.poll_read(t0 + ms(2), Ready::NONE, &mut buf);
+    let r = done(p);
+    assert_eq!((n, r.outcome, r.discarded_bytes), (0, Outcome::Clean, 0));
+    assert_eq!(r.ssl_calls, 6);
+}
+
+#[test]
+fn poll_read_with_an_empty_buffer_reads_nothing() {
+    let t0 = Instant::now();
+    let conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Ok(5))
+        .read(Err(TlsError::CloseNotify));
+    let mut sd = Shutdown::new(conn, &policy());
+    let (n, p) = sd.poll_read(t0, Ready::NONE, &mut []);
+    assert_eq!((n, wait(p).interest), (0, Interest::Read));
+    let (n, p) = sd.poll_read(t0 + ms(1), Ready::READABLE, &mut []);
+    assert_eq!(n, 0);
+    let _ = wait(p);
+    assert_eq!(
+        sd.calls, 1,
+        "only SSL_shutdown: nothing read, nothing discarded"
+    );
+    assert_eq!(sd.get_ref().reads.len(), 2);
+    // With room, the data is delivered, not discarded.
+    let mut buf = [0u8; 8];
+    let (n, _) = sd.poll_read(t0 + ms(2), Ready::READABLE, &mut buf);
+    assert_eq!(n, 5);
+    let (_, p) = sd.poll_read(t0 + ms(2), Ready::NONE, &mut buf);
+    let r = done(p);
+    assert_eq!((r.outcome, r.discarded_bytes), (Outcome::Clean, 0));
+    // The deadline still ends a wait made with an empty buffer.
+    let conn = Script::usable().shutdown(Ok(ShutdownResult::Sent));
+    let mut sd = Shutdown::new(conn, &policy());
+    let _ = sd.poll_read(t0, Ready::NONE, &mut []);
+    let (_, p) = sd.poll_read(t0 + ms(300), Ready::NONE, &mut []);
+    assert_eq!(done(p).outcome, Outcome::TimedOut);
+}
+
+#[test]
+fn unsent_data_goes_first_under_the_flush_timeout() {
+    let t0 = Instant::now();
+    let mut conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Err(TlsError::CloseNotify));
+    conn.writes.extend([Ok(6), Err(TlsError::WantWrite), Ok(4)]);
+    let mut sd = Shutdown::new(conn, &policy()).with_unsent(b"0123456789".to_vec());
+    let w = wait(sd.poll(t0, Ready::NONE));
+    assert_eq!((w.interest, w.deadline), (Interest::Write, t0 + ms(100)));
+    let r = done(sd.poll(t0 + ms(5), Ready::WRITABLE));
+    assert_eq!(r.outcome, Outcome::Clean);
+    assert_eq!(r.ssl_calls, 5, "3 writes, shutdown, read");
+
+    // A peer that never reads: the flush times out with the data unsent.
+    let mut conn = Script::usable();
+    conn.writes.extend([Err(TlsError::WantWrite)]);
+    let mut sd = Shutdown::new(conn, &policy()).with_unsent(vec![1; 100]);
+    let _ = wait(sd.poll(t0, Ready::NONE));
+    let r = done(sd.poll(t0 + ms(100), Ready::NONE));
+    assert_eq!((r.outcome, r.stage), (Outcome::TimedOut, Stage::Flush));
+    assert!(!r.close_notify_sent);
+}
+
+#[test]
+fn after_error_reports_the_applications_error_and_sends_nothing() {
+    let t0 = Instant::now();
+    let mut conn = Script::usable();
+    conn.status.as_mut().unwrap().usable = false; // OpenSSL's fatal state
+    let mut sd = Shutdown::new(conn, &policy()).after_error(TlsError::PeerAlert(42));
+    let r = done(sd.poll(t0, Ready::NONE));
+    assert_eq!(r.outcome, Outcome::PeerAlert);
+    assert_eq!(r.alert.map(|a| a.alert), Some(Alert::BadCertificate));
+    assert_eq!((r.ssl_calls, r.close_notify_sent), (0, false));
+    assert!(sd.get_ref().quiet);
+
+    let mut sd = Shutdown::new(Script::usable(), &policy()).after_error(TlsError::Eof);
+    assert_eq!(done(sd.poll(t0, Ready::NONE)).outcome, Outcome::Truncated);
+
+    // Not failures: the shutdown runs as usual.
+    let conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Err(TlsError::CloseNotify));
+    let mut sd = Shutdown::new(conn, &policy()).after_error(TlsError::WantRead);
+    assert_eq!(done(sd.poll(t0, Ready::NONE)).outcome, Outcome::Clean);
+}
+
+#[test]
+fn interests_map_to_mio() {
+    assert_eq!(Interest::Read.to_mio(), Some(mio::Interest::READABLE));
+    assert_eq!(Interest::Write.to_mio(), Some(mio::Interest::WRITABLE));
+    assert_eq!(Interest::Timer.to_mio(), None);
+}
+
+#[test]
+fn dropping_an_unfinished_shutdown_restores_the_connection() {
+    let t0 = Instant::now();
+    let conn = Script::usable().shutdown(Err(TlsError::WantWrite));
+    let mut holder = conn;
+    {
+        let mut sd = Shutdown::new(&mut holder, &policy());
+        let _ = sd.poll(t0, Ready::NONE);
+    }
+    assert_eq!((holder.began, holder.ended), (1, 1));
+    assert!(holder.saved.is_none());
+}
