@@ -202,6 +202,14 @@ typedef uint32_t closenotify_wait;
 #define CLOSENOTIFY_MODE_QUIET 2
 
 /*
+ Leave TLS and keep the connection (STOPTLS): send close_notify, wait for
+ the peer's, never half-close, and read nothing past the peer's
+ close_notify. On `clean`, `transport_reusable` is set and the fd is
+ positioned at the first plaintext byte; otherwise close the fd.
+ */
+#define CLOSENOTIFY_MODE_STOPTLS 3
+
+/*
  Never.
  */
 #define CLOSENOTIFY_RESET_NEVER 0

@@ -51,6 +51,11 @@ pub const CLOSENOTIFY_MODE_BIDIRECTIONAL: closenotify_mode = closenotify_mode(0)
 pub const CLOSENOTIFY_MODE_SEND_ONLY: closenotify_mode = closenotify_mode(1);
 /// Send nothing.
 pub const CLOSENOTIFY_MODE_QUIET: closenotify_mode = closenotify_mode(2);
+/// Leave TLS and keep the connection (STOPTLS): send close_notify, wait for
+/// the peer's, never half-close, and read nothing past the peer's
+/// close_notify. On `clean`, `transport_reusable` is set and the fd is
+/// positioned at the first plaintext byte; otherwise close the fd.
+pub const CLOSENOTIFY_MODE_STOPTLS: closenotify_mode = closenotify_mode(3);
 
 /// When a timeout arms `SO_LINGER {1, 0}` so that the caller's `close()` sends
 /// an RST.
@@ -239,6 +244,7 @@ unsafe fn to_policy(policy: *const closenotify_policy) -> Result<Policy, closeno
         CLOSENOTIFY_MODE_BIDIRECTIONAL => Mode::Bidirectional,
         CLOSENOTIFY_MODE_SEND_ONLY => Mode::SendOnly,
         CLOSENOTIFY_MODE_QUIET => Mode::Quiet,
+        CLOSENOTIFY_MODE_STOPTLS => Mode::StopTls,
         other => {
             return Err(fail(
                 CLOSENOTIFY_ERR_INVALID_ARGUMENT,
@@ -277,6 +283,7 @@ const C_NAMES: Names = Names {
     linger_timeout: "linger_timeout_ms",
     quiet: "CLOSENOTIFY_MODE_QUIET",
     send_only: "CLOSENOTIFY_MODE_SEND_ONLY",
+    stop_tls: "CLOSENOTIFY_MODE_STOPTLS",
 };
 
 /// # Safety

@@ -114,12 +114,31 @@ impl<T> fmt::Debug for Closer<T> {
     }
 }
 
+/// The Closer closes what it shuts down: a mode that keeps the connection has no
+/// place here.
+fn check_policy(policy: &Policy) -> io::Result<()> {
+    if policy.mode() == crate::Mode::StopTls {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the Closer closes every connection; Mode::StopTls keeps it open: use \
+             shutdown_blocking or Shutdown on the stream instead",
+        ));
+    }
+    Ok(())
+}
+
 /// Events handled per `poll` of the Closer's own `mio::Poll`.
 const EVENTS: usize = 1024;
 
 impl<T> Closer<T> {
     /// A Closer with its own `mio::Poll`.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a [`Mode::StopTls`](crate::Mode::StopTls) policy: the
+    /// Closer closes every connection, STOPTLS keeps it. The error of
+    /// `mio::Poll::new` otherwise.
     pub fn new(policy: &Policy) -> io::Result<Self> {
+        check_policy(policy)?;
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         Ok(Closer::build(
@@ -132,11 +151,15 @@ impl<T> Closer<T> {
 
     /// A Closer driven from the caller's `mio::Poll`: it registers connections with
     /// `registry` under tokens from `tokens`, which the caller reserves for it.
+    ///
+    /// # Errors
+    /// As [`new`](Closer::new), or the error of `Registry::try_clone`.
     pub fn with_registry(
         registry: &Registry,
         tokens: Range<usize>,
         policy: &Policy,
     ) -> io::Result<Self> {
+        check_policy(policy)?;
         Ok(Closer::build(None, registry.try_clone()?, tokens, policy))
     }
 

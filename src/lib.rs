@@ -106,12 +106,14 @@ mod report;
 mod sigpipe;
 /// cbindgen:ignore
 mod socket;
+/// cbindgen:ignore
+mod stoptls;
 
 /// cbindgen:ignore
 #[doc(hidden)]
 pub mod doc_support;
 
-pub use blocking::shutdown_blocking;
+pub use blocking::{shutdown_blocking, shutdown_blocking_read};
 pub use closer::{Closer, Rejected, Stream};
 pub use deadline::DeadlineQueue;
 pub use error::Error;
@@ -124,6 +126,7 @@ pub use policy::{
 pub use report::{
     Alert, AlertDirection, AlertRecord, Initiator, Outcome, Report, Stage, TlsVersion,
 };
+pub use stoptls::into_transport;
 
 /// Re-exported so that users name the same `openssl-sys` types as the crate.
 pub use openssl_sys;

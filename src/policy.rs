@@ -22,16 +22,33 @@ pub enum Mode {
     /// Send nothing (`SSL_set_quiet_shutdown`): for connections you abandon on
     /// purpose. The peer will see a truncation.
     Quiet,
+    /// Leave TLS and keep the TCP connection (STOPTLS, FTPS `CCC`): send our
+    /// close_notify and wait for the peer's, as [`Mode::Bidirectional`] does, but
+    /// never half-close, and read nothing past the peer's close_notify, so that
+    /// the plaintext that follows it stays in the socket for the application.
+    /// Success is `clean` with [`Report::transport_reusable`](crate::Report::transport_reusable)
+    /// set; any other outcome leaves the connection unusable (close it).
+    /// [`Policy::half_close`] does not apply, and a linger timeout is refused
+    /// (there is no close to linger before).
+    StopTls,
 }
 
 impl Mode {
-    /// The name used in logs, JSON and the C API: `bidirectional`, `send_only`, `quiet`.
+    /// The name used in logs, JSON and the C API: `bidirectional`, `send_only`,
+    /// `quiet`, `stop_tls`.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Bidirectional => "bidirectional",
             Mode::SendOnly => "send_only",
             Mode::Quiet => "quiet",
+            Mode::StopTls => "stop_tls",
         }
+    }
+
+    /// Whether the mode waits for the peer's close_notify: [`Mode::Bidirectional`]
+    /// and [`Mode::StopTls`].
+    pub fn awaits_peer(self) -> bool {
+        matches!(self, Mode::Bidirectional | Mode::StopTls)
     }
 }
 
@@ -134,9 +151,10 @@ impl Policy {
     pub fn peer_timeout(&self) -> Duration {
         self.peer_timeout
     }
-    /// Whether to `shutdown(SHUT_WR)` the socket once close_notify is flushed.
+    /// Whether to `shutdown(SHUT_WR)` the socket once close_notify is flushed
+    /// (never in [`Mode::StopTls`], which keeps the connection).
     pub fn half_close(&self) -> bool {
-        self.half_close
+        self.half_close && self.mode != Mode::StopTls
     }
     /// Most application bytes accepted (and discarded) while awaiting the peer.
     pub fn drain_limit(&self) -> u64 {
@@ -247,10 +265,17 @@ impl PolicyBuilder {
         check(
             names.peer_timeout,
             p.peer_timeout,
-            p.mode != Mode::Bidirectional,
+            !p.mode.awaits_peer(),
             &not_waiting,
         )?;
         check(names.linger_timeout, p.linger_timeout, true, "")?;
+        if p.mode == Mode::StopTls && !p.linger_timeout.is_zero() {
+            return Err(Error::InvalidPolicy(format!(
+                "{} does not apply to {}: it keeps the connection open, there is no \
+                 close to linger before",
+                names.linger_timeout, names.stop_tls
+            )));
+        }
         Ok(p)
     }
 }
@@ -262,6 +287,7 @@ pub(crate) struct Names {
     pub linger_timeout: &'static str,
     pub quiet: &'static str,
     pub send_only: &'static str,
+    pub stop_tls: &'static str,
 }
 
 impl Names {
@@ -272,6 +298,7 @@ impl Names {
         linger_timeout: "linger_timeout",
         quiet: "Mode::Quiet",
         send_only: "Mode::SendOnly",
+        stop_tls: "Mode::StopTls",
     };
 }
 
@@ -354,6 +381,32 @@ mod tests {
             .flush_timeout(Duration::ZERO)
             .build();
         assert!(send_only.unwrap_err().to_string().contains("flush_timeout"));
+    }
+
+    #[test]
+    fn stop_tls_never_half_closes_and_refuses_linger() {
+        let p = Policy::builder().mode(Mode::StopTls).build().unwrap();
+        assert!(!p.half_close());
+        assert!(p
+            .to_builder()
+            .mode(Mode::Bidirectional)
+            .build()
+            .unwrap()
+            .half_close());
+        let linger = Policy::builder()
+            .mode(Mode::StopTls)
+            .linger_timeout(Duration::from_secs(1))
+            .build();
+        let msg = linger.unwrap_err().to_string();
+        assert!(
+            msg.contains("linger_timeout") && msg.contains("StopTls"),
+            "{msg}"
+        );
+        let zero_peer = Policy::builder()
+            .mode(Mode::StopTls)
+            .peer_timeout(Duration::ZERO)
+            .build();
+        assert!(zero_peer.unwrap_err().to_string().contains("peer_timeout"));
     }
 
     #[test]

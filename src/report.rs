@@ -29,7 +29,9 @@ pub enum Outcome {
     ProtocolError,
     /// A stage ran past its timeout ([`Report::stage`] names it).
     TimedOut,
-    /// The peer kept sending application data past [`Policy::drain_limit`](crate::Policy::drain_limit).
+    /// The peer kept sending application data past [`Policy::drain_limit`](crate::Policy::drain_limit)
+    /// (or, while it is read with [`Shutdown::poll_read`](crate::Shutdown::poll_read),
+    /// past the read limit).
     DrainLimit,
 }
 
@@ -337,6 +339,11 @@ pub struct Report {
     /// linger stage began: what it waited for (`SIOCOUTQ`). `None` when the stage
     /// did not run (no linger timeout, or the shutdown ended before it).
     pub linger_bytes: Option<u64>,
+    /// A [`Mode::StopTls`](crate::Mode::StopTls) shutdown succeeded: both
+    /// close_notify alerts went through, the connection is open, and nothing past
+    /// the peer's close_notify was read, so the next byte the socket delivers is
+    /// the peer's first plaintext byte. Always false in the other modes.
+    pub transport_reusable: bool,
     /// `SSL_shutdown` and `SSL_read` calls made: a silent peer costs a handful, never a
     /// loop.
     pub ssl_calls: u32,

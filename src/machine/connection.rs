@@ -70,6 +70,11 @@ pub trait Connection {
     /// truncation is never mistaken for close_notify, and put the socket in
     /// non-blocking mode, so that no call blocks past a deadline.
     fn begin(&mut self) {}
+    /// Called once, after `begin`, by a [`Mode::StopTls`](crate::Mode::StopTls)
+    /// shutdown: the transport will carry plaintext afterwards, so nothing past
+    /// the peer's close_notify may be read. The OpenSSL implementations turn
+    /// read-ahead off (and back on in `end`).
+    fn keep_transport(&mut self);
     /// Called once our close_notify has been flushed, before the shutdown reads
     /// for the peer's: from now on nothing may reach the peer. The OpenSSL
     /// implementations swap the write BIO for a sink, so that the answer OpenSSL
@@ -122,6 +127,9 @@ impl<T: Connection + ?Sized> Connection for &mut T {
     }
     fn begin(&mut self) {
         (**self).begin()
+    }
+    fn keep_transport(&mut self) {
+        (**self).keep_transport()
     }
     fn seal(&mut self) {
         (**self).seal()

@@ -104,6 +104,10 @@ pub struct Shutdown<C: Connection> {
     /// Our close_notify was queued before the shutdown began: the flush only
     /// finishes writing it.
     resuming: bool,
+    /// Most bytes `poll_read` delivers before the shutdown ends with
+    /// `drain_limit`, and how many it delivered so far.
+    read_limit: Option<u64>,
+    delivered_total: u64,
 }
 
 impl<C: Connection> Shutdown<C> {
@@ -134,6 +138,8 @@ impl<C: Connection> Shutdown<C> {
             prior_error: None,
             save_report: true,
             resuming: false,
+            read_limit: None,
+            delivered_total: 0,
         }
     }
 
@@ -166,6 +172,18 @@ impl<C: Connection> Shutdown<C> {
         );
         if self.started.is_none() && is_failure {
             self.prior_error = Some(err);
+        }
+        self
+    }
+
+    /// Bounds what [`poll_read`](Shutdown::poll_read) delivers: once more than
+    /// `bytes` have been delivered, the shutdown ends with
+    /// [`Outcome::DrainLimit`] (the call that crossed the limit still returns its
+    /// bytes; the caller decides what to do with the excess). Ignored once the
+    /// shutdown has started.
+    pub fn with_read_limit(mut self, bytes: u64) -> Self {
+        if self.started.is_none() {
+            self.read_limit = Some(bytes);
         }
         self
     }
@@ -204,7 +222,10 @@ impl<C: Connection> Shutdown<C> {
     /// When it returns `n > 0`, consume the bytes and call again at once, whatever
     /// the socket reports: more may already be buffered. Delivered bytes do not
     /// count against the drain limit and are not in
-    /// [`Report::discarded_bytes`].
+    /// [`Report::discarded_bytes`]; [`with_read_limit`](Shutdown::with_read_limit)
+    /// bounds them. An empty `buf` reads nothing (the call only checks the
+    /// deadline). The whole wait for the peer's close_notify, data included, is
+    /// bounded by the policy's `peer_timeout`.
     pub fn poll_read(&mut self, now: Instant, ready: Ready, buf: &mut [u8]) -> (usize, Progress) {
         let progress = self.step(now, ready, Some(buf));
         (std::mem::take(&mut self.delivered), progress)
@@ -314,6 +335,9 @@ impl<C: Connection> Shutdown<C> {
             self.received = true;
         }
         self.conn.begin();
+        if self.policy.mode() == Mode::StopTls {
+            self.conn.keep_transport();
+        }
         if let Some(err) = self.prior_error {
             log::debug!("closenotify: the application already saw {err:?}; sending nothing");
             self.conn.set_quiet();
@@ -410,7 +434,7 @@ impl<C: Connection> Shutdown<C> {
         }
         match self.policy.mode() {
             Mode::SendOnly | Mode::Quiet => self.linger_or_finish(now, Outcome::SentOnly),
-            Mode::Bidirectional => {
+            Mode::Bidirectional | Mode::StopTls => {
                 self.enter(Stage::AwaitPeer);
                 self.conn.seal();
                 let deadline = now + self.policy.peer_timeout();
@@ -473,6 +497,13 @@ impl<C: Connection> Shutdown<C> {
             match read {
                 Ok((n, true)) => {
                     self.delivered = n;
+                    self.delivered_total += n as u64;
+                    if self
+                        .read_limit
+                        .is_some_and(|limit| self.delivered_total > limit)
+                    {
+                        return self.finish(now, Outcome::DrainLimit);
+                    }
                     self.state = State::AwaitPeer {
                         deadline,
                         interest: Interest::Read,
@@ -661,6 +692,15 @@ impl<C: Connection> Shutdown<C> {
         self.conn.end();
         // The spread of the `now` values, or the time that really passed if that
         // is more (a caller may pass a stale `now`): never less than the truth.
+        // STOPTLS succeeded only if nothing past the peer's close_notify is held
+        // by OpenSSL (read-ahead the application had turned on may have pulled
+        // plaintext into OpenSSL's buffer, beyond reach).
+        let transport_reusable = self.policy.mode() == Mode::StopTls
+            && outcome == Outcome::Clean
+            && !self.conn.has_pending();
+        if self.policy.mode() == Mode::StopTls && outcome == Outcome::Clean && !transport_reusable {
+            self.detail = Some("bytes after the peer's close_notify were buffered by read-ahead");
+        }
         let elapsed = self.started.map_or(Duration::ZERO, |(first, clock)| {
             now.saturating_duration_since(first).max(clock.elapsed())
         });
@@ -679,6 +719,7 @@ impl<C: Connection> Shutdown<C> {
             tls_version: self.version,
             detail: self.detail,
             linger_bytes: self.linger_bytes,
+            transport_reusable,
             ssl_calls: self.calls,
         };
         if self.save_report {

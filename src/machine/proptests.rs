@@ -83,6 +83,7 @@ fn policy() -> impl Strategy<Value = Policy> {
         3 => Just(Mode::Bidirectional),
         1 => Just(Mode::SendOnly),
         1 => Just(Mode::Quiet),
+        1 => Just(Mode::StopTls),
     ];
     let reset = prop_oneof![
         Just(ResetOnTimeout::Never),
@@ -100,6 +101,12 @@ fn policy() -> impl Strategy<Value = Policy> {
         any::<bool>(),
     )
         .prop_map(|(mode, flush, peer, linger, drain, half, reset, keep)| {
+            // STOPTLS has no close to linger before.
+            let linger = if mode == Mode::StopTls {
+                Duration::ZERO
+            } else {
+                linger
+            };
             Policy::builder()
                 .mode(mode)
                 .flush_timeout(flush)
@@ -387,6 +394,19 @@ fn check_report(
     if r.outcome == Outcome::TimedOut && p.reset_on_timeout() == ResetOnTimeout::Always {
         prop_assert!(conn.reset_armed);
     }
+    // STOPTLS: never half-closed; the transport is handed back only after a clean
+    // close with nothing buffered past the peer's close_notify.
+    prop_assert_eq!(
+        conn.kept_transport,
+        p.mode() == Mode::StopTls && conn.began > 0
+    );
+    if p.mode() == Mode::StopTls {
+        prop_assert!(!conn.half_closed);
+    }
+    prop_assert_eq!(
+        r.transport_reusable,
+        p.mode() == Mode::StopTls && r.outcome == Outcome::Clean && !case.pending
+    );
     // What begin changed, end undid; the sink was set at most once.
     prop_assert_eq!(conn.ended, conn.began);
     prop_assert!(conn.sealed <= 1);

@@ -28,6 +28,7 @@ pub(super) struct Script {
     pub quiet: bool,
     pub forgot_session: bool,
     pub began: u32,
+    pub kept_transport: bool,
     pub sealed: u32,
     pub ended: u32,
     pub saved: Option<Report>,
@@ -88,6 +89,9 @@ impl Connection for Script {
     }
     fn begin(&mut self) {
         self.began += 1;
+    }
+    fn keep_transport(&mut self) {
+        self.kept_transport = true;
     }
     fn seal(&mut self) {
         self.sealed += 1;

@@ -13,6 +13,7 @@ extern "C" {
     pub fn SSL_set_options(s: *mut SSL, op: u64) -> u64;
     pub fn SSL_free_buffers(s: *mut SSL) -> c_int;
     pub fn SSL_set_read_ahead(s: *mut SSL, yes: c_int);
+    pub fn SSL_get_read_ahead(s: *const SSL) -> c_int;
     pub fn SSL_get_wbio(s: *const SSL) -> *mut BIO;
     pub fn SSL_get_rfd(s: *const SSL) -> c_int;
     pub fn SSL_get_wfd(s: *const SSL) -> c_int;

@@ -42,6 +42,8 @@ struct Saved {
     suspended_ignore_eof: bool,
     /// `begin` switched the socket from blocking to non-blocking mode.
     was_blocking: bool,
+    /// `keep_transport` turned read-ahead off.
+    read_ahead: bool,
     /// `seal` replaced the write BIO by a sink; this is the address of the
     /// original, on which `seal` holds one reference until `end` puts it back.
     sealed_wbio: usize,
@@ -120,6 +122,16 @@ mod on_ssl {
         }
     }
 
+    /// STOPTLS: read-ahead off, so that OpenSSL reads records exactly and nothing
+    /// past the peer's close_notify leaves the socket.
+    pub fn keep_transport(ssl: &mut SslRef) {
+        // SAFETY: `ssl` is valid; the read-ahead calls only read/set a flag.
+        if unsafe { SSL_get_read_ahead(ssl.as_ptr()) } != 0 {
+            unsafe { SSL_set_read_ahead(ssl.as_ptr(), 0) };
+            with_saved(ssl, |s| s.read_ahead = true);
+        }
+    }
+
     /// Once our close_notify is flushed, nothing OpenSSL writes may reach the
     /// peer: replaces the write BIO by a sink (`BIO_s_null`). A TLS 1.3 peer's
     /// KeyUpdate(update_requested) makes OpenSSL write its own KeyUpdate while we
@@ -159,6 +171,10 @@ mod on_ssl {
         let suspended = std::mem::take(&mut saved.suspended_ignore_eof);
         let was_blocking = std::mem::take(&mut saved.was_blocking);
         let sealed = std::mem::take(&mut saved.sealed_wbio);
+        if std::mem::take(&mut saved.read_ahead) {
+            // SAFETY: `ssl` is valid; restores the flag `keep_transport` cleared.
+            unsafe { SSL_set_read_ahead(ssl.as_ptr(), 1) };
+        }
         if sealed != 0 {
             // SAFETY: `sealed` is the write BIO `seal` took a reference on; giving
             // it back to the SSL transfers that reference and frees the sink.
@@ -293,6 +309,9 @@ impl<S: Read + Write + AsFd> Connection for SslStream<S> {
         let fd = self.get_ref().as_fd().as_raw_fd();
         on_ssl::begin(stream_ssl_mut(self), fd)
     }
+    fn keep_transport(&mut self) {
+        on_ssl::keep_transport(stream_ssl_mut(self))
+    }
     fn seal(&mut self) {
         on_ssl::seal(stream_ssl_mut(self))
     }
@@ -359,6 +378,11 @@ impl<S: Read + Write + AsFd> Connection for SslStream<S> {
     fn save_report(&mut self, report: &Report) {
         on_ssl::save_report(stream_ssl_mut(self), report)
     }
+}
+
+/// The report of the last shutdown of `stream`, if one finished.
+pub(crate) fn saved_report<S>(stream: &SslStream<S>) -> Option<Report> {
+    on_ssl::saved_report(stream.ssl())
 }
 
 /// Prepares a stream the [`Closer`](crate::Closer) now owns: `SSL_MODE_RELEASE_BUFFERS`,

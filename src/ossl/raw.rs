@@ -186,6 +186,9 @@ impl Connection for RawConnection {
         let fd = self.fd;
         on_ssl::begin(self.ssl_mut(), fd)
     }
+    fn keep_transport(&mut self) {
+        on_ssl::keep_transport(self.ssl_mut())
+    }
     fn seal(&mut self) {
         on_ssl::seal(self.ssl_mut())
     }

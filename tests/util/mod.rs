@@ -27,6 +27,7 @@ pub mod sys {
         pub fn SSL_get_options(s: *const SSL) -> u64;
         pub fn SSL_get_wbio(s: *const SSL) -> *mut openssl_sys::BIO;
         pub fn SSL_get_wfd(s: *const SSL) -> c_int;
+        pub fn SSL_get_read_ahead(s: *const SSL) -> c_int;
     }
 }
 
@@ -106,6 +107,51 @@ pub fn drive<C: closenotify::Connection>(
                 };
             }
         }
+    }
+}
+
+/// A TCP stream whose writes can be held back and then sent in one `write()`:
+/// how a peer puts its close_notify and the plaintext after it in one segment.
+#[derive(Debug)]
+pub struct Corkable {
+    pub tcp: TcpStream,
+    held: Option<Vec<u8>>,
+}
+
+impl Corkable {
+    pub fn new(tcp: TcpStream) -> Corkable {
+        Corkable { tcp, held: None }
+    }
+    /// Holds every write from now on.
+    pub fn cork(&mut self) {
+        self.held = Some(Vec::new());
+    }
+    /// Sends what was held, followed by `extra`, in one write.
+    pub fn uncork_with(&mut self, extra: &[u8]) {
+        let mut all = self.held.take().expect("corked");
+        all.extend_from_slice(extra);
+        std::io::Write::write_all(&mut self.tcp, &all).unwrap();
+    }
+}
+
+impl std::io::Read for Corkable {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.read(buf)
+    }
+}
+
+impl std::io::Write for Corkable {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.held {
+            Some(held) => {
+                held.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            None => self.tcp.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -497,15 +497,33 @@ pub fn s_server(pems: &Pems, extra: &[&str], limit: Duration) -> (Proc, SocketAd
     (server, addr)
 }
 
+/// The Python interpreter itself, resolved once through `python3` on PATH: a
+/// version manager's shim in front of it (pyenv) costs half a second per start.
+pub fn python() -> &'static str {
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        require("python3", "--version");
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3");
+        let exe = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if exe.is_empty() {
+            "python3".to_string()
+        } else {
+            exe
+        }
+    })
+}
+
 /// Starts `python3 tests/peers/peer.py MODE` with `pems` in TLS `version` ("1.2"
 /// or "1.3"); returns it and the port it listens on, the first line it prints
 /// (within `limit`).
 pub fn peer_py(pems: &Pems, mode: &str, version: &str, limit: Duration) -> (Proc, u16) {
-    require("python3", "--version");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/peer.py");
     assert!(script.is_file(), "missing {}", script.display());
     let mut peer = Proc::spawn(
-        "python3",
+        python(),
         &[
             script.to_str().unwrap(),
             mode,
