@@ -1,18 +1,15 @@
-//! Emits cfgs for the OpenSSL version we build against, and writes the pkg-config
-//! file for the C library.
+//! Emits cfgs for the OpenSSL version we build against. (The C library's
+//! pkg-config file is cargo-c's: `cargo cinstall` writes it, relocatable.)
 //!
 //! `openssl-sys` publishes the version of the library it found as
 //! `DEP_OPENSSL_VERSION_NUMBER` (hex, as in `OPENSSL_VERSION_NUMBER`); only crates
 //! that depend on `openssl-sys` directly see it. OpenSSL 1.1.1 and 3.x report an
-//! EOF without close_notify differently (SPEC §2), so the code that classifies
-//! errors needs to know which one it talks to.
+//! EOF without close_notify differently, so the code that classifies errors
+//! needs to know which one it talks to.
 
 use std::env;
-use std::path::{Path, PathBuf};
 
 fn main() {
-    write_pkg_config();
-
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rustc-check-cfg=cfg(ossl300)");
     println!("cargo:rustc-check-cfg=cfg(ossl111)");
@@ -34,40 +31,5 @@ fn main() {
     }
     if version >= 0x3000_0000 {
         println!("cargo:rustc-cfg=ossl300");
-    }
-}
-
-/// Writes `closenotify.pc` next to the libraries cargo builds (`target/<profile>`),
-/// so that C programs compile with
-/// `PKG_CONFIG_PATH=target/release pkg-config --cflags --libs closenotify`.
-/// The header comes from the source tree's `include/`. A failure here only costs
-/// the .pc file, never the build.
-fn write_pkg_config() {
-    let (Some(manifest), Some(out)) = (env::var_os("CARGO_MANIFEST_DIR"), env::var_os("OUT_DIR"))
-    else {
-        return;
-    };
-    // OUT_DIR is <target>/<profile>/build/<package>-<hash>/out.
-    let Some(libdir) = Path::new(&out).ancestors().nth(3).map(PathBuf::from) else {
-        return;
-    };
-    let include = Path::new(&manifest).join("include");
-    let version = env::var("CARGO_PKG_VERSION").unwrap_or_default();
-    let pc = format!(
-        "libdir={libdir}\n\
-         includedir={include}\n\
-         \n\
-         Name: closenotify\n\
-         Description: End OpenSSL TLS connections correctly: bounded, non-blocking SSL_shutdown with a typed report\n\
-         Version: {version}\n\
-         Requires: libssl libcrypto\n\
-         Cflags: -I${{includedir}}\n\
-         Libs: -L${{libdir}} -Wl,-rpath,${{libdir}} -lclosenotify\n\
-         Libs.private: -lpthread -ldl -lm\n",
-        libdir = libdir.display(),
-        include = include.display(),
-    );
-    if let Err(err) = std::fs::write(libdir.join("closenotify.pc"), pc) {
-        println!("cargo:warning=could not write closenotify.pc: {err}");
     }
 }

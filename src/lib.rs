@@ -87,6 +87,7 @@
 // Only `capi` feeds the C header; cbindgen skips the other modules.
 /// cbindgen:ignore
 mod blocking;
+#[cfg(feature = "capi")]
 pub mod capi;
 /// cbindgen:ignore
 mod closer;

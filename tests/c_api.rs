@@ -1,13 +1,14 @@
 //! The C API from C: `examples/c/echo_client.c` and `tests/c/cn_test.c` are
-//! compiled with the strict flags of SPEC §5 against the library and header this
-//! build produced (`pkg-config closenotify`), then run against real peers
+//! compiled with strict flags (`-Wall -Wextra -Wpedantic -Werror`) against the
+//! C library built from this tree and its header, then run against real peers
 //! (`openssl s_server` and Python's `ssl` module, `tests/peers/peer.py`) on
 //! loopback, in TLS 1.2 and 1.3, through both the blocking and the step API.
 //!
 //! `cn_test` prints the report as one line of `key=value` pairs; the assertions
 //! here are on those fields.
 //!
-//! Needs `cc`, `pkg-config`, `openssl` and `python3` on `PATH` (CI installs them):
+//! Needs `cc`, `pkg-config`, `readelf`, `openssl` and `python3` on `PATH` (CI
+//! installs them):
 //! when one is missing the tests fail saying so, they never skip.
 //!
 //! `CLOSENOTIFY_VALGRIND=1 cargo test --test c_api` runs every C program under
@@ -28,7 +29,7 @@ use util::process::{self, check_tool, require, Pems, Proc, Ran};
 /// How long an external peer gets to become ready, answer or exit.
 const READY: Duration = Duration::from_secs(5);
 
-/// The flags every C file must compile with (SPEC §5).
+/// The flags every C file must compile with.
 const CFLAGS: &[&str] = &[
     "-std=c11",
     "-Wall",
@@ -102,56 +103,9 @@ fn programs() -> &'static Programs {
 fn compile_all() -> Result<Programs, String> {
     check_tool("cc", "--version")?;
     check_tool("pkg-config", "--version")?;
-    let profile = profile_dir();
-    let pc = profile.join("closenotify.pc");
-    if !pc.is_file() {
-        return Err(format!(
-            "{} is missing: build.rs writes it when the library is built",
-            pc.display()
-        ));
-    }
-    // Our .pc first; the system's (libssl, libcrypto) stay reachable.
-    let mut search = profile.clone().into_os_string();
-    if let Some(old) = std::env::var_os("PKG_CONFIG_PATH") {
-        search.push(":");
-        search.push(old);
-    }
-    let out = Command::new("pkg-config")
-        .args(["--cflags", "--libs", "closenotify"])
-        .env("PKG_CONFIG_PATH", &search)
-        .output()
-        .map_err(|e| format!("pkg-config: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`pkg-config --cflags --libs closenotify` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    // The .pc points at `target/<profile>`, where `cargo build` copies the
-    // libraries. `cargo test` builds them too, but leaves them in `deps/` (no copy
-    // up): the copy in `target/<profile>` is stale, or missing on a clean checkout.
-    // Searching `deps/` first (link time and run time) tests the library this very
-    // run built; everything else comes from pkg-config as a user gets it.
-    let deps = profile.join("deps");
-    let fresh = deps.join("libclosenotify.so");
-    if !fresh.is_file() {
-        return Err(format!(
-            "{} is missing: the cdylib should be built with the tests",
-            fresh.display()
-        ));
-    }
-    let mut flags = vec![
-        format!("-L{}", deps.display()),
-        format!("-Wl,-rpath,{}", deps.display()),
-    ];
-    flags.extend(
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(str::to_owned),
-    );
-
-    let dir = profile.join("c-tests");
+    let lib = build_c_library()?;
+    let flags = link_flags(&lib)?;
+    let dir = profile_dir().join("c-tests");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let src = Path::new(env!("CARGO_MANIFEST_DIR"));
     Ok(Programs {
@@ -163,6 +117,110 @@ fn compile_all() -> Result<Programs, String> {
             &flags,
         )?,
     })
+}
+
+/// Builds the C library (the `capi` feature, as cdylib and staticlib) the way
+/// cargo-c does, into `target/capi/<profile>`; returns that directory. A plain
+/// `cargo test` builds only the Rust library: Rust users never build C
+/// artefacts. (CI also installs it with cargo-c and builds the C programs
+/// against the installed copy through pkg-config: see `.ci/run`.)
+fn build_c_library() -> Result<PathBuf, String> {
+    let profile = profile_dir();
+    let target = profile
+        .parent()
+        .map(|t| t.join("capi"))
+        .ok_or("no target directory")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["rustc", "--lib", "--features", "capi"])
+        .args(["--crate-type", "cdylib", "--crate-type", "staticlib"])
+        .arg("--target-dir")
+        .arg(&target);
+    if profile.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().map_err(|e| format!("{cargo}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the C library failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let dir = target.join(profile.file_name().ok_or("no profile")?);
+    for lib in ["libclosenotify.so", "libclosenotify.a"] {
+        if !dir.join(lib).is_file() {
+            return Err(format!(
+                "{} is missing after the build",
+                dir.join(lib).display()
+            ));
+        }
+    }
+    Ok(dir)
+}
+
+/// How the C programs link the library in `lib`, with the header of this tree
+/// and OpenSSL from pkg-config.
+fn link_flags(lib: &Path) -> Result<Vec<String>, String> {
+    let out = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "libssl", "libcrypto"])
+        .output()
+        .map_err(|e| format!("pkg-config: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`pkg-config --cflags --libs libssl libcrypto` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let ssl: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("include");
+    let mut flags = vec![format!("-I{}", include.display())];
+    if links_openssl_dynamically(&lib.join("libclosenotify.so"))? {
+        // DT_RPATH, not RUNPATH: `cargo test` puts its own `target/<profile>/deps`
+        // on LD_LIBRARY_PATH, which RUNPATH would let win (with a stale copy of
+        // the library from an older build, say).
+        flags.extend([
+            format!("-L{}", lib.display()),
+            format!("-Wl,--disable-new-dtags,-rpath,{}", lib.display()),
+            "-lclosenotify".to_string(),
+        ]);
+        flags.extend(ssl);
+    } else {
+        // A static OpenSSL: the cdylib carries a private copy of it, and a C
+        // program linked with it and `-lssl` would create its SSL objects with a
+        // second copy (two error queues, two sets of globals, one SSL*). The
+        // staticlib bundles the very OpenSSL the crate was built with, visible to
+        // the program: link it alone, with that OpenSSL's headers.
+        flags.extend(ssl.into_iter().filter(|f| f.starts_with("-I")));
+        flags.push(lib.join("libclosenotify.a").display().to_string());
+        flags.extend(["-lpthread", "-ldl", "-lm"].map(String::from));
+    }
+    Ok(flags)
+}
+
+/// Whether the cdylib loads OpenSSL as a shared library (`NEEDED libssl.so.*`).
+fn links_openssl_dynamically(cdylib: &Path) -> Result<bool, String> {
+    check_tool("readelf", "--version")?;
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(cdylib)
+        .output()
+        .map_err(|e| format!("readelf: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`readelf -d {}` failed: {}",
+            cdylib.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.contains("(NEEDED)") && l.contains("[libssl.so")))
 }
 
 /// `cc CFLAGS source -o dir/name $(pkg-config ...)`; the compiler's stderr on
@@ -721,5 +779,117 @@ fn echo_client_against_python_echo_clean() {
             .expect("resumable", "1")
             .expect_range("elapsed_ms", 0, upper_ms(1000) as i64);
         peer.expect_success();
+    }
+}
+
+/// The `delivered=N checksum=S` line of cn_test's read subcommands.
+fn delivered(ran: &Ran) -> (u64, u32) {
+    let stdout = ran.stdout_text();
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("delivered="))
+        .unwrap_or_else(|| panic!("no delivered line: {}", ran.context()));
+    let f = Fields::parse(line, ran.context());
+    (f.num("delivered") as u64, f.num("checksum") as u32)
+}
+
+/// What `peer.py data` sends after our close_notify: 5000 times `d`, as cn_test
+/// counts and checksums it.
+fn expected_data(len: u64) -> (u64, u32) {
+    let sum = (0..len).fold(0u32, |s, i| {
+        s.wrapping_add((i as u32).wrapping_mul(b'd'.into()))
+    });
+    (len, sum)
+}
+
+#[test]
+fn blocking_read_and_step_read_deliver_the_peers_answer() {
+    for tls in BOTH {
+        for api in ["blocking-read", "step-read"] {
+            let mut peer = python(tls, "data");
+            let port = peer.port.to_string();
+            let ran = run_c(&programs().cn_test, &[api, "plain", &port, tls.arg()]);
+            let r = ran.report();
+            r.expect("outcome", "clean")
+                .expect("discarded_bytes", "0")
+                .expect("tls_version", tls.wire());
+            assert_eq!(delivered(&ran), expected_data(5000), "{api} {tls:?}");
+            peer.expect_success();
+        }
+    }
+}
+
+#[test]
+fn blocking_read_stops_at_its_limit_and_when_the_sink_refuses() {
+    let tls = Tls::V13;
+    let peer = python(tls, "data");
+    let port = peer.port.to_string();
+    let ran = run_c(
+        &programs().cn_test,
+        &[
+            "blocking-read",
+            "plain",
+            &port,
+            tls.arg(),
+            "--limit",
+            "1000",
+        ],
+    );
+    ran.report().expect("outcome", "drain_limit");
+    assert_eq!(delivered(&ran), expected_data(1000));
+    drop(peer);
+
+    let peer = python(tls, "data");
+    let port = peer.port.to_string();
+    let ran = run_c(
+        &programs().cn_test,
+        &["blocking-read", "plain", &port, tls.arg(), "--abort"],
+    );
+    ran.assert_success();
+    assert!(ran.stdout_text().contains("aborted"), "{}", ran.context());
+}
+
+/// STOPTLS through the C API against Python's `unwrap()`: the plaintext after
+/// the TLS close, byte-exact both ways, also when Python's close_notify and its
+/// first plaintext bytes come in one write.
+#[test]
+fn stoptls_from_c_against_python_unwrap() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/stoptls.py");
+    for tls in BOTH {
+        for close in ["test", "test-same-write"] {
+            let pems = Pems::write();
+            let mut py = Proc::spawn(
+                process::python(),
+                &[
+                    script,
+                    "server",
+                    "--tls",
+                    tls.arg(),
+                    "--cert",
+                    pems.cert(),
+                    "--key",
+                    pems.key(),
+                    "--close",
+                    close,
+                ],
+            );
+            let port = py.wait_line("port", READY, |_| true).trim().to_string();
+            let ran = run_c(&programs().cn_test, &["stoptls", &port, tls.arg()]);
+            ran.report()
+                .expect("outcome", "clean")
+                .expect("half_closed", "0")
+                .expect("transport_reusable", "1");
+            assert!(
+                ran.stdout_text().contains("plaintext: ok"),
+                "{}",
+                ran.context()
+            );
+            let lines = py.expect_success(READY);
+            assert_eq!(
+                lines.last().map(String::as_str),
+                Some("ok"),
+                "{close} {tls:?}"
+            );
+        }
     }
 }

@@ -15,6 +15,14 @@
  *                 --tick-ms N          step APIs: wake up at least every N ms,
  *                                      as a poll() loop shared with other
  *                                      sockets does
+ *   cn_test blocking-read|step-read SCENARIO PORT 1.2|1.3 [--limit N] [--abort]
+ *       the peer's data after our close_notify delivered instead of discarded
+ *       (closenotify_shutdown_blocking_read with a sink, or
+ *       closenotify_shutdown_step_read); prints delivered=N and a checksum
+ *       of the bytes (sum of i * byte, mod 2^32); --abort: the sink refuses.
+ *   cn_test stoptls PORT 1.2|1.3
+ *       against tests/peers/stoptls.py: plaintext greeting and STARTTLS, TLS,
+ *       a STOPTLS shutdown, then a plaintext line each way on the same fd.
  *   cn_test sigpipe PORT 1.2|1.3
  *       SIGPIPE at its default action; the peer resets right after the
  *       handshake; the shutdown must not kill this process.
@@ -133,22 +141,28 @@ static int report_eq(const closenotify_report *a, const closenotify_report *b)
            a->session_resumable == b->session_resumable &&
            a->discarded_bytes == b->discarded_bytes &&
            a->elapsed_ms == b->elapsed_ms && a->tls_version == b->tls_version &&
-           a->ssl_calls == b->ssl_calls;
+           a->ssl_calls == b->ssl_calls &&
+           a->transport_reusable == b->transport_reusable &&
+           a->linger_bytes == b->linger_bytes && a->detail == b->detail;
 }
 
 static void print_report(const closenotify_report *r, unsigned steps)
 {
+    /* Reserved words are written as zero. */
+    for (unsigned i = 0; i < CLOSENOTIFY_REPORT_RESERVED; i++)
+        CHECK(r->reserved[i] == 0);
     printf("outcome=%s initiator=%u stage=%s alert=%d alert_name=%s os_error=%d "
            "close_notify_sent=%d close_notify_received=%d half_closed=%d "
            "session_resumable=%d discarded_bytes=%" PRIu64 " elapsed_ms=%" PRIu64
-           " ssl_calls=%u tls_version=0x%04x steps=%u\n",
+           " ssl_calls=%u tls_version=0x%04x transport_reusable=%d linger_bytes=%" PRId64
+           " steps=%u\n",
            closenotify_outcome_name(r->outcome), (unsigned)r->initiator,
            closenotify_stage_name(r->stage), r->alert,
            closenotify_alert_name(r->alert), r->os_error,
            r->close_notify_sent ? 1 : 0, r->close_notify_received ? 1 : 0,
            r->half_closed ? 1 : 0, r->session_resumable ? 1 : 0,
            r->discarded_bytes, r->elapsed_ms, (unsigned)r->ssl_calls,
-           (unsigned)r->tls_version, steps);
+           (unsigned)r->tls_version, r->transport_reusable ? 1 : 0, r->linger_bytes, steps);
     fflush(stdout);
 }
 
@@ -461,8 +475,194 @@ static int run_scenario(int step, const struct step_options *opt, const char *sc
     return 0;
 }
 
+/* ------------------------------- reading -------------------------------- */
+
+/* What the peer sent after our close_notify, as received: a count and a
+ * position-weighted checksum, compared by the driver with what it sent. */
+struct received {
+    uint64_t count;
+    uint32_t sum;
+    int abort; /* the sink refuses the first chunk */
+};
+
+static void take(struct received *got, const uint8_t *data, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        got->sum += (uint32_t)(got->count + i) * data[i];
+    }
+    got->count += len;
+}
+
+static int sink(void *ctx, const uint8_t *data, size_t len)
+{
+    struct received *got = ctx;
+    CHECK(len > 0);
+    if (got->abort)
+        return 1;
+    take(got, data, len);
+    return 0;
+}
+
+static int run_read(int step, const char *scenario, int port, int version, uint64_t limit,
+                    int abort_sink)
+{
+    closenotify_policy policy;
+    closenotify_policy_init(&policy);
+    policy.flush_timeout_ms = 1000;
+    policy.peer_timeout_ms = 2000;
+    CHECK(strcmp(scenario, "plain") == 0);
+
+    struct conn c;
+    conn_open(&c, port, version);
+    sigpipe(SIG_DFL);
+    struct received got = {0, 0, abort_sink};
+    closenotify_report r = sentinel_report();
+    unsigned steps = 0;
+    if (!step) {
+        closenotify_result rc =
+            closenotify_shutdown_blocking_read(c.ssl, c.fd, &policy, limit, sink, &got, &r);
+        if (abort_sink) {
+            CHECK_RC(rc, CLOSENOTIFY_ERR_SINK);
+            CHECK(is_sentinel(&r));
+            CHECK_LAST_ERROR("sink");
+            printf("aborted\n");
+            conn_close(&c);
+            return 0;
+        }
+        CHECK_RC(rc, CLOSENOTIFY_OK);
+    } else {
+        int flags = fcntl(c.fd, F_GETFL);
+        CHECK(flags != -1 && fcntl(c.fd, F_SETFL, flags | O_NONBLOCK) == 0);
+        closenotify_shutdown *sd = NULL;
+        CHECK_RC(closenotify_shutdown_new(c.ssl, c.fd, &policy, &sd), CLOSENOTIFY_OK);
+        uint8_t buf[1000]; /* small: many chunks */
+        short revents = 0;
+        for (;;) {
+            closenotify_wait wait;
+            int timeout_ms;
+            size_t n = 12345;
+            CHECK_RC(closenotify_shutdown_step_read(sd, revents, buf, sizeof buf, &n, &wait,
+                                                    &timeout_ms),
+                     CLOSENOTIFY_OK);
+            CHECK(n <= sizeof buf);
+            take(&got, buf, n);
+            steps++;
+            CHECK(steps < 100000);
+            if (wait == CLOSENOTIFY_WAIT_DONE)
+                break;
+            if (n > 0) {
+                revents = 0; /* more may be buffered: again at once */
+                continue;
+            }
+            struct pollfd pfd = {.fd = c.fd,
+                                 .events = wait == CLOSENOTIFY_WAIT_WRITE ? POLLOUT : POLLIN,
+                                 .revents = 0};
+            int k = poll(&pfd, wait == CLOSENOTIFY_WAIT_TIMER ? 0 : 1, timeout_ms);
+            if (k < 0 && errno != EINTR)
+                FAIL("poll: %s", strerror(errno));
+            revents = k > 0 ? pfd.revents : 0;
+        }
+        /* NULL checks of the read call. */
+        closenotify_wait wait;
+        int timeout_ms;
+        size_t n;
+        CHECK_RC(closenotify_shutdown_step_read(sd, 0, NULL, 10, &n, &wait, &timeout_ms),
+                 CLOSENOTIFY_ERR_NULL_ARGUMENT);
+        CHECK_RC(closenotify_shutdown_step_read(sd, 0, buf, sizeof buf, NULL, &wait,
+                                                &timeout_ms),
+                 CLOSENOTIFY_ERR_NULL_ARGUMENT);
+        CHECK_RC(closenotify_shutdown_report(sd, &r), CLOSENOTIFY_OK);
+        closenotify_shutdown_free(sd);
+    }
+    print_report(&r, steps);
+    printf("delivered=%" PRIu64 " checksum=%" PRIu32 "\n", got.count, got.sum);
+    conn_close(&c);
+    return 0;
+}
+
+/* ------------------------------- STOPTLS --------------------------------- */
+
+/* One line from the raw socket, byte by byte: what follows the newline belongs
+ * to the next protocol. */
+static void expect_line(int fd, const char *want)
+{
+    char line[256];
+    size_t n = 0;
+    while (n == 0 || line[n - 1] != '\n') {
+        CHECK(n + 1 < sizeof line);
+        ssize_t k = recv(fd, line + n, 1, 0);
+        if (k != 1)
+            FAIL("recv: %s after %zu bytes", k == 0 ? "EOF" : strerror(errno), n);
+        n++;
+    }
+    line[n] = '\0';
+    if (strcmp(line, want) != 0)
+        FAIL("expected \"%s\", got \"%s\"", want, line);
+}
+
+static void send_all(int fd, const char *text)
+{
+    size_t len = strlen(text);
+    CHECK(send(fd, text, len, MSG_NOSIGNAL) == (ssize_t)len);
+}
+
+/* The client side of tests/peers/stoptls.py's lifecycle. */
+static int run_stoptls(int port, int version)
+{
+    struct conn c;
+    /* Plaintext first: connect without TLS. */
+    c.fd = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(c.fd >= 0);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((unsigned short)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(c.fd, (struct sockaddr *)&sa, sizeof sa) != 0)
+        FAIL("connect: %s", strerror(errno));
+    struct timeval tv = {.tv_sec = WAIT_MS / 1000, .tv_usec = 0};
+    setsockopt(c.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    expect_line(c.fd, "220 ready\r\n");
+    send_all(c.fd, "STARTTLS\r\n");
+    expect_line(c.fd, "220 go\r\n");
+
+    /* TLS on the same socket. */
+    c.ctx = SSL_CTX_new(TLS_client_method());
+    CHECK(c.ctx != NULL);
+    CHECK(SSL_CTX_set_min_proto_version(c.ctx, version) == 1);
+    CHECK(SSL_CTX_set_max_proto_version(c.ctx, version) == 1);
+    SSL_CTX_set_verify(c.ctx, SSL_VERIFY_NONE, NULL);
+    c.ssl = SSL_new(c.ctx);
+    CHECK(c.ssl != NULL);
+    CHECK(SSL_set_fd(c.ssl, c.fd) == 1);
+    sigpipe(SIG_IGN);
+    CHECK(SSL_connect(c.ssl) == 1);
+    CHECK(SSL_write(c.ssl, "ping\n", 5) == 5);
+    char pong[5];
+    CHECK(SSL_read(c.ssl, pong, 5) == 5 && memcmp(pong, "pong\n", 5) == 0);
+
+    /* Leave TLS, keep the connection. */
+    closenotify_policy policy;
+    closenotify_policy_init(&policy);
+    policy.mode = CLOSENOTIFY_MODE_STOPTLS;
+    policy.flush_timeout_ms = 2000;
+    policy.peer_timeout_ms = 2000;
+    closenotify_report r = sentinel_report();
+    sigpipe(SIG_DFL);
+    CHECK_RC(closenotify_shutdown_blocking(c.ssl, c.fd, &policy, &r), CLOSENOTIFY_OK);
+    print_report(&r, 0);
+    CHECK(r.outcome == CLOSENOTIFY_OUTCOME_CLEAN && r.transport_reusable && !r.half_closed);
+
+    /* Plaintext again, on the fd the library left open, byte-exact. */
+    send_all(c.fd, "plain from test\n");
+    expect_line(c.fd, "plain from python\n");
+    printf("plaintext: ok\n");
+    conn_close(&c);
+    return 0;
+}
+
 /*
- * SIGPIPE (SPEC §2): OpenSSL's socket BIO writes with write(). The peer resets
+ * SIGPIPE: OpenSSL's socket BIO writes with write(). The peer resets
  * the connection right after the handshake; once the pending ECONNRESET is
  * consumed (as an event loop does on POLLERR), the next write() fails with
  * EPIPE and raises SIGPIPE, whose default action kills the process. The
@@ -525,7 +725,8 @@ static void check_names(void)
               "invalid_argument");
     CHECK_STR(closenotify_result_name(CLOSENOTIFY_ERR_WRONG_STATE), "wrong_state");
     CHECK_STR(closenotify_result_name(CLOSENOTIFY_ERR_PANIC), "panic");
-    CHECK_STR(closenotify_result_name(5), "unknown");
+    CHECK_STR(closenotify_result_name(CLOSENOTIFY_ERR_SINK), "sink");
+    CHECK_STR(closenotify_result_name(6), "unknown");
     CHECK(CLOSENOTIFY_OK == 0);
 
     /* The RFC 8446 / 5246 alert registry, written out independently of the
@@ -584,12 +785,25 @@ static void check_names(void)
                  alerts[i].name);
 }
 
+/* The header's version is the library's, and the macros agree. */
+static void check_version(void)
+{
+    char joined[64];
+    snprintf(joined, sizeof joined, "%d.%d.%d", CLOSENOTIFY_VERSION_MAJOR,
+             CLOSENOTIFY_VERSION_MINOR, CLOSENOTIFY_VERSION_PATCH);
+    CHECK_STR(joined, CLOSENOTIFY_VERSION);
+    CHECK_STR(closenotify_version(), CLOSENOTIFY_VERSION);
+}
+
 static void check_policy_init(void)
 {
     closenotify_policy_init(NULL); /* ignored */
     closenotify_policy p;
     memset(&p, 0xA5, sizeof p);
     closenotify_policy_init(&p);
+    CHECK(p.struct_size == sizeof p);
+    for (unsigned i = 0; i < CLOSENOTIFY_POLICY_RESERVED; i++)
+        CHECK(p.reserved[i] == 0);
     CHECK(p.mode == CLOSENOTIFY_MODE_BIDIRECTIONAL);
     CHECK(p.flush_timeout_ms == 3000);
     CHECK(p.peer_timeout_ms == 3000);
@@ -658,6 +872,7 @@ static int run_errors(void)
     CHECK(closenotify_last_error(msg, sizeof msg) == 0 && msg[0] == '\0');
 
     check_names();
+    check_version();
     check_policy_init();
     closenotify_shutdown_free(NULL); /* fine */
 
@@ -741,6 +956,22 @@ static int run_errors(void)
     bad = good;
     bad.linger_timeout_ms = 3600001;
     EXPECT_REFUSED(ssl, sp[0], &bad, CLOSENOTIFY_ERR_INVALID_ARGUMENT, "linger_timeout");
+    /* A policy that closenotify_policy_init did not make, and one built for a
+     * newer library (a reserved word set). */
+    bad = good;
+    bad.struct_size = 0;
+    EXPECT_REFUSED(ssl, sp[0], &bad, CLOSENOTIFY_ERR_INVALID_ARGUMENT,
+                   "closenotify_policy_init");
+    bad = good;
+    bad.reserved[CLOSENOTIFY_POLICY_RESERVED - 1] = 1;
+    EXPECT_REFUSED(ssl, sp[0], &bad, CLOSENOTIFY_ERR_INVALID_ARGUMENT, "newer");
+    /* STOPTLS has no close to linger before. */
+    bad = good;
+    bad.mode = CLOSENOTIFY_MODE_STOPTLS;
+    bad.linger_timeout_ms = 100;
+    EXPECT_REFUSED(ssl, sp[0], &bad, CLOSENOTIFY_ERR_INVALID_ARGUMENT,
+                   "CLOSENOTIFY_MODE_STOPTLS");
+
     /* Messages name the knobs as C names them. */
     bad = good;
     bad.flush_timeout_ms = 0;
@@ -849,6 +1080,9 @@ static int usage(void)
     fprintf(stderr,
             "usage: cn_test blocking|step|step-revents plain|peer-initiated|alert PORT "
             "1.2|1.3 [--peer-timeout-ms N] [--blocking-fd] [--tick-ms N]\n"
+            "       cn_test blocking-read|step-read plain PORT 1.2|1.3 [--limit N] "
+            "[--abort]\n"
+            "       cn_test stoptls PORT 1.2|1.3\n"
             "       cn_test sigpipe PORT 1.2|1.3\n"
             "       cn_test errors\n");
     return 2;
@@ -870,6 +1104,31 @@ int main(int argc, char **argv)
     unsigned long port, peer_timeout = 1000;
     if (argc == 2 && strcmp(argv[1], "errors") == 0)
         return run_errors();
+    if (argc == 4 && strcmp(argv[1], "stoptls") == 0) {
+        int version = parse_version(argv[3]);
+        if (!parse_uint(argv[2], 65535, &port) || version == 0)
+            return usage();
+        return run_stoptls((int)port, version);
+    }
+    if (argc >= 5 &&
+        (strcmp(argv[1], "blocking-read") == 0 || strcmp(argv[1], "step-read") == 0)) {
+        int version = parse_version(argv[4]);
+        unsigned long limit = 1UL << 30;
+        int abort_sink = 0;
+        if (!parse_uint(argv[3], 65535, &port) || version == 0)
+            return usage();
+        for (int i = 5; i < argc; i++) {
+            if (strcmp(argv[i], "--limit") == 0 && i + 1 < argc &&
+                parse_uint(argv[i + 1], 0xffffffffUL, &limit))
+                i++;
+            else if (strcmp(argv[i], "--abort") == 0 && strcmp(argv[1], "blocking-read") == 0)
+                abort_sink = 1;
+            else
+                return usage();
+        }
+        return run_read(strcmp(argv[1], "step-read") == 0, argv[2], (int)port, version,
+                        limit, abort_sink);
+    }
     if (argc == 4 && strcmp(argv[1], "sigpipe") == 0) {
         int version = parse_version(argv[3]);
         if (!parse_uint(argv[2], 65535, &port) || version == 0)

@@ -1,0 +1,261 @@
+//! The C API (`include/closenotify.h`, generated from this module by cbindgen),
+//! built with the `capi` feature (cargo-c builds and installs it: see
+//! `docs/c-api.md`).
+//!
+//! Conventions, after rustls-ffi: the object first, inputs, outputs last; outputs
+//! are written only on success; every function body runs inside a panic boundary;
+//! a null pointer or an invalid value is a result code, never a crash. Values C
+//! passes in (modes, outcomes, result codes) are plain integers on this side, so an
+//! out-of-range value is an error and not undefined behaviour.
+//!
+//! The caller keeps ownership of the `SSL*` and of the socket: nothing here frees
+//! or closes them.
+//!
+//! ABI promise: names and numbers never change; structs only grow into their
+//! reserved space (`closenotify_policy` checks that a policy came from
+//! `closenotify_policy_init` and that its reserved words are zero, so a program
+//! built against a newer header fails loudly on an older library instead of
+//! having its new knobs ignored); the library's SONAME changes with every
+//! release that breaks this promise.
+#![allow(non_camel_case_types)]
+
+mod policy;
+mod report;
+mod shutdown;
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::report::Alert;
+
+pub use self::policy::*;
+pub use self::report::*;
+pub use self::shutdown::*;
+
+/// Result of every call. A misbehaving peer is an outcome in the report, never an
+/// error here. The numbers never change.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct closenotify_result(pub u32);
+/// Success.
+pub const CLOSENOTIFY_OK: closenotify_result = closenotify_result(0);
+/// A required pointer argument was NULL.
+pub const CLOSENOTIFY_ERR_NULL_ARGUMENT: closenotify_result = closenotify_result(1);
+/// An argument is out of range: a negative or non-socket fd, an unknown
+/// mode, a zero or absurd timeout. `closenotify_last_error` says which.
+pub const CLOSENOTIFY_ERR_INVALID_ARGUMENT: closenotify_result = closenotify_result(2);
+/// The call is not valid now: a report requested before the step API said
+/// `CLOSENOTIFY_WAIT_DONE`.
+pub const CLOSENOTIFY_ERR_WRONG_STATE: closenotify_result = closenotify_result(3);
+/// closenotify panicked (a bug); the shutdown object must only be freed.
+pub const CLOSENOTIFY_ERR_PANIC: closenotify_result = closenotify_result(4);
+/// The sink of `closenotify_shutdown_blocking_read` returned non-zero: the
+/// shutdown was abandoned there (nothing more read; the report is not written).
+pub const CLOSENOTIFY_ERR_SINK: closenotify_result = closenotify_result(5);
+
+thread_local! {
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn fail(code: closenotify_result, message: impl Into<String>) -> closenotify_result {
+    let message = message.into();
+    LAST_ERROR.with(|e| *e.borrow_mut() = message);
+    code
+}
+
+/// Runs `body`; a panic becomes `on_panic` (and a last-error message) instead of
+/// unwinding into C, which would be undefined behaviour.
+fn boundary<T>(on_panic: T, body: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(value) => value,
+        Err(_) => {
+            let _ = fail(
+                CLOSENOTIFY_ERR_PANIC,
+                "closenotify panicked (a bug; please report it)",
+            );
+            on_panic
+        }
+    }
+}
+
+/// The library's version, "MAJOR.MINOR.PATCH": the same as the header's
+/// `CLOSENOTIFY_VERSION` when the program runs with the library it was built
+/// against. The string is static.
+#[no_mangle]
+pub extern "C" fn closenotify_version() -> *const c_char {
+    const VERSION: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => c"unknown",
+        };
+    VERSION.as_ptr()
+}
+
+/// The name of an outcome: "clean", "sent_only", "quiet", "truncated", "reset",
+/// "peer_alert", "protocol_error", "timed_out", "drain_limit"; "unknown" for any
+/// other value. The string is static.
+#[no_mangle]
+pub extern "C" fn closenotify_outcome_name(outcome: closenotify_outcome) -> *const c_char {
+    boundary(UNKNOWN.as_ptr(), || {
+        let name = match outcome {
+            CLOSENOTIFY_OUTCOME_CLEAN => c"clean",
+            CLOSENOTIFY_OUTCOME_SENT_ONLY => c"sent_only",
+            CLOSENOTIFY_OUTCOME_QUIET => c"quiet",
+            CLOSENOTIFY_OUTCOME_TRUNCATED => c"truncated",
+            CLOSENOTIFY_OUTCOME_RESET => c"reset",
+            CLOSENOTIFY_OUTCOME_PEER_ALERT => c"peer_alert",
+            CLOSENOTIFY_OUTCOME_PROTOCOL_ERROR => c"protocol_error",
+            CLOSENOTIFY_OUTCOME_TIMED_OUT => c"timed_out",
+            CLOSENOTIFY_OUTCOME_DRAIN_LIMIT => c"drain_limit",
+            _ => UNKNOWN,
+        };
+        name.as_ptr()
+    })
+}
+
+/// The name of a stage: "flush", "half_close", "await_peer", "linger"; "unknown"
+/// for any other value. The string is static.
+#[no_mangle]
+pub extern "C" fn closenotify_stage_name(stage: closenotify_stage) -> *const c_char {
+    boundary(UNKNOWN.as_ptr(), || {
+        let name = match stage {
+            CLOSENOTIFY_STAGE_FLUSH => c"flush",
+            CLOSENOTIFY_STAGE_HALF_CLOSE => c"half_close",
+            CLOSENOTIFY_STAGE_AWAIT_PEER => c"await_peer",
+            CLOSENOTIFY_STAGE_LINGER => c"linger",
+            _ => UNKNOWN,
+        };
+        name.as_ptr()
+    })
+}
+
+/// The RFC 8446 / 5246 name of an alert code ("bad_record_mac", "unknown_ca", ...);
+/// "none" for -1; "unknown" for codes no RFC defines. The string is static.
+#[no_mangle]
+pub extern "C" fn closenotify_alert_name(alert: c_int) -> *const c_char {
+    boundary(UNKNOWN.as_ptr(), || match alert {
+        -1 => c"none".as_ptr(),
+        0..=255 => alert_names()[alert as usize].as_ptr(),
+        _ => UNKNOWN.as_ptr(),
+    })
+}
+
+/// The name of a result code: "ok", "null_argument", "invalid_argument",
+/// "wrong_state", "panic", "sink"; "unknown" for any other value. The string is
+/// static.
+#[no_mangle]
+pub extern "C" fn closenotify_result_name(result: closenotify_result) -> *const c_char {
+    boundary(UNKNOWN.as_ptr(), || {
+        let name = match result {
+            CLOSENOTIFY_OK => c"ok",
+            CLOSENOTIFY_ERR_NULL_ARGUMENT => c"null_argument",
+            CLOSENOTIFY_ERR_INVALID_ARGUMENT => c"invalid_argument",
+            CLOSENOTIFY_ERR_WRONG_STATE => c"wrong_state",
+            CLOSENOTIFY_ERR_PANIC => c"panic",
+            CLOSENOTIFY_ERR_SINK => c"sink",
+            _ => UNKNOWN,
+        };
+        name.as_ptr()
+    })
+}
+
+/// Copies the message of the last failed call on this thread ("invalid policy:
+/// peer_timeout must be at least 1 ms ...") into `buf`, NUL-terminated and
+/// truncated to `len` bytes; returns the message's full length (as snprintf). The
+/// message is empty if no call has failed. `buf` may be NULL when `len` is 0.
+///
+/// # Safety
+/// `buf` is NULL or writable for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn closenotify_last_error(buf: *mut c_char, len: usize) -> usize {
+    boundary(0, || {
+        LAST_ERROR.with(|e| {
+            let msg = e.borrow();
+            if !buf.is_null() && len > 0 {
+                let n = msg.len().min(len - 1);
+                // SAFETY: `buf` is writable for `len` bytes and `n + 1 <= len`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(msg.as_ptr().cast(), buf, n);
+                    buf.add(n).write(0);
+                }
+            }
+            msg.len()
+        })
+    })
+}
+
+const UNKNOWN: &CStr = c"unknown";
+
+/// NUL-terminated alert names for every code, built once from [`Alert::name`] and
+/// alive for the rest of the process.
+fn alert_names() -> &'static [std::ffi::CString] {
+    static NAMES: std::sync::OnceLock<Vec<std::ffi::CString>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        (0..=255u8)
+            .map(|code| std::ffi::CString::new(Alert::from_code(code).name()).unwrap_or_default())
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Outcome;
+
+    fn name(p: *const c_char) -> &'static str {
+        // SAFETY: every name function returns a static NUL-terminated string (or a
+        // thread-local one that lives as long as the test thread).
+        unsafe { CStr::from_ptr(p) }.to_str().unwrap()
+    }
+
+    #[test]
+    fn outcome_constants_follow_the_rust_order_and_names() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(
+                name(closenotify_outcome_name(closenotify_outcome(i as u32))),
+                o.as_str()
+            );
+        }
+        assert_eq!(
+            name(closenotify_outcome_name(closenotify_outcome(99))),
+            "unknown"
+        );
+        assert_eq!(name(closenotify_alert_name(20)), "bad_record_mac");
+        assert_eq!(name(closenotify_alert_name(-1)), "none");
+        assert_eq!(name(closenotify_alert_name(3)), "unknown");
+        assert_eq!(name(closenotify_alert_name(4096)), "unknown");
+        assert_eq!(
+            name(closenotify_result_name(CLOSENOTIFY_ERR_PANIC)),
+            "panic"
+        );
+        assert_eq!(
+            name(closenotify_stage_name(CLOSENOTIFY_STAGE_AWAIT_PEER)),
+            "await_peer"
+        );
+    }
+
+    #[test]
+    fn the_panic_boundary_turns_a_panic_into_a_result_code() {
+        let code = boundary(CLOSENOTIFY_ERR_PANIC, || -> closenotify_result {
+            panic!("boom")
+        });
+        assert_eq!(code, CLOSENOTIFY_ERR_PANIC);
+        let mut buf = [0 as c_char; 64];
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { closenotify_last_error(buf.as_mut_ptr(), buf.len()) };
+        assert!(n > 0);
+        assert!(name(buf.as_ptr()).starts_with("closenotify panicked"));
+        // Truncation to a small buffer, snprintf-style.
+        let mut small = [0 as c_char; 8];
+        // SAFETY: `small` is writable.
+        let full = unsafe { closenotify_last_error(small.as_mut_ptr(), small.len()) };
+        assert!(full > 8);
+        assert_eq!(name(small.as_ptr()), "closeno");
+    }
+
+    #[test]
+    fn the_version_is_the_crates() {
+        assert_eq!(name(closenotify_version()), env!("CARGO_PKG_VERSION"));
+    }
+}

@@ -1,0 +1,167 @@
+//! `closenotify_report`: a [`Report`] as C reads it.
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::sync::Mutex;
+
+use crate::report::{Initiator, Outcome, Report, Stage, TlsVersion};
+
+/// How the connection ended (the names of `closenotify_outcome_name`).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct closenotify_outcome(pub u32);
+/// Both close_notify alerts exchanged.
+pub const CLOSENOTIFY_OUTCOME_CLEAN: closenotify_outcome = closenotify_outcome(0);
+/// Ours flushed; not waiting, by policy.
+pub const CLOSENOTIFY_OUTCOME_SENT_ONLY: closenotify_outcome = closenotify_outcome(1);
+/// No close_notify sent: by policy, or the connection was not usable.
+pub const CLOSENOTIFY_OUTCOME_QUIET: closenotify_outcome = closenotify_outcome(2);
+/// The peer ended the transport without close_notify.
+pub const CLOSENOTIFY_OUTCOME_TRUNCATED: closenotify_outcome = closenotify_outcome(3);
+/// Transport error; `os_error` has the errno.
+pub const CLOSENOTIFY_OUTCOME_RESET: closenotify_outcome = closenotify_outcome(4);
+/// The peer sent a fatal alert; `alert` has its code.
+pub const CLOSENOTIFY_OUTCOME_PEER_ALERT: closenotify_outcome = closenotify_outcome(5);
+/// Our side rejected what arrived; `alert` has the alert it raised.
+pub const CLOSENOTIFY_OUTCOME_PROTOCOL_ERROR: closenotify_outcome = closenotify_outcome(6);
+/// A stage ran past its timeout; `stage` names it.
+pub const CLOSENOTIFY_OUTCOME_TIMED_OUT: closenotify_outcome = closenotify_outcome(7);
+/// The peer sent more application data than `drain_limit`.
+pub const CLOSENOTIFY_OUTCOME_DRAIN_LIMIT: closenotify_outcome = closenotify_outcome(8);
+
+/// Who sent the first close_notify.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct closenotify_initiator(pub u32);
+/// We did.
+pub const CLOSENOTIFY_INITIATOR_LOCAL: closenotify_initiator = closenotify_initiator(0);
+/// The peer's had arrived before the shutdown began.
+pub const CLOSENOTIFY_INITIATOR_PEER: closenotify_initiator = closenotify_initiator(1);
+
+/// The stages of a shutdown.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct closenotify_stage(pub u32);
+/// Getting our close_notify into the kernel.
+pub const CLOSENOTIFY_STAGE_FLUSH: closenotify_stage = closenotify_stage(0);
+/// `shutdown(SHUT_WR)`.
+pub const CLOSENOTIFY_STAGE_HALF_CLOSE: closenotify_stage = closenotify_stage(1);
+/// Waiting for the peer's close_notify.
+pub const CLOSENOTIFY_STAGE_AWAIT_PEER: closenotify_stage = closenotify_stage(2);
+/// Waiting for the kernel send queue to empty.
+pub const CLOSENOTIFY_STAGE_LINGER: closenotify_stage = closenotify_stage(3);
+
+/// Reserved words at the end of `closenotify_report`: room for fields of later
+/// versions, written as zero.
+pub const CLOSENOTIFY_REPORT_RESERVED: usize = 4;
+
+/// How a connection ended. Written whole by the library (the reserved words as
+/// zero); a later version fills them with new fields, so the size never changes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct closenotify_report {
+    /// `CLOSENOTIFY_OUTCOME_*`.
+    pub outcome: closenotify_outcome,
+    /// `CLOSENOTIFY_INITIATOR_*`.
+    pub initiator: closenotify_initiator,
+    /// The stage that timed out, or the last stage reached.
+    pub stage: closenotify_stage,
+    /// The alert behind `peer_alert` (received) or `protocol_error` (raised by our
+    /// side); -1 if none. `closenotify_alert_name` gives its RFC name.
+    pub alert: c_int,
+    /// The errno behind `reset`; 0 if none.
+    pub os_error: c_int,
+    /// Our close_notify was written to the kernel.
+    pub close_notify_sent: bool,
+    /// The peer's close_notify arrived.
+    pub close_notify_received: bool,
+    /// `shutdown(SHUT_WR)` was applied.
+    pub half_closed: bool,
+    /// The session can still be resumed.
+    pub session_resumable: bool,
+    /// Application bytes received and discarded after our close_notify.
+    pub discarded_bytes: u64,
+    /// Time from the first call to the report, in milliseconds.
+    pub elapsed_ms: u64,
+    /// Negotiated version as on the wire (0x0303 TLS 1.2, 0x0304 TLS 1.3); 0 if
+    /// the handshake never finished.
+    pub tls_version: c_int,
+    /// `SSL_shutdown` and `SSL_read` calls made.
+    pub ssl_calls: u32,
+    /// A `CLOSENOTIFY_MODE_STOPTLS` shutdown succeeded: the fd is open and the
+    /// next byte it delivers is the peer's first plaintext byte (nothing past the
+    /// peer's close_notify was read). Always false in the other modes.
+    pub transport_reusable: bool,
+    /// Bytes in the kernel send queue, not yet acknowledged, when the linger
+    /// stage began (what it waited for); -1 if the stage did not run.
+    pub linger_bytes: i64,
+    /// OpenSSL's reason for `protocol_error` ("wrong version number", ...) or
+    /// why a shutdown was `quiet` ("bad write retry"); NULL if none. The string
+    /// is static.
+    pub detail: *const c_char,
+    /// Zero; later versions put new fields here.
+    pub reserved: [u64; CLOSENOTIFY_REPORT_RESERVED],
+}
+
+pub(super) fn to_c_report(r: &Report) -> closenotify_report {
+    closenotify_report {
+        outcome: match r.outcome {
+            Outcome::Clean => CLOSENOTIFY_OUTCOME_CLEAN,
+            Outcome::SentOnly => CLOSENOTIFY_OUTCOME_SENT_ONLY,
+            Outcome::Quiet => CLOSENOTIFY_OUTCOME_QUIET,
+            Outcome::Truncated => CLOSENOTIFY_OUTCOME_TRUNCATED,
+            Outcome::Reset => CLOSENOTIFY_OUTCOME_RESET,
+            Outcome::PeerAlert => CLOSENOTIFY_OUTCOME_PEER_ALERT,
+            Outcome::ProtocolError => CLOSENOTIFY_OUTCOME_PROTOCOL_ERROR,
+            Outcome::TimedOut => CLOSENOTIFY_OUTCOME_TIMED_OUT,
+            Outcome::DrainLimit => CLOSENOTIFY_OUTCOME_DRAIN_LIMIT,
+        },
+        initiator: match r.initiator {
+            Initiator::Local => CLOSENOTIFY_INITIATOR_LOCAL,
+            Initiator::Peer => CLOSENOTIFY_INITIATOR_PEER,
+        },
+        stage: match r.stage {
+            Stage::Flush => CLOSENOTIFY_STAGE_FLUSH,
+            Stage::HalfClose => CLOSENOTIFY_STAGE_HALF_CLOSE,
+            Stage::AwaitPeer => CLOSENOTIFY_STAGE_AWAIT_PEER,
+            Stage::Linger => CLOSENOTIFY_STAGE_LINGER,
+        },
+        alert: r.alert.map_or(-1, |a| c_int::from(a.alert.code())),
+        os_error: r.os_error.unwrap_or(0),
+        close_notify_sent: r.close_notify_sent,
+        close_notify_received: r.close_notify_received,
+        half_closed: r.half_closed,
+        session_resumable: r.session_resumable,
+        discarded_bytes: r.discarded_bytes,
+        elapsed_ms: r.elapsed.as_millis().min(u64::MAX as u128) as u64,
+        tls_version: match r.tls_version {
+            None => 0,
+            Some(TlsVersion::Tls1_0) => 0x0301,
+            Some(TlsVersion::Tls1_1) => 0x0302,
+            Some(TlsVersion::Tls1_2) => 0x0303,
+            Some(TlsVersion::Tls1_3) => 0x0304,
+            Some(TlsVersion::Other(v)) => c_int::from(v),
+        },
+        ssl_calls: r.ssl_calls,
+        transport_reusable: r.transport_reusable,
+        linger_bytes: r
+            .linger_bytes
+            .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+        detail: r.detail.map_or(std::ptr::null(), detail_ptr),
+        reserved: [0; CLOSENOTIFY_REPORT_RESERVED],
+    }
+}
+
+/// A NUL-terminated copy of `detail`, made once per distinct string (the reason
+/// texts of OpenSSL and of this crate, a small fixed set) and kept for the rest
+/// of the process.
+fn detail_ptr(detail: &'static str) -> *const c_char {
+    static CACHE: Mutex<Vec<(&'static str, &'static CStr)>> = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, c)) = cache.iter().find(|(s, _)| *s == detail) {
+        return c.as_ptr();
+    }
+    let owned = CString::new(detail.replace('\0', " ")).unwrap_or_default();
+    let leaked: &'static CStr = Box::leak(owned.into_boxed_c_str());
+    cache.push((detail, leaked));
+    leaked.as_ptr()
+}
