@@ -141,15 +141,20 @@ fn compile_all() -> Result<Programs, String> {
             fresh.display()
         ));
     }
-    let mut flags = vec![
-        format!("-L{}", deps.display()),
-        format!("-Wl,-rpath,{}", deps.display()),
-    ];
-    flags.extend(
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(str::to_owned),
-    );
+    let pkg_flags = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    let flags = if cdylib_links_openssl_dynamically(&fresh)? {
+        let mut flags = vec![
+            format!("-L{}", deps.display()),
+            format!("-Wl,-rpath,{}", deps.display()),
+        ];
+        flags.extend(pkg_flags);
+        flags
+    } else {
+        static_openssl_flags(&deps, &pkg_flags)?
+    };
 
     let dir = profile.join("c-tests");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -163,6 +168,58 @@ fn compile_all() -> Result<Programs, String> {
             &flags,
         )?,
     })
+}
+
+/// Whether the cdylib loads OpenSSL as a shared library (`NEEDED libssl.so.*`), as
+/// with the system's libssl-dev. When openssl-sys linked a static OpenSSL (an
+/// `OPENSSL_DIR` with only `.a` files, `OPENSSL_STATIC=1`, or the `vendored`
+/// feature), the cdylib carries its own copy of OpenSSL with its symbols hidden.
+fn cdylib_links_openssl_dynamically(cdylib: &Path) -> Result<bool, String> {
+    check_tool("readelf", "--version")?;
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(cdylib)
+        .output()
+        .map_err(|e| format!("readelf: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`readelf -d {}` failed ({}): {}",
+            cdylib.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.contains("(NEEDED)") && l.contains("[libssl.so")))
+}
+
+/// Link flags for a static OpenSSL: the C program must not get a second copy.
+///
+/// The cdylib's copy of OpenSSL is private to it: a C program linked with it and
+/// with `-lssl -lcrypto` (static) would create its `SSL_CTX`/`SSL` with its own
+/// copy and hand them to the library's copy: two error queues, two sets of
+/// globals, one `SSL*`. So the C programs link the crate's staticlib instead
+/// (`libclosenotify.a` bundles the very OpenSSL the crate was built with, and its
+/// OpenSSL symbols stay visible), with the headers of that OpenSSL (pkg-config's
+/// `-I` flags, which come from the same prefix) and without `-lssl -lcrypto`. The
+/// system libraries are the `.pc` file's `Libs.private`.
+fn static_openssl_flags(deps: &Path, pkg_flags: &[String]) -> Result<Vec<String>, String> {
+    let staticlib = deps.join("libclosenotify.a");
+    if !staticlib.is_file() {
+        return Err(format!(
+            "{} is missing: the staticlib should be built with the tests",
+            staticlib.display()
+        ));
+    }
+    let mut flags: Vec<String> = pkg_flags
+        .iter()
+        .filter(|f| f.starts_with("-I"))
+        .cloned()
+        .collect();
+    flags.push(staticlib.display().to_string());
+    flags.extend(["-lpthread", "-ldl", "-lm"].map(String::from));
+    Ok(flags)
 }
 
 /// `cc CFLAGS source -o dir/name $(pkg-config ...)`; the compiler's stderr on
