@@ -202,8 +202,11 @@ EOF
     libdir=$(libdir_of "$prefix")
     "$prefix/bin/openssl" version | grep -q "OpenSSL ${name}" ||
         { echo "OpenSSL $name: $prefix/bin/openssl says $("$prefix/bin/openssl" version)" >&2; return 1; }
-    [ -f "$libdir/libssl.a" ] && [ -f "$libdir/libcrypto.a" ] && [ -f "$prefix/include/openssl/ssl.h" ] ||
-        { echo "OpenSSL $name: missing libssl.a/libcrypto.a/ssl.h in $prefix" >&2; return 1; }
+    if ! [ -f "$libdir/libssl.a" ] || ! [ -f "$libdir/libcrypto.a" ] ||
+        ! [ -f "$prefix/include/openssl/ssl.h" ]; then
+        echo "OpenSSL $name: missing libssl.a/libcrypto.a/ssl.h in $prefix" >&2
+        return 1
+    fi
     write_pc_files "$name" "$prefix" "$libdir"
     ensure_openssl_cnf "$name" "$prefix"
 
@@ -313,10 +316,13 @@ check_linkage() {
     local out ok=0
     {
         echo "--- linkage check"
+        # The newest build-script output (an older one may survive a rebuild).
+        # shellcheck disable=SC2012
         out=$(ls -t "$target"/debug/build/openssl-sys-*/output 2>/dev/null | head -n 1)
         echo "openssl-sys build output: $out"
         grep -E '^cargo:(version_number|rustc-link-lib|rustc-link-search)' "$out" || true
         local cn
+        # shellcheck disable=SC2012
         cn=$(ls -t "$target"/debug/build/closenotify-*/output 2>/dev/null | head -n 1)
         echo "closenotify build cfgs: $(grep -o 'rustc-cfg=.*' "$cn" | tr '\n' ' ')"
         echo "openssl on PATH: $(command -v openssl): $(openssl version)"
@@ -340,14 +346,14 @@ check_linkage() {
             fi
             local a=$target/debug/deps/libclosenotify.a
             if grep -aq "OpenSSL $name " "$a"; then
-                echo "staticlib bundles: $(grep -ao "OpenSSL $name [^\"]*[0-9]\{4\}" "$a" | head -n 1)" >>"$log"
+                echo "staticlib bundles: $(grep -ao "OpenSSL $name [0-9A-Za-z ]*" "$a" | head -n 1)" >>"$log"
             else
                 echo "no 'OpenSSL $name' text in $a" >>"$log"; ok=1
             fi
             openssl version | grep -q "^OpenSSL $name " || { echo "wrong openssl on PATH" >>"$log"; ok=1; }
             ;;
     esac
-    return $ok
+    return "$ok"
 }
 
 # version_hex NAME: OPENSSL_VERSION_NUMBER of a release name, lower-case hex.
@@ -388,7 +394,14 @@ test_version() {
     # The closing lines of every test binary, and the failures.
     grep -E '^(test result|     Running|   Doc-tests|error(\[|:)|    [a-z_0-9:]+$)' "$logdir/test.log" | tail -n 80 || true
 
-    if ! env "${envargs[@]}" bash -c "$(declare -f check_linkage version_hex); check_linkage '$name' '$target' '$logdir/test.log'"; then
+    # In a subshell with the version's environment (for `openssl` on PATH).
+    if ! (
+        set -- "${envargs[@]}"
+        while [ $# -gt 0 ]; do
+            if [ "$1" = -u ]; then unset "$2"; shift 2; else export "${1?}"; shift; fi
+        done
+        check_linkage "$name" "$target" "$logdir/test.log"
+    ); then
         echo "OpenSSL $name: LINKAGE CHECK FAILED (see the end of $logdir/test.log)"
         status=failed
     else
