@@ -489,7 +489,12 @@ fn s_server_answers_our_close_notify_clean_local() {
         for api in APIS {
             let mut server = s_server(tls);
             let r = cn_test(api, "plain", tls, &server, &[]);
-            expect_clean_local(&r);
+            if cfg!(ossl300) {
+                expect_clean_local(&r);
+            } else {
+                // OpenSSL 1.1.1's s_server closes without close_notify.
+                r.expect("outcome", "truncated");
+            }
             // It saw our close_notify, answered it, and exits after its one
             // connection.
             server.expect_success();

@@ -85,6 +85,14 @@ fn s_server_answers_our_close_notify_clean_local() {
 
         let r = shutdown_blocking(&mut ours, &policy(1000, 1000));
         let what = format!("{tls:?} against s_server: {}", server.transcript());
+        if !cfg!(ossl300) {
+            // OpenSSL 1.1.1's s_server ends with SSL_set_shutdown and close(): no
+            // close_notify, which closenotify reports as it is.
+            assert_outcome(&r, Outcome::Truncated, &what);
+            drop(ours);
+            server.expect_success(READY);
+            continue;
+        }
         assert_outcome(&r, Outcome::Clean, &what);
         assert_eq!(r.initiator, Initiator::Local, "{what}");
         assert_eq!(r.stage, Stage::AwaitPeer, "{what}");

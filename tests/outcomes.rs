@@ -310,21 +310,29 @@ fn data_after_our_close_notify_is_drained_up_to_the_limit() {
     }
 }
 
+/// What our side rejects text garbage with: OpenSSL checks a record's version
+/// before its type, except in the TLS 1.3 record layer of 3.2 and later, which
+/// checks the type first (and `t` is no record type).
+fn text_garbage_rejection(tls: Tls) -> (Alert, &'static str) {
+    if cfg!(ossl320) && tls == Tls::V13 {
+        (Alert::UnexpectedMessage, "bad record type")
+    } else {
+        (Alert::ProtocolVersion, "wrong version number")
+    }
+}
+
 #[test]
 fn garbage_after_the_handshake_protocol_error_with_our_alert() {
-    let cases: [(&[u8], Alert, &str); 2] = [
-        (
-            b"this is not TLS\n",
-            Alert::ProtocolVersion,
-            "wrong version number",
-        ),
-        (
-            &[],
-            Alert::BadRecordMac,
-            "decryption failed or bad record mac",
-        ),
-    ];
     for (tls, role) in matrix() {
+        let (text_alert, text_detail) = text_garbage_rejection(tls);
+        let cases: [(&[u8], Alert, &str); 2] = [
+            (b"this is not TLS\n", text_alert, text_detail),
+            (
+                &[],
+                Alert::BadRecordMac,
+                "decryption failed or bad record mac",
+            ),
+        ];
         for (garbage, alert, detail) in cases {
             let garbage = if garbage.is_empty() {
                 forged_record()
@@ -702,11 +710,13 @@ fn an_unfinished_write_to_a_peer_that_never_reads_times_out_in_flush() {
     }
 }
 
-/// Without the unsent bytes, OpenSSL queues close_notify behind the half-written
-/// record and refuses to send it once the socket drains ("bad write retry"): the
-/// connection cannot be closed properly, and the report says so.
+/// Without the unsent bytes: OpenSSL before 3.2 queues close_notify behind the
+/// half-written record and refuses to send it once the socket drains ("bad write
+/// retry"), so the connection cannot be closed properly, and the report says so.
+/// From 3.2 on, the record layer keeps the half-written record itself and
+/// finishes it before close_notify (the peer here never answers: truncated).
 #[test]
-fn an_unfinished_write_without_its_bytes_is_quiet_bad_write_retry() {
+fn an_unfinished_write_without_its_bytes_quiet_before_3_2_completed_from_3_2() {
     let data = vec![5u8; 16_000_000];
     for (tls, role) in matrix() {
         let what = format!("{tls:?} as {role:?}");
@@ -723,9 +733,14 @@ fn an_unfinished_write_without_its_bytes_is_quiet_bad_write_retry() {
         write_until_stalled(&mut ours, &data);
         go.send(()).unwrap(); // the peer reads: the socket drains
         let r = shutdown_blocking(&mut ours, &policy(2000, 200));
-        assert_outcome(&r, Outcome::Quiet, &what);
-        assert_eq!(r.detail, Some("bad write retry"), "{what}");
-        assert!(!r.close_notify_sent, "{what}");
+        if cfg!(ossl320) {
+            assert_outcome(&r, Outcome::Truncated, &what);
+            assert!(r.close_notify_sent, "{what}");
+        } else {
+            assert_outcome(&r, Outcome::Quiet, &what);
+            assert_eq!(r.detail, Some("bad write retry"), "{what}");
+            assert!(!r.close_notify_sent, "{what}");
+        }
         drop(ours);
         peer.join().unwrap();
     }

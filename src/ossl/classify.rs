@@ -14,11 +14,13 @@ use crate::machine::TlsError;
 /// into a [`TlsError`]. Both EOF conventions are recognised whatever the build:
 /// OpenSSL 1.1.1, and any BIO that does not report `BIO_eof` (rust-openssl's stream
 /// BIO), say `SSL_ERROR_SYSCALL` with an empty queue and no errno; OpenSSL 3.x with
-/// a socket BIO raises `SSL_R_UNEXPECTED_EOF_WHILE_READING`.
+/// a socket BIO raises `SSL_R_UNEXPECTED_EOF_WHILE_READING`. `tls13`: the
+/// connection negotiated TLS 1.3 (some alerts depend on it).
 pub(crate) fn classify(
     code: ErrorCode,
     stack: Option<&ErrorStack>,
     os_error: Option<i32>,
+    tls13: bool,
 ) -> TlsError {
     match code {
         ErrorCode::WANT_READ => TlsError::WantRead,
@@ -26,7 +28,7 @@ pub(crate) fn classify(
         ErrorCode::ZERO_RETURN => TlsError::CloseNotify,
         ErrorCode::SYSCALL | ErrorCode::SSL => {
             if let Some(err) = stack.and_then(|s| most_relevant(s.errors())) {
-                return classify_queued(err, os_error);
+                return classify_queued(err, os_error, tls13);
             }
             match os_error {
                 Some(errno) if errno != 0 => TlsError::Os(errno),
@@ -45,11 +47,11 @@ pub(crate) fn classify(
 }
 
 /// rust-openssl keeps the I/O error of its BIO in the `ssl::Error`, not in errno.
-pub(crate) fn classify_stream(err: &openssl::ssl::Error) -> TlsError {
+pub(crate) fn classify_stream(err: &openssl::ssl::Error, tls13: bool) -> TlsError {
     let os_error = err
         .io_error()
         .map(|e| e.raw_os_error().unwrap_or(libc::EIO));
-    classify(err.code(), err.ssl_error(), os_error)
+    classify(err.code(), err.ssl_error(), os_error, tls13)
 }
 
 /// The errno a queued entry carries, if it is a system error.
@@ -86,7 +88,7 @@ fn most_relevant(errors: &[openssl::error::Error]) -> Option<&openssl::error::Er
         .or_else(|| errors.first())
 }
 
-fn classify_queued(err: &openssl::error::Error, os_error: Option<i32>) -> TlsError {
+fn classify_queued(err: &openssl::error::Error, os_error: Option<i32>, tls13: bool) -> TlsError {
     if let Some(errno) = system_errno(err.code()) {
         // The errno saved at the call is the more precise one when both exist.
         return TlsError::Os(os_error.filter(|&e| e != 0).unwrap_or(errno));
@@ -105,7 +107,7 @@ fn classify_queued(err: &openssl::error::Error, os_error: Option<i32>) -> TlsErr
             TlsError::PeerAlert((r - reasons::ALERT_OFFSET) as u8)
         }
         r => TlsError::Protocol {
-            alert: reasons::alert_for(r),
+            alert: reasons::alert_for(r, tls13),
             detail,
         },
     }
@@ -117,14 +119,20 @@ mod tests {
 
     #[test]
     fn syscall_with_nothing_is_eof_in_both_conventions() {
-        assert_eq!(classify(ErrorCode::SYSCALL, None, None), TlsError::Eof);
-        assert_eq!(classify(ErrorCode::SYSCALL, None, Some(0)), TlsError::Eof);
         assert_eq!(
-            classify(ErrorCode::SYSCALL, None, Some(libc::ECONNRESET)),
+            classify(ErrorCode::SYSCALL, None, None, false),
+            TlsError::Eof
+        );
+        assert_eq!(
+            classify(ErrorCode::SYSCALL, None, Some(0), false),
+            TlsError::Eof
+        );
+        assert_eq!(
+            classify(ErrorCode::SYSCALL, None, Some(libc::ECONNRESET), false),
             TlsError::Os(libc::ECONNRESET)
         );
         assert_eq!(
-            classify(ErrorCode::ZERO_RETURN, None, None),
+            classify(ErrorCode::ZERO_RETURN, None, None, false),
             TlsError::CloseNotify
         );
     }

@@ -9,7 +9,9 @@ extern "C" {
     pub fn SSL_has_pending(s: *const SSL) -> c_int;
     pub fn SSL_SESSION_is_resumable(s: *const SSL_SESSION) -> c_int;
     pub fn SSL_get_options(s: *const SSL) -> u64;
+    #[cfg(ossl300)]
     pub fn SSL_clear_options(s: *mut SSL, op: u64) -> u64;
+    #[cfg(ossl300)]
     pub fn SSL_set_options(s: *mut SSL, op: u64) -> u64;
     pub fn SSL_free_buffers(s: *mut SSL) -> c_int;
     pub fn SSL_set_read_ahead(s: *mut SSL, yes: c_int);

@@ -213,6 +213,12 @@ mod on_ssl {
         unsafe { ffi::SSL_ctrl(ssl.as_ptr(), ffi::SSL_CTRL_MODE, mode, std::ptr::null_mut()) };
     }
 
+    /// The connection negotiated TLS 1.3.
+    pub fn is_tls13(ssl: &SslRef) -> bool {
+        // SAFETY: `ssl` is valid; SSL_version reads a field.
+        unsafe { ffi::SSL_version(ssl.as_ptr()) == ffi::TLS1_3_VERSION }
+    }
+
     pub fn has_pending(ssl: &SslRef) -> bool {
         // SAFETY: `ssl` is valid; SSL_has_pending only inspects buffers.
         unsafe { SSL_has_pending(ssl.as_ptr()) == 1 }
@@ -321,7 +327,8 @@ impl<S: Read + Write + AsFd> Connection for SslStream<S> {
     }
     fn shutdown(&mut self) -> Result<ShutdownResult, TlsError> {
         on_ssl::clear_errors();
-        let result = SslStream::shutdown(self).map_err(|e| classify_stream(&e));
+        let result = SslStream::shutdown(self)
+            .map_err(|e| classify_stream(&e, on_ssl::is_tls13(self.ssl())));
         on_ssl::clear_errors();
         result
     }
@@ -334,20 +341,24 @@ impl<S: Read + Write + AsFd> Connection for SslStream<S> {
         on_ssl::clear_errors();
         let result = self
             .ssl_read_uninit(&mut buf)
-            .map_err(|e| classify_stream(&e));
+            .map_err(|e| classify_stream(&e, on_ssl::is_tls13(self.ssl())));
         on_ssl::clear_errors();
         result
     }
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
         on_ssl::clear_errors();
-        let result = self.ssl_read(buf).map_err(|e| classify_stream(&e));
+        let result = self
+            .ssl_read(buf)
+            .map_err(|e| classify_stream(&e, on_ssl::is_tls13(self.ssl())));
         on_ssl::clear_errors();
         result
     }
     fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
         on_ssl::accept_moving_write_buffer(self.ssl());
         on_ssl::clear_errors();
-        let result = self.ssl_write(buf).map_err(|e| classify_stream(&e));
+        let result = self
+            .ssl_write(buf)
+            .map_err(|e| classify_stream(&e, on_ssl::is_tls13(self.ssl())));
         on_ssl::clear_errors();
         result
     }
@@ -420,7 +431,11 @@ impl From<&openssl::ssl::Error> for TlsError {
     /// Classifies an error rust-openssl returned (from `ssl_read`, `ssl_write`,
     /// `connect`, ...) the way the shutdown classifies its own; use it with
     /// [`Shutdown::after_error`](crate::Shutdown::after_error).
+    ///
+    /// The error alone does not say which TLS version the connection negotiated;
+    /// where OpenSSL raises a different alert for TLS 1.3 with the same reason (a
+    /// bad record version, OpenSSL 3.2+), the TLS 1.2 alert is named.
     fn from(err: &openssl::ssl::Error) -> TlsError {
-        classify_stream(err)
+        classify_stream(err, false)
     }
 }

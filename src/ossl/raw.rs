@@ -112,7 +112,9 @@ impl RawConnection {
             // this thread's error queue, which ErrorStack::get then drains.
             let code = ErrorCode::from_raw(unsafe { ffi::SSL_get_error(ssl, ret) });
             let stack = ErrorStack::get();
-            Some(match classify(code, Some(&stack), Some(errno)) {
+            // SAFETY: as above.
+            let tls13 = unsafe { ffi::SSL_version(ssl) } == ffi::TLS1_3_VERSION;
+            Some(match classify(code, Some(&stack), Some(errno), tls13) {
                 TlsError::CloseNotify if sends && errno != 0 => TlsError::Os(errno),
                 other => other,
             })

@@ -9,7 +9,11 @@
 //!   close_notify as `SSL_ERROR_SYSCALL` with errno 0);
 //! - since 3.2 a failed record is reported twice: the real reason, then
 //!   `RECORD_LAYER_FAILURE` pushed by the caller of the record layer. The
-//!   classifier skips such wrapper reasons ([`is_wrapper`]).
+//!   classifier skips such wrapper reasons ([`is_wrapper`]);
+//! - the same reason can come with another alert: 3.2's TLS 1.3 record layer
+//!   checks the record type before the version, so a header with a bad version
+//!   there is `WRONG_VERSION_NUMBER` with decode_error, where 3.0's checks raise
+//!   protocol_version ([`alert_for`] takes the TLS version).
 
 use std::ffi::c_int;
 
@@ -65,10 +69,15 @@ pub fn is_wrapper(reason: c_int) -> bool {
 
 /// The alert OpenSSL raises with each reason on the read path of an established
 /// connection (its `SSLfatal(s, alert, reason)` and `RLAYERfatal` pairs in the
-/// record layer and the post-handshake code, the same in 1.1.1 to 4.0). OpenSSL
-/// keeps the alert itself off the wire once our close_notify has left, so this
-/// table is how the report can still name it.
-pub fn alert_for(reason: c_int) -> Option<u8> {
+/// record layer and the post-handshake code). OpenSSL keeps the alert itself off
+/// the wire once our close_notify has left, so this table is how the report can
+/// still name it. `tls13`: the connection negotiated TLS 1.3.
+pub fn alert_for(reason: c_int, tls13: bool) -> Option<u8> {
+    // OpenSSL 3.2+, TLS 1.3: tls13_validate_record_header checks the type first
+    // (BAD_RECORD_TYPE, unexpected_message), then the version with decode_error.
+    if cfg!(ossl320) && tls13 && reason == WRONG_VERSION_NUMBER {
+        return Some(50);
+    }
     let alert = match reason {
         // Garbage: the record header's version bytes are wrong.
         WRONG_VERSION_NUMBER => 70,                // protocol_version
@@ -108,12 +117,19 @@ mod tests {
 
     #[test]
     fn read_path_reasons_name_their_alerts() {
-        assert_eq!(alert_for(WRONG_VERSION_NUMBER), Some(70));
-        assert_eq!(alert_for(DECRYPTION_FAILED_OR_BAD_RECORD_MAC), Some(20));
-        assert_eq!(alert_for(PACKET_LENGTH_TOO_LONG), Some(22));
-        assert_eq!(alert_for(BAD_RECORD_TYPE), Some(10));
-        assert_eq!(alert_for(RECORD_LAYER_FAILURE), None);
-        assert_eq!(alert_for(259 | COMMON_FLAG), Some(80));
+        for tls13 in [false, true] {
+            assert_eq!(
+                alert_for(DECRYPTION_FAILED_OR_BAD_RECORD_MAC, tls13),
+                Some(20)
+            );
+            assert_eq!(alert_for(PACKET_LENGTH_TOO_LONG, tls13), Some(22));
+            assert_eq!(alert_for(BAD_RECORD_TYPE, tls13), Some(10));
+            assert_eq!(alert_for(RECORD_LAYER_FAILURE, tls13), None);
+            assert_eq!(alert_for(259 | COMMON_FLAG, tls13), Some(80));
+        }
+        assert_eq!(alert_for(WRONG_VERSION_NUMBER, false), Some(70));
+        let tls13 = if cfg!(ossl320) { 50 } else { 70 };
+        assert_eq!(alert_for(WRONG_VERSION_NUMBER, true), Some(tls13));
         assert!(is_wrapper(RECORD_LAYER_FAILURE) && !is_wrapper(WRONG_VERSION_NUMBER));
     }
 }
