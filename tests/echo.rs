@@ -5,7 +5,7 @@
 //! behaviours; SIGTERM with open connections; bad command lines. Then TLS as a
 //! phase of a longer connection: STARTTLS, HTTP CONNECT through a proxy written
 //! for the tests (the SNI the server sees, a certificate for the wrong name),
-//! STOPTLS with plaintext after it.
+//! STOPTLS with plaintext after it; and the `scenarios` tour.
 //!
 //! What is checked is the command-line contract in the README and in the
 //! examples' own documentation. Every JSON line is parsed with serde_json and
@@ -77,6 +77,8 @@ fn build_examples() -> Result<PathBuf, String> {
         "echo_server",
         "--example",
         "echo_client",
+        "--example",
+        "scenarios",
     ])
     .arg("--manifest-path")
     .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
@@ -128,7 +130,7 @@ fn example(name: &str) -> PathBuf {
 
 fn command(program: &str) -> Command {
     let mut cmd = match program {
-        "echo_server" | "echo_client" => Command::new(example(program)),
+        "echo_server" | "echo_client" | "scenarios" => Command::new(example(program)),
         other => Command::new(other),
     };
     // env_logger would add lines to stderr, where the client's report is the last.
@@ -2370,4 +2372,81 @@ fn a_certificate_for_the_wrong_name_is_rejected_with_a_clear_message() {
     );
     let line = server.line();
     assert_eq!(line["outcome"], json!("handshake_failed"), "{line}");
+}
+
+// ---------------------------------------------------------------------------
+// 8. The tour.
+// ---------------------------------------------------------------------------
+
+/// `cargo run --example scenarios`: every outcome, in TLS 1.2 and 1.3, in 100
+/// columns and under 15 s, with "resumable" confirmed by the next connection.
+#[test]
+fn the_tour_shows_every_outcome_in_100_columns_in_under_15_s() {
+    let _serial = serial();
+    example("scenarios"); // built before the clock starts
+    let started = Instant::now();
+    let r = run("scenarios", &[], b"", Duration::from_secs(60));
+    let took = started.elapsed();
+    r.assert_success();
+    assert!(took < Duration::from_secs(15), "the tour took {took:?}");
+    let out = r.stdout_text();
+    for line in out.lines() {
+        assert!(line.chars().count() <= 100, "wider than 100: {line:?}");
+    }
+    let lines: Vec<&str> = out.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("scenario "))
+        .expect("the table's header");
+    let intro = lines[..header].join(" ");
+    for needed in [
+        "Our side: the client",
+        "The peer: OpenSSL",
+        "flush_timeout 300 ms, peer_timeout 300 ms",
+    ] {
+        assert!(intro.contains(needed), "{needed:?} not in {intro:?}");
+    }
+    let at = lines[header].find("outcome").unwrap();
+    let session_at = lines[header].find("session").unwrap();
+    let rows: Vec<&str> = lines[header + 2..]
+        .iter()
+        .take_while(|l| !l.is_empty())
+        .filter(|l| !l.starts_with(' '))
+        .copied()
+        .collect();
+    assert_eq!(rows.len(), 26, "{out}");
+    let mut outcomes = std::collections::BTreeSet::new();
+    for row in &rows {
+        outcomes.insert(row[at..].split_whitespace().next().unwrap());
+        // What the report says of the session is what the next handshake did.
+        let session = row[session_at..].split_whitespace().next().unwrap();
+        assert!(matches!(session, "yes/yes" | "no/no"), "{row}");
+    }
+    let all: std::collections::BTreeSet<&str> = closenotify::Outcome::ALL
+        .iter()
+        .map(|o| o.as_str())
+        .collect();
+    assert_eq!(outcomes, all, "{out}");
+    let table = lines[header..].join("\n");
+    assert!(!table.contains("sent protocol_version"), "{out}");
+    assert_eq!(
+        table.matches("(would send protocol_version(70))").count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(
+        table
+            .matches("then plain \"hello\" in, \"bye\" out")
+            .count(),
+        2,
+        "{out}"
+    );
+    let footer = lines.iter().find(|l| l.contains(" scenarios in ")).unwrap();
+    let secs: f64 = footer
+        .split(" scenarios in ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{footer}"));
+    assert!(secs < 15.0, "{footer}");
 }
