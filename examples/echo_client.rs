@@ -1,49 +1,87 @@
 //! A TLS echo client that ends its connection with closenotify, or misbehaves on
-//! purpose to show what servers see.
+//! purpose to show what servers see. It can also start TLS late on a connection
+//! (STARTTLS, or through an HTTP CONNECT proxy) and leave TLS again for plaintext
+//! on the same connection (STOPTLS).
 //!
 //! ```text
 //! cargo run --example echo_client -- --connect 127.0.0.1:4433 --insecure --message hello
 //! ```
 //!
-//! Options (SPEC §6): `--connect ADDR` (required), `--message TEXT` (default:
-//! stdin), `--servername NAME`, `--ca FILE` or `--insecure`, `--close
-//! bidirectional|send-only|quiet|abrupt|reset|never`, `--flush-timeout-ms N`,
-//! `--peer-timeout-ms N`, `--tls12`, `--json`.
+//! Options (the command-line contract in the README):
+//! - `--connect HOST:PORT` (required): the echo server. Every address HOST
+//!   resolves to is tried in turn; through a proxy, the proxy resolves it.
+//! - `--message TEXT`: what to send (default: stdin).
+//! - `--servername NAME`: the name sent in SNI and checked against the server's
+//!   certificate; default: the HOST of `--connect`, never the proxy's. (An IP
+//!   address is checked against the certificate's IP addresses, and no SNI is
+//!   sent: SNI carries only names.)
+//! - `--ca FILE` (verify the server's certificate with these CA certificates,
+//!   besides the system's) or `--insecure` (no verification at all).
+//! - `--proxy HOST:PORT`: connect to an HTTP proxy, ask it for a tunnel with
+//!   `CONNECT` to the `--connect` address (status 200 required), then run TLS to
+//!   the end host through it.
+//! - `--starttls`: read the server's greeting line, send `STARTTLS`, read its
+//!   go-ahead line (both must start with `220`), then start TLS on the same
+//!   connection.
+//! - `--stoptls`: end TLS but keep the connection: close_notify (no TCP
+//!   half-close), the rest of the echo read until the server's close_notify (a
+//!   `Mode::StopTls` shutdown with `shutdown_blocking_read`), then, in
+//!   plaintext, read the server's line and answer with one. Excludes `--close`.
+//! - `--close bidirectional|send-only|quiet|abrupt|reset|never`: how to end TLS
+//!   (see below).
+//! - `--flush-timeout-ms N`, `--peer-timeout-ms N`: the shutdown policy.
+//! - `--tls12`: TLS 1.2 at most. `--json`: the report as JSON.
 //!
 //! Default flow (`--close bidirectional`): send the message, then close_notify +
 //! SHUT_WR, and keep reading the echo until the server's close_notify (the TLS
-//! half-close, `Shutdown::poll_read`). The other modes first read the whole echo,
-//! then: `send-only` sends close_notify without waiting, `quiet` sends none,
-//! `abrupt` closes TCP without close_notify, `reset` closes with an RST, `never`
-//! holds the connection open until the server closes it.
+//! half-close, `shutdown_blocking_read`). The other modes first read the whole
+//! echo, then: `send-only` sends close_notify without waiting, `quiet` sends
+//! none, `abrupt` closes TCP without close_notify, `reset` closes with an RST,
+//! `never` holds the connection open until the server closes it.
 //!
 //! Echoed bytes go to stdout. The report goes to stderr (with `--json`, as the
-//! last line, a JSON object). Exit 0 for `clean` and `sent_only`, 1 for any other
-//! end, 2 for usage errors.
+//! last line, a JSON object; with `--stoptls` it also has `transport_reusable`,
+//! `plaintext_received` and `plaintext_sent`). Exit status: 0 for `clean` and
+//! `sent_only` (with `--stoptls`: a clean STOPTLS and both plaintext lines
+//! exchanged), 1 for any other end or failure, 2 for usage errors, 3 when the
+//! server's certificate is rejected (wrong name, unknown CA, expired...).
 
 mod common;
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use closenotify::{shutdown_blocking, Interest, Mode, Policy, Progress, Ready, Report, Shutdown};
+use closenotify::{
+    into_transport, shutdown_blocking, shutdown_blocking_read, Mode, Policy, Report,
+};
 use common::cli::{self, Args};
-use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode, SslVersion};
+use common::line;
+use openssl::ssl::{
+    HandshakeError, MidHandshakeSslStream, SslConnector, SslMethod, SslStream, SslVerifyMode,
+    SslVersion,
+};
+use openssl::x509::{X509Ref, X509VerifyResult};
 use serde_json::json;
 
-const USAGE: &str = "usage: echo_client --connect ADDR [--message TEXT] [--servername NAME] \
-[--ca FILE | --insecure] [--close bidirectional|send-only|quiet|abrupt|reset|never] \
+const USAGE: &str = "usage: echo_client --connect HOST:PORT [--message TEXT] \
+[--servername NAME] [--ca FILE | --insecure] [--proxy HOST:PORT] [--starttls] \
+[--stoptls | --close bidirectional|send-only|quiet|abrupt|reset|never] \
 [--flush-timeout-ms N] [--peer-timeout-ms N] [--tls12] [--json]";
 
-/// How long the client waits for the server to connect, handshake and echo.
+/// How long the client waits for the server (and the proxy) to connect, answer,
+/// handshake and echo.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The exit status when the server's certificate is rejected.
+const EXIT_CERTIFICATE: u8 = 3;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Close {
+    /// A closenotify shutdown in this mode (`--stoptls` is `Mode::StopTls`).
     Shutdown(Mode),
     Abrupt,
     Reset,
@@ -56,10 +94,23 @@ struct Options {
     servername: Option<String>,
     ca: Option<PathBuf>,
     insecure: bool,
+    proxy: Option<String>,
+    starttls: bool,
     close: Close,
     policy: closenotify::PolicyBuilder,
     tls12: bool,
     json: bool,
+}
+
+/// `HOST:PORT` or `[V6ADDR]:PORT`: the host (without brackets) and the port.
+fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some((host, port))
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -70,11 +121,14 @@ fn parse_options() -> Result<Options, String> {
         servername: None,
         ca: None,
         insecure: false,
+        proxy: None,
+        starttls: false,
         close: Close::Shutdown(Mode::Bidirectional),
         policy: Policy::builder(),
         tls12: false,
         json: false,
     };
+    let (mut close_given, mut stoptls) = (false, false);
     while let Some(flag) = args.next_flag()? {
         match flag.as_str() {
             "--connect" => o.connect = args.value(&flag)?,
@@ -85,7 +139,24 @@ fn parse_options() -> Result<Options, String> {
                 args.switch(&flag)?;
                 o.insecure = true;
             }
+            "--proxy" => {
+                let v = args.value(&flag)?;
+                if split_host_port(&v).is_none() {
+                    return Err(format!("invalid --proxy '{v}' (HOST:PORT)"));
+                }
+                o.proxy = Some(v);
+            }
+            "--starttls" => {
+                args.switch(&flag)?;
+                o.starttls = true;
+            }
+            "--stoptls" => {
+                args.switch(&flag)?;
+                stoptls = true;
+                o.close = Close::Shutdown(Mode::StopTls);
+            }
             "--close" => {
+                close_given = true;
                 o.close = match args.value(&flag)?.as_str() {
                     "abrupt" => Close::Abrupt,
                     "reset" => Close::Reset,
@@ -115,10 +186,30 @@ fn parse_options() -> Result<Options, String> {
     if o.connect.is_empty() {
         return Err("--connect is required".into());
     }
+    if split_host_port(&o.connect).is_none() {
+        return Err(format!("invalid --connect '{}' (HOST:PORT)", o.connect));
+    }
     if o.insecure && o.ca.is_some() {
         return Err("--ca and --insecure exclude each other".into());
     }
+    if stoptls && close_given {
+        return Err("--stoptls ends TLS its own way: it excludes --close".into());
+    }
     Ok(o)
+}
+
+/// Why the client failed before it could end the connection its way.
+enum Failure {
+    /// The server's certificate was rejected (exit 3).
+    Certificate(String),
+    /// Anything else: connect, proxy, STARTTLS, handshake, I/O (exit 1).
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(msg: String) -> Failure {
+        Failure::Other(msg)
+    }
 }
 
 fn main() -> ExitCode {
@@ -135,21 +226,100 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return cli::usage_error("echo_client", USAGE, &e.to_string()),
     };
-    match run(&options, &policy) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            if options.json {
-                eprintln!("{}", json!({ "outcome": "failed", "error": e }));
-            } else {
-                eprintln!("echo_client: {e}");
-            }
-            ExitCode::from(1)
-        }
+    let (outcome, msg, code) = match run(&options, &policy) {
+        Ok(true) => return ExitCode::SUCCESS,
+        Ok(false) => return ExitCode::from(1),
+        Err(Failure::Certificate(msg)) => ("certificate_rejected", msg, EXIT_CERTIFICATE),
+        Err(Failure::Other(msg)) => ("failed", msg, 1),
+    };
+    if options.json {
+        eprintln!("{}", json!({ "outcome": outcome, "error": msg }));
+    } else {
+        eprintln!("echo_client: {msg}");
     }
+    ExitCode::from(code)
 }
 
-fn connect(options: &Options) -> Result<SslStream<TcpStream>, String> {
+/// A TCP connection to `addr` (HOST:PORT), trying every address it resolves to.
+fn open_tcp(addr: &str) -> Result<TcpStream, String> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .collect();
+    let mut last = format!("no address for {addr}");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, IO_TIMEOUT) {
+            Ok(tcp) => {
+                tcp.set_nodelay(true).ok();
+                tcp.set_read_timeout(Some(IO_TIMEOUT)).ok();
+                tcp.set_write_timeout(Some(IO_TIMEOUT)).ok();
+                return Ok(tcp);
+            }
+            Err(e) => last = format!("cannot connect to {addr} ({a}): {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Asks the proxy on `tcp` for a tunnel to `target` (HOST:PORT). Reads its answer
+/// byte by byte up to the blank line, and not one byte further: TLS follows.
+fn http_connect(tcp: &mut TcpStream, proxy: &str, target: &str) -> Result<(), String> {
+    let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    tcp.write_all(request.as_bytes())
+        .map_err(|e| format!("cannot send CONNECT to the proxy {proxy}: {e}"))?;
+    let answer = |e: io::Error| format!("no answer to CONNECT from the proxy {proxy}: {e}");
+    let status = line::read_line(tcp).map_err(answer)?;
+    let text = line::show(&status);
+    let mut words = text.split_whitespace();
+    let (version, code) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    if !version.starts_with("HTTP/1.") || code.len() != 3 {
+        let got = line::describe(&status);
+        return Err(format!(
+            "the proxy {proxy} did not answer CONNECT in HTTP: {got}"
+        ));
+    }
+    if code != "200" {
+        return Err(format!(
+            "the proxy {proxy} refused CONNECT {target}: {text:?}"
+        ));
+    }
+    for _ in 0..100 {
+        let header = line::read_line(tcp).map_err(answer)?;
+        if header == b"\r\n" || header == b"\n" {
+            return Ok(());
+        }
+    }
+    Err(format!("the proxy {proxy} sent more than 100 header lines"))
+}
+
+/// The client's side of STARTTLS: greeting, command, go-ahead, each line read
+/// byte by byte so that nothing of the TLS that follows is consumed.
+fn starttls(tcp: &mut TcpStream, server: &str) -> Result<(), String> {
+    let greeting = line::read_line(tcp)
+        .map_err(|e| format!("no greeting line from {server} (is it a STARTTLS server?): {e}"))?;
+    if !greeting.starts_with(b"220") {
+        return Err(format!(
+            "{server} greeted with {}, not 220",
+            line::describe(&greeting)
+        ));
+    }
+    tcp.write_all(line::STARTTLS)
+        .map_err(|e| format!("cannot send STARTTLS to {server}: {e}"))?;
+    let answer =
+        line::read_line(tcp).map_err(|e| format!("no answer to STARTTLS from {server}: {e}"))?;
+    if !answer.starts_with(b"220") {
+        return Err(format!(
+            "{server} refused STARTTLS: {}",
+            line::describe(&answer)
+        ));
+    }
+    Ok(())
+}
+
+/// The connection to the server, TLS established: direct or through the proxy,
+/// STARTTLS if asked, then the handshake with SNI and the certificate checked for
+/// `--servername`, else the host of `--connect`.
+fn connect(options: &Options) -> Result<SslStream<TcpStream>, Failure> {
     let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
     if options.tls12 {
         builder
@@ -166,30 +336,123 @@ fn connect(options: &Options) -> Result<SslStream<TcpStream>, String> {
     }
     let connector = builder.build();
 
-    let addr = options
-        .connect
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", options.connect))?
-        .next()
-        .ok_or_else(|| format!("no address for {}", options.connect))?;
-    let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    tcp.set_nodelay(true).ok();
-    tcp.set_read_timeout(Some(IO_TIMEOUT)).ok();
-    tcp.set_write_timeout(Some(IO_TIMEOUT)).ok();
-    let host = options.connect.rsplit_once(':').map_or("", |(h, _)| h);
+    let server = options.connect.as_str();
+    let mut tcp = match &options.proxy {
+        Some(proxy) => {
+            let mut tcp = open_tcp(proxy).map_err(|e| format!("proxy: {e}"))?;
+            http_connect(&mut tcp, proxy, server)?;
+            tcp
+        }
+        None => open_tcp(server)?,
+    };
+    if options.starttls {
+        starttls(&mut tcp, server)?;
+    }
+    let (host, _) = split_host_port(server).expect("checked by parse_options");
     let name = options.servername.as_deref().unwrap_or(host);
     let mut config = connector.configure().map_err(|e| e.to_string())?;
     if options.insecure {
         config.set_verify_hostname(false);
     }
-    config
-        .connect(name, tcp)
-        .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))
+    // SNI and the hostname check both use `name` (rust-openssl sends no SNI for
+    // an IP address and checks it against the certificate's IP addresses).
+    match config.connect(name, tcp) {
+        Ok(stream) => Ok(stream),
+        Err(HandshakeError::SetupFailure(e)) => Err(format!("TLS setup failed: {e}").into()),
+        Err(HandshakeError::Failure(mid)) | Err(HandshakeError::WouldBlock(mid)) => {
+            Err(handshake_failure(&mid, server, name))
+        }
+    }
 }
 
-/// Runs the client; `Ok(true)` when the connection ended `clean` or `sent_only`.
-fn run(options: &Options, policy: &Policy) -> Result<bool, String> {
+/// Says why the handshake failed: the certificate check, or the TLS error.
+fn handshake_failure(mid: &MidHandshakeSslStream<TcpStream>, server: &str, name: &str) -> Failure {
+    let verify = mid.ssl().verify_result();
+    if verify != X509VerifyResult::OK {
+        let checked = match name.parse::<IpAddr>() {
+            Ok(_) => format!("IP address {name}"),
+            Err(_) => format!("name {name:?}"),
+        };
+        let names = mid
+            .ssl()
+            .peer_cert_chain()
+            .and_then(|chain| chain.iter().next())
+            .map(cert_names)
+            .filter(|n| !n.is_empty())
+            .map_or_else(String::new, |n| format!("; the certificate is for {n}"));
+        return Failure::Certificate(format!(
+            "the certificate of {server} is rejected: {} (checked for {checked}{names})",
+            verify.error_string()
+        ));
+    }
+    let error = mid.error();
+    let reason = error
+        .ssl_error()
+        .and_then(|stack| stack.errors().last())
+        .and_then(|e| e.reason());
+    let hint = match reason {
+        Some("wrong version number") => {
+            " (the server did not answer in TLS: if it expects STARTTLS first, use --starttls)"
+        }
+        _ => "",
+    };
+    Failure::Other(format!("TLS handshake with {server} failed: {error}{hint}"))
+}
+
+/// The DNS names and IP addresses of a certificate (its subject's CN if it has
+/// no subjectAltName), for messages.
+fn cert_names(cert: &X509Ref) -> String {
+    let mut names = Vec::new();
+    for name in cert.subject_alt_names().into_iter().flatten() {
+        if let Some(dns) = name.dnsname() {
+            names.push(dns.to_string());
+        } else if let Some(ip) = name.ipaddress() {
+            let ip = match ip.len() {
+                4 => <[u8; 4]>::try_from(ip).map(IpAddr::from).ok(),
+                16 => <[u8; 16]>::try_from(ip).map(IpAddr::from).ok(),
+                _ => None,
+            };
+            names.extend(ip.map(|ip| ip.to_string()));
+        }
+    }
+    if names.is_empty() {
+        let cn = openssl::nid::Nid::COMMONNAME;
+        for entry in cert.subject_name().entries_by_nid(cn) {
+            names.extend(entry.data().to_string().ok());
+        }
+    }
+    names.join(", ")
+}
+
+/// The echo goes to stdout as it arrives; write errors there do not change how
+/// the connection ends.
+struct Echo<W: Write> {
+    out: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Echo<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = self.out.write_all(buf);
+        self.bytes += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = self.out.flush();
+        Ok(())
+    }
+}
+
+/// What happened in plaintext after a STOPTLS.
+#[derive(Default)]
+struct Plaintext {
+    received: Option<Vec<u8>>,
+    sent: Option<&'static [u8]>,
+}
+
+/// Runs the client; `Ok(true)` when the connection ended `clean` or `sent_only`
+/// (with `--stoptls`, a clean STOPTLS and both lines exchanged).
+fn run(options: &Options, policy: &Policy) -> Result<bool, Failure> {
     let message = match &options.message {
         Some(m) => m.clone().into_bytes(),
         None => {
@@ -204,16 +467,36 @@ fn run(options: &Options, policy: &Policy) -> Result<bool, String> {
     stream
         .write_all(&message)
         .map_err(|e| format!("cannot send: {e}"))?;
-    let mut stdout = io::stdout().lock();
+    let stdout = io::stdout().lock();
 
-    if options.close == Close::Shutdown(Mode::Bidirectional) {
-        let (report, echoed) = half_close(&mut stream, policy, &mut stdout)?;
-        return Ok(finish(options, Some(&report), echoed, None));
+    if let Close::Shutdown(mode @ (Mode::Bidirectional | Mode::StopTls)) = options.close {
+        // Our close_notify goes out at once (with a TCP half-close unless STOPTLS);
+        // the echo is read until the server's close_notify.
+        let mut echo = Echo {
+            out: stdout,
+            bytes: 0,
+        };
+        let report = shutdown_blocking_read(&mut stream, policy, &mut echo, u64::MAX)
+            .map_err(|e| format!("cannot read the echo: {e}"))?;
+        echo.flush().ok();
+        if mode == Mode::Bidirectional {
+            return Ok(finish(options, Some(&report), echo.bytes, None, None));
+        }
+        let (plain, error) = match stop_tls(stream, &report) {
+            Ok(plain) => (plain, None),
+            Err((plain, error)) => (plain, Some(error)),
+        };
+        if let Some(error) = &error {
+            eprintln!("echo_client: {error}");
+        }
+        let ok = finish(options, Some(&report), echo.bytes, None, Some(&plain));
+        return Ok(ok && error.is_none());
     }
 
     // The other modes read the whole echo first, so that nothing is left unread
     // (unread input would turn the close into an RST) and the server sees exactly
     // the behaviour asked for.
+    let mut stdout = stdout;
     let mut echo = vec![0u8; message.len()];
     stream
         .read_exact(&mut echo)
@@ -224,18 +507,18 @@ fn run(options: &Options, policy: &Policy) -> Result<bool, String> {
     match options.close {
         Close::Shutdown(_) => {
             let report = shutdown_blocking(&mut stream, policy);
-            Ok(finish(options, Some(&report), echoed, None))
+            Ok(finish(options, Some(&report), echoed, None, None))
         }
         Close::Abrupt => {
             drop(stream); // FIN, no close_notify
-            Ok(finish(options, None, echoed, Some("abrupt")))
+            Ok(finish(options, None, echoed, Some("abrupt"), None))
         }
         Close::Reset => {
             socket2::SockRef::from(stream.get_ref())
                 .set_linger(Some(Duration::ZERO))
                 .map_err(|e| e.to_string())?;
             drop(stream); // RST
-            Ok(finish(options, None, echoed, Some("reset")))
+            Ok(finish(options, None, echoed, Some("reset"), None))
         }
         Close::Never => {
             // Hold the connection without ever answering: past the server's
@@ -254,82 +537,78 @@ fn run(options: &Options, policy: &Policy) -> Result<bool, String> {
             while unsafe { libc::poll(&mut pfd, 1, -1) } == 0
                 || pfd.revents & (libc::POLLHUP | libc::POLLERR) == 0
             {}
-            Ok(finish(options, None, echoed, Some("never")))
+            Ok(finish(options, None, echoed, Some("never"), None))
         }
     }
 }
 
-/// Sends close_notify + SHUT_WR and reads the rest of the echo until the server's
-/// close_notify, writing it to `out`. Returns the report and the bytes echoed.
-fn half_close(
-    stream: &mut SslStream<TcpStream>,
-    policy: &Policy,
-    out: &mut impl Write,
-) -> Result<(Report, u64), String> {
-    stream
-        .get_ref()
-        .set_nonblocking(true)
-        .map_err(|e| e.to_string())?;
-    let fd = stream.get_ref().as_raw_fd();
-    let mut shutdown = Shutdown::new(&mut *stream, policy);
-    let mut buf = [0u8; 16 * 1024];
-    let mut echoed = 0u64;
-    let mut ready = Ready::NONE;
-    loop {
-        let (n, progress) = shutdown.poll_read(Instant::now(), ready, &mut buf);
-        if n > 0 {
-            out.write_all(&buf[..n]).ok();
-            echoed += n as u64;
-        }
-        match progress {
-            Progress::Done(report) => {
-                out.flush().ok();
-                return Ok((report, echoed));
-            }
-            // More may be buffered: call again at once.
-            Progress::Wait(_) if n > 0 => ready = Ready::NONE,
-            Progress::Wait(wait) => {
-                ready = wait_fd(fd, wait.interest, wait.timeout(Instant::now()))
-            }
+/// After the STOPTLS shutdown: the plain TCP connection back, the server's line
+/// read, ours sent, the connection closed.
+fn stop_tls(
+    stream: SslStream<TcpStream>,
+    report: &Report,
+) -> Result<Plaintext, (Plaintext, String)> {
+    let mut plain = Plaintext::default();
+    let Ok(mut tcp) = into_transport(stream) else {
+        let why = format!("STOPTLS failed ({report}): the connection is not reusable");
+        return Err((plain, why));
+    };
+    match line::read_line(&mut tcp) {
+        Ok(l) => plain.received = Some(l),
+        Err(e) => {
+            let why = format!("no plaintext line from the server after STOPTLS: {e}");
+            return Err((plain, why));
         }
     }
-}
-
-/// poll(2) on one fd.
-fn wait_fd(fd: i32, interest: Interest, timeout: Duration) -> Ready {
-    let events = match interest {
-        Interest::Read => libc::POLLIN,
-        Interest::Write => libc::POLLOUT,
-        Interest::Timer => 0,
-    };
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32 + 1;
-    // SAFETY: one valid pollfd.
-    match unsafe { libc::poll(&mut pfd, 1, ms) } {
-        1 => Ready::ALL,
-        _ => Ready::NONE,
+    if let Err(e) = tcp.write_all(line::CLIENT_BYE) {
+        return Err((plain, format!("cannot send the plaintext line: {e}")));
     }
+    plain.sent = Some(line::CLIENT_BYE);
+    Ok(plain)
 }
 
 /// Prints the report (or what the misbehaving mode did); true for clean/sent_only.
-fn finish(options: &Options, report: Option<&Report>, echoed: u64, close: Option<&str>) -> bool {
+fn finish(
+    options: &Options,
+    report: Option<&Report>,
+    echoed: u64,
+    close: Option<&str>,
+    plain: Option<&Plaintext>,
+) -> bool {
+    let text = |bytes: Option<&[u8]>| bytes.map(|b| String::from_utf8_lossy(b).into_owned());
     match (report, options.json) {
-        (Some(r), true) => eprintln!(
-            "{}",
-            common::report_json(
+        (Some(r), true) => {
+            let mut v = common::report_json(
                 vec![],
                 r,
                 vec![
                     ("os_error", json!(r.os_error)),
-                    ("bytes_echoed", json!(echoed))
+                    ("bytes_echoed", json!(echoed)),
                 ],
-            )
-        ),
-        (Some(r), false) => eprintln!("{echoed} bytes echoed; {r}"),
+            );
+            if let (Some(p), Some(fields)) = (plain, v.as_object_mut()) {
+                fields.insert("transport_reusable".into(), json!(r.transport_reusable));
+                let received = text(p.received.as_deref());
+                fields.insert("plaintext_received".into(), json!(received));
+                fields.insert("plaintext_sent".into(), json!(text(p.sent)));
+            }
+            eprintln!("{v}");
+        }
+        (Some(r), false) => match plain {
+            Some(p) => {
+                let quoted = |b: Option<&[u8]>| {
+                    text(b).map_or_else(|| "nothing".to_string(), |t| format!("{t:?}"))
+                };
+                eprintln!(
+                    "{echoed} bytes echoed; {r}; transport reusable: {}; then plaintext: \
+                     received {}, sent {}",
+                    r.transport_reusable,
+                    quoted(p.received.as_deref()),
+                    quoted(p.sent)
+                )
+            }
+            None => eprintln!("{echoed} bytes echoed; {r}"),
+        },
         (None, true) => eprintln!("{}", json!({ "close": close, "bytes_echoed": echoed })),
         (None, false) => eprintln!("{echoed} bytes echoed; closed: {}", close.unwrap_or("?")),
     }

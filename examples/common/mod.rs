@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod line;
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -430,9 +431,10 @@ fn answer_now(mut s: SslStream<TcpStream>) {
     }
 }
 
-/// A report as the examples' JSON object, fields in the order of SPEC §6: `before`
-/// first (the server's `peer`), then the report, with `middle` (byte counts, the
-/// client's errno) between `alert_name` and `discarded_bytes`.
+/// A report as the examples' JSON object, fields in the order the README shows
+/// them: `before` first (the server's `peer` and `sni`), then the report, with
+/// `middle` (byte counts, the client's errno) between `alert_name` and
+/// `discarded_bytes`.
 pub fn report_json(
     before: Vec<(&str, serde_json::Value)>,
     r: &closenotify::Report,

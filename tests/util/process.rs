@@ -60,8 +60,9 @@ pub fn require(program: &str, version_arg: &str) {
     check_tool(program, version_arg).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// The certificate and key of `util::identity()` as PEM files (`cert.pem`,
-/// `key.pem`) in a private temp directory, removed on drop.
+/// The certificate and key of `util::identity()` (or, with `for_name`, of a
+/// certificate for another name) as PEM files (`cert.pem`, `key.pem`) in a
+/// private temp directory, removed on drop.
 pub struct Pems {
     dir: PathBuf,
     cert: String,
@@ -70,6 +71,20 @@ pub struct Pems {
 
 impl Pems {
     pub fn write() -> Pems {
+        let (cert, key) = super::identity();
+        Pems::write_identity(cert, key)
+    }
+
+    /// As `write`, with a new self-signed certificate for `name` (and 127.0.0.1).
+    pub fn for_name(name: &str) -> Pems {
+        let (cert, key) = closenotify::doc_support::self_signed(name).expect("certificate");
+        Pems::write_identity(&cert, &key)
+    }
+
+    fn write_identity(
+        cert: &openssl::x509::X509Ref,
+        key: &openssl::pkey::PKeyRef<openssl::pkey::Private>,
+    ) -> Pems {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "closenotify-{}-{}-{}",
@@ -78,7 +93,6 @@ impl Pems {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let (cert, key) = super::identity();
         let pems = Pems {
             cert: path_str(&dir.join("cert.pem")),
             key: path_str(&dir.join("key.pem")),
