@@ -329,7 +329,9 @@ check_linkage() {
     } >>"$log"
     local vnum
     vnum=$(sed -n 's/^cargo:version_number=//p' "$out")
-    local so=$target/debug/deps/libclosenotify.so
+    # The C library the C tests built (tests/c_api.rs: the capi feature, into
+    # target/capi/<profile> of this run's target directory).
+    local so=$target/capi/debug/libclosenotify.so
     case $name in
         system)
             readelf -d "$so" | grep -q 'NEEDED.*libssl\.so' || ok=1
@@ -344,7 +346,7 @@ check_linkage() {
             if readelf -d "$so" | grep -q 'NEEDED.*lib\(ssl\|crypto\)\.so'; then
                 echo "the cdylib needs a shared libssl/libcrypto" >>"$log"; ok=1
             fi
-            local a=$target/debug/deps/libclosenotify.a
+            local a=$target/capi/debug/libclosenotify.a
             if grep -aq "OpenSSL $name " "$a"; then
                 echo "staticlib bundles: $(grep -ao "OpenSSL $name [0-9A-Za-z ]*" "$a" | head -n 1)" >>"$log"
             else
