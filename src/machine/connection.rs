@@ -73,8 +73,11 @@ pub trait Connection {
     /// Called once, after `begin`, by a [`Mode::StopTls`](crate::Mode::StopTls)
     /// shutdown: the transport will carry plaintext afterwards, so nothing past
     /// the peer's close_notify may be read. The OpenSSL implementations turn
-    /// read-ahead off (and back on in `end`).
-    fn keep_transport(&mut self);
+    /// read-ahead off (and back on in `end`). Returns whether bytes may already
+    /// be buffered past what the shutdown will read (read-ahead was on and
+    /// OpenSSL holds unprocessed bytes): the transport cannot be handed back
+    /// whole then.
+    fn keep_transport(&mut self) -> bool;
     /// Called once our close_notify has been flushed, before the shutdown reads
     /// for the peer's: from now on nothing may reach the peer. The OpenSSL
     /// implementations swap the write BIO for a sink, so that the answer OpenSSL
@@ -128,7 +131,7 @@ impl<T: Connection + ?Sized> Connection for &mut T {
     fn begin(&mut self) {
         (**self).begin()
     }
-    fn keep_transport(&mut self) {
+    fn keep_transport(&mut self) -> bool {
         (**self).keep_transport()
     }
     fn seal(&mut self) {

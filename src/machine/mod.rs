@@ -108,6 +108,9 @@ pub struct Shutdown<C: Connection> {
     /// `drain_limit`, and how many it delivered so far.
     read_limit: Option<u64>,
     delivered_total: u64,
+    /// STOPTLS: read-ahead had buffered bytes before the shutdown began, which
+    /// may include plaintext past the peer's close_notify.
+    transport_tainted: bool,
 }
 
 impl<C: Connection> Shutdown<C> {
@@ -140,6 +143,7 @@ impl<C: Connection> Shutdown<C> {
             resuming: false,
             read_limit: None,
             delivered_total: 0,
+            transport_tainted: false,
         }
     }
 
@@ -336,7 +340,7 @@ impl<C: Connection> Shutdown<C> {
         }
         self.conn.begin();
         if self.policy.mode() == Mode::StopTls {
-            self.conn.keep_transport();
+            self.transport_tainted = self.conn.keep_transport();
         }
         if let Some(err) = self.prior_error {
             log::debug!("closenotify: the application already saw {err:?}; sending nothing");
@@ -404,6 +408,17 @@ impl<C: Connection> Shutdown<C> {
                 self.after_flush(now, out)
             }
             Err(TlsError::WantWrite) => self.flush_wait(now, deadline),
+            // SSL_shutdown reads only once its close_notify is no longer queued,
+            // and after a successful write it answers 0 first. Reading straight
+            // after a failed attempt means OpenSSL dropped the alert: 3.2+ gives
+            // up on a close_notify queued behind a half-finished application
+            // write (ssl3_dispatch_alert), where 3.0 says "bad write retry".
+            Err(TlsError::WantRead) => self.failed(
+                now,
+                TlsError::Unusable {
+                    detail: "close_notify dropped by OpenSSL behind a half-finished write",
+                },
+            ),
             Err(err) => self.failed(now, err),
         }
     }
@@ -692,14 +707,13 @@ impl<C: Connection> Shutdown<C> {
         self.conn.end();
         // The spread of the `now` values, or the time that really passed if that
         // is more (a caller may pass a stale `now`): never less than the truth.
-        // STOPTLS succeeded only if nothing past the peer's close_notify is held
-        // by OpenSSL (read-ahead the application had turned on may have pulled
-        // plaintext into OpenSSL's buffer, beyond reach).
-        let transport_reusable = self.policy.mode() == Mode::StopTls
-            && outcome == Outcome::Clean
-            && !self.conn.has_pending();
-        if self.policy.mode() == Mode::StopTls && outcome == Outcome::Clean && !transport_reusable {
-            self.detail = Some("bytes after the peer's close_notify were buffered by read-ahead");
+        // STOPTLS succeeded only if nothing past the peer's close_notify can be
+        // held by OpenSSL (read-ahead the application had turned on may have
+        // pulled plaintext into OpenSSL's buffer before the shutdown, beyond reach).
+        let stopped = self.policy.mode() == Mode::StopTls && outcome == Outcome::Clean;
+        let transport_reusable = stopped && !self.transport_tainted;
+        if stopped && self.transport_tainted {
+            self.detail = Some("read-ahead had buffered bytes before the shutdown");
         }
         let elapsed = self.started.map_or(Duration::ZERO, |(first, clock)| {
             now.saturating_duration_since(first).max(clock.elapsed())

@@ -407,6 +407,13 @@ fn check_report(
         r.transport_reusable,
         p.mode() == Mode::StopTls && r.outcome == Outcome::Clean && !case.pending
     );
+    // Never a close_notify claimed sent that OpenSSL did not take.
+    if r.close_notify_sent && !case.status.sent {
+        prop_assert!(
+            conn.shutdown_ok,
+            "close_notify_sent without a successful SSL_shutdown"
+        );
+    }
     // What begin changed, end undid; the sink was set at most once.
     prop_assert_eq!(conn.ended, conn.began);
     prop_assert!(conn.sealed <= 1);

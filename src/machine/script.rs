@@ -38,6 +38,8 @@ pub(super) struct Script {
     pub retries: u32,
     /// Application bytes the reads returned.
     pub read_bytes: u64,
+    /// An `SSL_shutdown` call succeeded (returned 0 or 1).
+    pub shutdown_ok: bool,
 }
 
 impl Script {
@@ -90,8 +92,10 @@ impl Connection for Script {
     fn begin(&mut self) {
         self.began += 1;
     }
-    fn keep_transport(&mut self) {
+    /// Buffered bytes: what `has_pending` says at the start.
+    fn keep_transport(&mut self) -> bool {
         self.kept_transport = true;
+        self.has_pending()
     }
     fn seal(&mut self) {
         self.sealed += 1;
@@ -105,6 +109,7 @@ impl Connection for Script {
             .pop_front()
             .or(self.fallback_shutdown)
             .expect("unscripted SSL_shutdown");
+        self.shutdown_ok |= r.is_ok();
         self.answered(r)
     }
     /// Answers from the same script as `shutdown`.

@@ -123,13 +123,18 @@ mod on_ssl {
     }
 
     /// STOPTLS: read-ahead off, so that OpenSSL reads records exactly and nothing
-    /// past the peer's close_notify leaves the socket.
-    pub fn keep_transport(ssl: &mut SslRef) {
+    /// past the peer's close_notify leaves the socket. Returns whether read-ahead
+    /// may already have buffered bytes past what the shutdown will read. (The
+    /// check must come now: after a TLS 1.3 close_notify, OpenSSL 3.2+ says
+    /// `SSL_has_pending` with nothing buffered.)
+    pub fn keep_transport(ssl: &mut SslRef) -> bool {
         // SAFETY: `ssl` is valid; the read-ahead calls only read/set a flag.
-        if unsafe { SSL_get_read_ahead(ssl.as_ptr()) } != 0 {
-            unsafe { SSL_set_read_ahead(ssl.as_ptr(), 0) };
-            with_saved(ssl, |s| s.read_ahead = true);
+        if unsafe { SSL_get_read_ahead(ssl.as_ptr()) } == 0 {
+            return false;
         }
+        unsafe { SSL_set_read_ahead(ssl.as_ptr(), 0) };
+        with_saved(ssl, |s| s.read_ahead = true);
+        has_pending(ssl)
     }
 
     /// Once our close_notify is flushed, nothing OpenSSL writes may reach the
@@ -315,7 +320,7 @@ impl<S: Read + Write + AsFd> Connection for SslStream<S> {
         let fd = self.get_ref().as_fd().as_raw_fd();
         on_ssl::begin(stream_ssl_mut(self), fd)
     }
-    fn keep_transport(&mut self) {
+    fn keep_transport(&mut self) -> bool {
         on_ssl::keep_transport(stream_ssl_mut(self))
     }
     fn seal(&mut self) {

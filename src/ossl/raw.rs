@@ -188,7 +188,7 @@ impl Connection for RawConnection {
         let fd = self.fd;
         on_ssl::begin(self.ssl_mut(), fd)
     }
-    fn keep_transport(&mut self) {
+    fn keep_transport(&mut self) -> bool {
         on_ssl::keep_transport(self.ssl_mut())
     }
     fn seal(&mut self) {
