@@ -67,6 +67,8 @@
 //!   one `mio::Poll` (its own or yours) and hands back the reports.
 //! - A raw `SSL*` and socket, as C callers own them: [`RawConnection`], and the C
 //!   API in `include/closenotify.h`.
+//! - tokio and tokio-openssl (the `tokio` feature): `closenotify::tokio::shutdown`
+//!   and the half-close reader `closenotify::tokio::HalfClose`.
 //!
 //! ## Guarantees
 //! - `SIGPIPE` is never raised in the host process ([`RawConnection`] blocks it
@@ -106,6 +108,9 @@ mod report;
 mod sigpipe;
 /// cbindgen:ignore
 mod socket;
+/// cbindgen:ignore
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 /// cbindgen:ignore
 #[doc(hidden)]

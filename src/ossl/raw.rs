@@ -184,7 +184,7 @@ impl Connection for RawConnection {
     }
     fn begin(&mut self) {
         let fd = self.fd;
-        on_ssl::begin(self.ssl_mut(), fd)
+        on_ssl::begin(self.ssl_mut(), Some(fd))
     }
     fn seal(&mut self) {
         on_ssl::seal(self.ssl_mut())
