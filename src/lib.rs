@@ -137,3 +137,9 @@ pub use openssl_sys;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// The README's tokio section, in its own file until it is merged into the README,
+/// compiled as doctests too (with and without the `tokio` feature).
+#[cfg(doctest)]
+#[doc = include_str!("../docs/tokio-readme-section.md")]
+struct TokioReadmeSectionDoctests;

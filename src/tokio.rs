@@ -1,5 +1,5 @@
-//! The bounded, typed shutdown for tokio: [`shutdown`] and the TLS half-close
-//! [`HalfClose`], for [`tokio_openssl::SslStream`]. Available with the `tokio`
+//! The bounded, typed shutdown for tokio: [`shutdown`](crate::tokio::shutdown) and the TLS half-close
+//! [`HalfClose`](crate::tokio::HalfClose), for [`tokio_openssl::SslStream`]. Available with the `tokio`
 //! feature.
 //!
 //! tokio-openssl's own `shutdown().await` sends close_notify and a FIN and stops
@@ -8,17 +8,49 @@
 //! same state machine as [`shutdown_blocking`](crate::shutdown_blocking) runs
 //! under the same [`Policy`], and returns the same [`Report`]:
 //!
-//! ```no_run
-//! # async fn demo(
-//! #     mut stream: tokio_openssl::SslStream<tokio::net::TcpStream>,
-//! # ) -> std::io::Result<()> {
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # use openssl::ssl::{SslAcceptor, SslConnector, SslMethod, SslVerifyMode};
+//! # let (cert, key) = closenotify::doc_support::self_signed("localhost")?;
+//! # let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
+//! # acceptor.set_certificate(&cert)?;
+//! # acceptor.set_private_key(&key)?;
+//! # let acceptor = acceptor.build();
+//! # let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! # let addr = listener.local_addr()?;
+//! # let server = std::thread::spawn(move || {
+//! #     let (tcp, _) = listener.accept().unwrap();
+//! #     let mut tls = acceptor.accept(tcp).unwrap();
+//! #     // A well-behaved peer: answers our close_notify with its own.
+//! #     let _ = std::io::Read::read(&mut tls, &mut [0u8; 16]);
+//! #     let _ = tls.shutdown();
+//! # });
+//! # let mut connector = SslConnector::builder(SslMethod::tls())?;
+//! # connector.set_verify(SslVerifyMode::NONE);
+//! # let connector = connector.build();
+//! # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! # rt.block_on(async {
 //! use closenotify::{Outcome, Policy};
+//! use std::time::Duration;
 //!
+//! let tcp = tokio::net::TcpStream::connect(addr).await?;
+//! let ssl = connector.configure()?.into_ssl("localhost")?;
+//! let mut stream = tokio_openssl::SslStream::new(ssl, tcp)?;
+//! std::pin::Pin::new(&mut stream).connect().await?;
+//! // ... the application's exchange ...
+//!
+//! let policy = Policy::builder()
+//!     .peer_timeout(Duration::from_millis(500))
+//!     .build()?;
 //! // was: tokio::io::AsyncWriteExt::shutdown(&mut stream).await?;
-//! let report = closenotify::tokio::shutdown(&mut stream, &Policy::default()).await?;
-//! if report.outcome == Outcome::Truncated {
-//!     eprintln!("the response may be incomplete");
-//! }
+//! let report = closenotify::tokio::shutdown(&mut stream, &policy).await?;
+//!
+//! assert_eq!(report.outcome, Outcome::Clean); // both close_notify alerts exchanged
+//! assert!(report.half_closed && report.session_resumable);
+//! report.result()?; // or turn any other outcome into an error (and an io::Error)
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # server.join().unwrap();
 //! # Ok(())
 //! # }
 //! ```
@@ -61,8 +93,8 @@
 //!   follow tokio's clock, including a paused test clock.
 //!
 //! # Cancellation
-//! Dropping the future of [`shutdown`] (for example in `tokio::time::timeout` or
-//! `select!`), or a [`HalfClose`], before it is done leaves the stream usable and
+//! Dropping the future of [`shutdown`](crate::tokio::shutdown) (for example in `tokio::time::timeout` or
+//! `select!`), or a [`HalfClose`](crate::tokio::HalfClose), before it is done leaves the stream usable and
 //! consistent, but not closed:
 //! - never polled: nothing happened;
 //! - dropped in the flush stage: our close_notify is queued in OpenSSL
@@ -73,10 +105,13 @@
 //! - in every case the option `SSL_OP_IGNORE_UNEXPECTED_EOF` and the write BIO are
 //!   restored, no report is saved and the session is left as it was.
 //!
-//! Calling [`shutdown`] again later resumes: it finishes writing a close_notify
+//! Calling [`shutdown`](crate::tokio::shutdown) again later resumes: it finishes writing a close_notify
 //! that is still queued (without a second `SSL_shutdown` that would read), then
 //! awaits the peer's under the new call's policy. Application data can no longer be
 //! written once close_notify is queued.
+
+// The links above spell out `crate::tokio::...`: with the outer doc lib.rs gives
+// this module (`cbindgen:ignore`), rustdoc resolves them from the crate root.
 
 use std::fmt;
 use std::future::poll_fn;
@@ -120,8 +155,10 @@ use crate::socket;
 /// always accepted.
 ///
 /// # Panics
-/// When polled outside a tokio runtime whose time driver is enabled, as
-/// `tokio::time::sleep` does.
+/// When it has to wait (for the peer, for the socket, or in the linger stage)
+/// outside a tokio runtime whose time driver is enabled, as `tokio::time::sleep`
+/// does. A shutdown that needs no wait (quiet mode, an answer already there, a
+/// second call) takes no timer.
 pub async fn shutdown<S>(stream: &mut SslStream<S>, policy: &Policy) -> Result<Report, Error>
 where
     S: AsyncRead + AsyncWrite + AsFd + Unpin,
