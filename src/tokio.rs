@@ -1,6 +1,6 @@
-//! The bounded, typed shutdown for tokio: [`shutdown`](crate::tokio::shutdown) and the TLS half-close
-//! [`HalfClose`](crate::tokio::HalfClose), for [`tokio_openssl::SslStream`]. Available with the `tokio`
-//! feature.
+//! The bounded, typed shutdown for tokio: [`shutdown`](crate::tokio::shutdown)
+//! and the TLS half-close [`HalfClose`](crate::tokio::HalfClose), for
+//! [`tokio_openssl::SslStream`]. Available with the `tokio` feature.
 //!
 //! tokio-openssl's own `shutdown().await` sends close_notify and a FIN and stops
 //! there: a truncation and a clean close both look like `Ok(0)` on the next read,
@@ -89,13 +89,12 @@
 //!   [`Closer`](crate::Closer)). A wake-up by the timer alone makes no OpenSSL
 //!   call, as in the blocking call.
 //! - **Timeouts use tokio's timer** (`tokio::time::Sleep`, never a thread), so the
-//!   runtime needs its time driver (`enable_time` or `enable_all`); the deadlines
-//!   follow tokio's clock, including a paused test clock.
+//!   runtime needs its time driver (`enable_time` or `enable_all`).
 //!
 //! # Cancellation
-//! Dropping the future of [`shutdown`](crate::tokio::shutdown) (for example in `tokio::time::timeout` or
-//! `select!`), or a [`HalfClose`](crate::tokio::HalfClose), before it is done leaves the stream usable and
-//! consistent, but not closed:
+//! Dropping the future of [`shutdown`](crate::tokio::shutdown) (for example in
+//! `tokio::time::timeout` or `select!`), or a [`HalfClose`](crate::tokio::HalfClose),
+//! before it is done leaves the stream usable and consistent, but not closed:
 //! - never polled: nothing happened;
 //! - dropped in the flush stage: our close_notify is queued in OpenSSL
 //!   (`SSL_SENT_SHUTDOWN`), and all, part or none of it reached the peer; no FIN was
@@ -105,10 +104,10 @@
 //! - in every case the option `SSL_OP_IGNORE_UNEXPECTED_EOF` and the write BIO are
 //!   restored, no report is saved and the session is left as it was.
 //!
-//! Calling [`shutdown`](crate::tokio::shutdown) again later resumes: it finishes writing a close_notify
-//! that is still queued (without a second `SSL_shutdown` that would read), then
-//! awaits the peer's under the new call's policy. Application data can no longer be
-//! written once close_notify is queued.
+//! Calling [`shutdown`](crate::tokio::shutdown) again later resumes: it finishes
+//! writing a close_notify that is still queued (without a second `SSL_shutdown`
+//! that would read), then awaits the peer's under the new call's policy.
+//! Application data can no longer be written once close_notify is queued.
 
 // The links above spell out `crate::tokio::...`: with the outer doc lib.rs gives
 // this module (`cbindgen:ignore`), rustdoc resolves them from the crate root.
@@ -176,8 +175,8 @@ where
 /// Read it as any [`AsyncRead`] (`read`, `read_to_end`, `tokio::io::copy` ...):
 /// the first read sends close_notify and half-closes; it then yields the peer's
 /// application data, byte for byte, and ends when the shutdown does:
-/// - with `Ok(0)` (end of file) when the connection ended in order (`clean`, or
-///   `sent_only` in send-only mode, where nothing is read);
+/// - with `Ok(0)` (end of file) when the connection ended in order (`clean`; or
+///   `sent_only` and `quiet` in those modes, where nothing is read);
 /// - with an error for every other outcome, of the kind
 ///   [`Report::result`]'s error converts to (`UnexpectedEof` for a truncation,
 ///   `TimedOut`, `ConnectionReset`, `InvalidData`), so that a truncated answer is
@@ -400,8 +399,8 @@ where
             Ready::NONE
         };
         self.started = true;
-        // tokio's clock, so that the machine's deadlines and the timer agree (also
-        // with a paused test clock).
+        // tokio's clock, the timer's: once the timer has fired, the machine sees
+        // its deadline passed too, whatever clock tokio runs on.
         (TokioInstant::now().into_std(), ready)
     }
 }
