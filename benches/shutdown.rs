@@ -14,6 +14,9 @@
 //! peers' work is never counted. Connections are established before timing
 //! starts; handshakes are excluded. TLS 1.3, X25519, P-256 certificate; the peer
 //! sends no session tickets, so that only the shutdown itself is measured.
+//!
+//! With `--features tokio`, section 1 also measures `closenotify::tokio::shutdown`
+//! beside tokio-openssl, and section 2 can count its system calls.
 
 use std::env;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -281,11 +284,16 @@ mod per_shutdown {
         let (n, rounds) = if quick { (200, 1) } else { (1000, 7) };
         println!("\n1. Per clean bidirectional shutdown ({n} connections per round, {rounds} rounds, median)");
         let policy = Policy::default();
-        let (mut cn, mut ro, mut tk) = (vec![], vec![], vec![]);
+        let (mut cn, mut ro, mut tk, mut tk_bare) = (vec![], vec![], vec![], vec![]);
+        #[cfg_attr(not(feature = "tokio"), allow(unused_mut))]
+        let mut cn_tk: Vec<Cost> = vec![];
         for _ in 0..rounds {
             cn.push(closenotify(peer.answer, n, &policy));
             ro.push(rust_openssl(peer.answer, n));
-            tk.push(tokio_openssl(peer.answer, n));
+            tk.push(tokio_openssl(peer.answer, n, true));
+            tk_bare.push(tokio_openssl(peer.answer, n, false));
+            #[cfg(feature = "tokio")]
+            cn_tk.push(closenotify_tokio(peer.answer, n, &policy));
         }
         // Medians of each figure, in µs per connection.
         let per = |v: &Vec<Cost>, f: fn(&Cost) -> Duration| {
@@ -299,11 +307,12 @@ mod per_shutdown {
         let (cn_cpu, cn_user, cn_sys, cn_wall) = row(&cn);
         let (ro_cpu, ro_user, ro_sys, ro_wall) = row(&ro);
         let (tk_cpu, tk_user, tk_sys, tk_wall) = row(&tk);
+        let (tb_cpu, tb_user, tb_sys, tb_wall) = row(&tk_bare);
         println!(
-            "  {:<32} {:>12} {:>10} {:>10} {:>13}",
+            "  {:<36} {:>8} {:>10} {:>10} {:>13}",
             "µs per connection", "CPU", "user", "system", "wall"
         );
-        for (name, cpu, user, sys, wall) in [
+        let mut rows = vec![
             (
                 "closenotify Closer (1 thread)",
                 cn_cpu,
@@ -325,23 +334,58 @@ mod per_shutdown {
                 tk_sys,
                 tk_wall,
             ),
-        ] {
-            println!("  {name:<32} {cpu:>12.2} {user:>10.2} {sys:>10.2} {wall:>13.2}");
+            (
+                "  the same, without the timeout",
+                tb_cpu,
+                tb_user,
+                tb_sys,
+                tb_wall,
+            ),
+        ];
+        let tokio_row = (!cn_tk.is_empty()).then(|| row(&cn_tk));
+        if let Some((cpu, user, sys, wall)) = tokio_row {
+            rows.push(("closenotify::tokio::shutdown", cpu, user, sys, wall));
+        }
+        for (name, cpu, user, sys, wall) in rows {
+            println!("  {name:<36} {cpu:>8.2} {user:>10.2} {sys:>10.2} {wall:>13.2}");
         }
         println!(
             "  CPU ratios: closenotify / rust-openssl = {:.2} (target <= 1.15), closenotify / tokio-openssl = {:.2} (target <= 0.67)",
             cn_cpu / ro_cpu,
             cn_cpu / tk_cpu
         );
+        println!(
+            "  the tokio timer: tokio-openssl with - without its timeout = {:.2} µs CPU, {:.2} µs wall per connection",
+            tk_cpu - tb_cpu,
+            tk_wall - tb_wall
+        );
+        let timer = tokio_timer_cost(if quick { 20_000 } else { 200_000 }, rounds);
+        println!(
+            "  the tokio timer alone (one Sleep armed and cancelled per task, as each bounded shutdown does): {timer:.3} µs CPU per task"
+        );
+        if let Some((cpu, _, _, wall)) = tokio_row {
+            println!(
+                "  closenotify::tokio / tokio-openssl (with its timeout): CPU {:.2}, wall {:.2}",
+                cpu / tk_cpu,
+                wall / tk_wall
+            );
+        }
         let fig = |cpu: f64, user: f64, sys: f64, wall: f64| json!({ "cpu_us": cpu, "user_us": user, "system_us": sys, "wall_us": wall });
-        json!({
+        let mut out = json!({
             "connections": n, "rounds": rounds,
             "closenotify": fig(cn_cpu, cn_user, cn_sys, cn_wall),
             "rust_openssl": fig(ro_cpu, ro_user, ro_sys, ro_wall),
             "tokio_openssl": fig(tk_cpu, tk_user, tk_sys, tk_wall),
+            "tokio_openssl_without_timeout": fig(tb_cpu, tb_user, tb_sys, tb_wall),
             "ratio_vs_rust_openssl": cn_cpu / ro_cpu,
             "ratio_vs_tokio_openssl": cn_cpu / tk_cpu,
-        })
+            "tokio_timer_cpu_us": timer,
+        });
+        if let Some((cpu, user, sys, wall)) = tokio_row {
+            out["closenotify_tokio"] = fig(cpu, user, sys, wall);
+            out["closenotify_tokio_ratio_vs_tokio_openssl"] = json!(cpu / tk_cpu);
+        }
+        out
     }
 
     /// The Closer, on this thread, with its own poll.
@@ -380,12 +424,95 @@ mod per_shutdown {
     }
 
     /// What Rust users write today: `shutdown().await`, then read to EOF under a
-    /// timeout, one task per connection on a current-thread runtime.
-    pub fn tokio_openssl(addr: SocketAddr, n: usize) -> Cost {
+    /// timeout (`timer`; without it, the cost of tokio's timer is the difference),
+    /// one task per connection on a current-thread runtime.
+    pub fn tokio_openssl(addr: SocketAddr, n: usize, timer: bool) -> Cost {
         let (rt, conns) = tokio_setup(addr, n);
-        let (cost, clean) = measure(|| tokio_close(&rt, conns));
+        let (cost, clean) = measure(|| tokio_close_with(&rt, conns, timer));
         assert_eq!(clean, n, "tokio-openssl: not every shutdown completed");
         cost
+    }
+
+    /// What the timer of a bounded tokio shutdown costs by itself: `n` tasks that
+    /// each arm a `Sleep` (registered in tokio's timer wheel) and drop it before it
+    /// fires (cancelled), against the same tasks without it, on a current-thread
+    /// runtime; the median of `rounds` differences, in µs of CPU per task. A whole
+    /// shutdown costs too much, and varies too much, to show it.
+    pub fn tokio_timer_cost(n: usize, rounds: usize) -> f64 {
+        use std::future::Future;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let run = |timer: bool| {
+            let (cost, ()) = measure(|| {
+                rt.block_on(async {
+                    let tasks: Vec<_> = (0..n)
+                        .map(|_| {
+                            tokio::spawn(async move {
+                                if timer {
+                                    let deadline =
+                                        tokio::time::Instant::now() + Duration::from_secs(3);
+                                    let mut sleep =
+                                        std::pin::pin!(tokio::time::sleep_until(deadline));
+                                    std::future::poll_fn(|cx| {
+                                        let _ = sleep.as_mut().poll(cx);
+                                        std::task::Poll::Ready(())
+                                    })
+                                    .await;
+                                }
+                                tokio::task::yield_now().await;
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                })
+            });
+            us(cost.user + cost.system) / n as f64
+        };
+        median((0..rounds.max(3)).map(|_| run(true) - run(false)).collect())
+    }
+
+    /// `closenotify::tokio::shutdown` instead, one task per connection on the same
+    /// runtime: bounded by the policy (one tokio timer per shutdown), with a report.
+    #[cfg(feature = "tokio")]
+    pub fn closenotify_tokio(addr: SocketAddr, n: usize, policy: &Policy) -> Cost {
+        let (rt, conns) = tokio_setup(addr, n);
+        let (cost, clean) = measure(|| closenotify_tokio_close(&rt, conns, policy));
+        assert_eq!(clean, n, "closenotify::tokio: not every shutdown was clean");
+        cost
+    }
+
+    /// Shuts every connection down with `closenotify::tokio`; returns how many
+    /// were clean.
+    #[cfg(feature = "tokio")]
+    pub fn closenotify_tokio_close(
+        rt: &tokio::runtime::Runtime,
+        conns: Vec<TokioStream>,
+        policy: &Policy,
+    ) -> usize {
+        rt.block_on(async {
+            let tasks: Vec<_> = conns
+                .into_iter()
+                .map(|mut s| {
+                    let policy = policy.clone();
+                    tokio::spawn(async move {
+                        closenotify::tokio::shutdown(&mut s, &policy)
+                            .await
+                            .is_ok_and(|r| r.outcome == Outcome::Clean)
+                    })
+                })
+                .collect();
+            let mut clean = 0;
+            for t in tasks {
+                if t.await.unwrap() {
+                    clean += 1;
+                }
+            }
+            clean
+        })
     }
 
     pub type TokioStream = tokio_openssl::SslStream<tokio::net::TcpStream>;
@@ -413,6 +540,15 @@ mod per_shutdown {
 
     /// Shuts every connection down; returns how many saw the peer's close_notify.
     pub fn tokio_close(rt: &tokio::runtime::Runtime, conns: Vec<TokioStream>) -> usize {
+        tokio_close_with(rt, conns, true)
+    }
+
+    /// `tokio_close`, the read to EOF under a timeout or not (`timer`).
+    pub fn tokio_close_with(
+        rt: &tokio::runtime::Runtime,
+        conns: Vec<TokioStream>,
+        timer: bool,
+    ) -> usize {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         rt.block_on(async {
             let tasks: Vec<_> = conns
@@ -421,7 +557,7 @@ mod per_shutdown {
                     tokio::spawn(async move {
                         s.shutdown().await.ok()?;
                         let mut buf = [0u8; 1024];
-                        tokio::time::timeout(Duration::from_secs(3), async {
+                        let to_eof = async {
                             loop {
                                 match s.read(&mut buf).await {
                                     Ok(0) => return Some(()),
@@ -429,9 +565,14 @@ mod per_shutdown {
                                     Err(_) => return None,
                                 }
                             }
-                        })
-                        .await
-                        .ok()?
+                        };
+                        if timer {
+                            tokio::time::timeout(Duration::from_secs(3), to_eof)
+                                .await
+                                .ok()?
+                        } else {
+                            to_eof.await
+                        }
                     })
                 })
                 .collect();
@@ -711,6 +852,13 @@ mod syscalls {
                 let (rt, conns) = per_shutdown::tokio_setup(peer.answer, n);
                 Box::new(move || {
                     per_shutdown::tokio_close(&rt, conns);
+                })
+            }
+            #[cfg(feature = "tokio")]
+            "closenotify-tokio" => {
+                let (rt, conns) = per_shutdown::tokio_setup(peer.answer, n);
+                Box::new(move || {
+                    per_shutdown::closenotify_tokio_close(&rt, conns, &policy);
                 })
             }
             other => panic!("unknown implementation {other}"),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System calls per clean bidirectional shutdown on the closing side (BENCHMARKS.md
-# section 2), for closenotify's Closer, a plain rust-openssl loop and tokio-openssl.
+# section 2), for closenotify's Closer, a plain rust-openssl loop, tokio-openssl, and
+# closenotify::tokio (the benchmark is built with the `tokio` feature).
 #
 #   scripts/syscalls.sh [N]        # N connections per implementation (default 1000)
 #
@@ -13,8 +14,8 @@ cd "$(dirname "$0")/.."
 n=${1:-1000}
 command -v strace >/dev/null || { echo "strace is required (apt-get install strace)" >&2; exit 1; }
 
-cargo bench --bench shutdown --no-run >/dev/null 2>&1
-bin=$(cargo bench --bench shutdown --no-run --message-format=json 2>/dev/null |
+cargo bench --features tokio --bench shutdown --no-run >/dev/null 2>&1
+bin=$(cargo bench --features tokio --bench shutdown --no-run --message-format=json 2>/dev/null |
       python3 -c 'import json,sys
 for l in sys.stdin:
     m=json.loads(l)
@@ -24,7 +25,7 @@ for l in sys.stdin:
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 printf '%-16s %10s %10s %12s  %s\n' implementation "calls/conn" "close/conn" "w/o close" "top calls (per connection)"
-for impl in closenotify rust-openssl tokio-openssl; do
+for impl in closenotify rust-openssl tokio-openssl closenotify-tokio; do
     mkfifo "$tmp/in"
     "$bin" --syscalls "$impl" "$n" < "$tmp/in" > "$tmp/out" 2>"$tmp/err" &
     pid=$!

@@ -67,6 +67,8 @@
 //!   one `mio::Poll` (its own or yours) and hands back the reports.
 //! - A raw `SSL*` and socket, as C callers own them: [`RawConnection`], and the C
 //!   API in `include/closenotify.h`.
+//! - tokio and tokio-openssl (the `tokio` feature): `closenotify::tokio::shutdown`
+//!   and the half-close reader `closenotify::tokio::HalfClose`.
 //!
 //! ## Guarantees
 //! - `SIGPIPE` is never raised in the host process ([`RawConnection`] blocks it
@@ -109,6 +111,9 @@ mod sigpipe;
 mod socket;
 /// cbindgen:ignore
 mod stoptls;
+/// cbindgen:ignore
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 /// cbindgen:ignore
 #[doc(hidden)]
@@ -136,3 +141,9 @@ pub use openssl_sys;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// The README's tokio section, in its own file until it is merged into the README,
+/// compiled as doctests too (with and without the `tokio` feature).
+#[cfg(doctest)]
+#[doc = include_str!("../docs/tokio-readme-section.md")]
+struct TokioReadmeSectionDoctests;

@@ -16,7 +16,14 @@ use crate::machine::{Interest, Ready};
 /// `shutdown(SHUT_WR)`, and the TCP state tells the two apart from a dead
 /// connection.
 pub(crate) fn half_close(fd: BorrowedFd<'_>) -> io::Result<()> {
-    match SockRef::from(&fd).shutdown(HowShutdown::Write) {
+    half_close_answer(SockRef::from(&fd).shutdown(HowShutdown::Write), fd)
+}
+
+/// What a `shutdown(SHUT_WR)` of `fd` made elsewhere (by tokio-openssl) answered,
+/// read as [`half_close`] reads its own: ENOTCONN once our FIN is queued means the
+/// write side was already shut.
+pub(crate) fn half_close_answer(answer: io::Result<()>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    match answer {
         Err(err) if err.raw_os_error() == Some(libc::ENOTCONN) && fin_sent(fd) => Ok(()),
         other => other,
     }

@@ -79,9 +79,13 @@ fn build_examples() -> Result<PathBuf, String> {
         "echo_client",
         "--example",
         "scenarios",
-    ])
-    .arg("--manifest-path")
-    .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+    ]);
+    // The tokio client exists with the feature only (the features of this build).
+    if cfg!(feature = "tokio") {
+        cmd.args(["--features", "tokio", "--example", "tokio_echo_client"]);
+    }
+    cmd.arg("--manifest-path")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
     match name {
         "debug" => {}
         "release" => {
@@ -130,7 +134,9 @@ fn example(name: &str) -> PathBuf {
 
 fn command(program: &str) -> Command {
     let mut cmd = match program {
-        "echo_server" | "echo_client" | "scenarios" => Command::new(example(program)),
+        "echo_server" | "echo_client" | "scenarios" | "tokio_echo_client" => {
+            Command::new(example(program))
+        }
         other => Command::new(other),
     };
     // env_logger would add lines to stderr, where the client's report is the last.
@@ -497,10 +503,12 @@ fn expect(server_mode: &str, close: &str, tls: Tls, len: usize) -> Expect {
     }
 }
 
-/// Runs one echo_client against `server` and checks the client's output, exit
-/// code and report, and the server's line for the connection (clients run one at
-/// a time per server, so the next line is this client's).
+/// Runs one `client` (echo_client, or tokio_echo_client, which must behave the
+/// same) against `server` and checks the client's output, exit code and report,
+/// and the server's line for the connection (clients run one at a time per
+/// server, so the next line is this client's).
 fn client_run(
+    client: &str,
     server: &mut EchoServer,
     server_mode: &str,
     close: &str,
@@ -527,15 +535,15 @@ fn client_run(
     }
     let input: &[u8] = if via_stdin { msg } else { b"" };
     let what = format!(
-        "server --mode {server_mode}, client --close {close}, {tls:?}, {} bytes{}",
+        "server --mode {server_mode}, {client} --close {close}, {tls:?}, {} bytes{}",
         msg.len(),
         if via_stdin { " via stdin" } else { "" }
     );
     let e = expect(server_mode, close, tls, msg.len());
     if close == "never" {
-        return never_run(server, &args, input, msg, &e, &what, server_mode);
+        return never_run(client, server, &args, input, msg, &e, &what, server_mode);
     }
-    let r = run("echo_client", &args, input, WAIT);
+    let r = run(client, &args, input, WAIT);
 
     assert!(
         r.stdout == msg,
@@ -580,7 +588,9 @@ fn client_run(
 
 /// `--close never` holds the connection until it is killed (or reset): the server's
 /// line comes while the client still holds it; then the client is killed.
+#[allow(clippy::too_many_arguments)]
 fn never_run(
+    client: &str,
     server: &mut EchoServer,
     args: &[String],
     input: &[u8],
@@ -589,7 +599,7 @@ fn never_run(
     what: &str,
     server_mode: &str,
 ) {
-    let mut child = Job::start(command("echo_client"), "echo_client", args, input);
+    let mut child = Job::start(command(client), client, args, input);
 
     let line = server.line();
     peer_port(&line);
@@ -619,6 +629,17 @@ fn never_run(
 
 #[test]
 fn echo_client_against_echo_server_every_close_and_server_mode() {
+    every_close_and_server_mode("echo_client");
+}
+
+/// The tokio client does what echo_client does: the same expectations.
+#[cfg(feature = "tokio")]
+#[test]
+fn tokio_echo_client_against_echo_server_every_close_and_server_mode() {
+    every_close_and_server_mode("tokio_echo_client");
+}
+
+fn every_close_and_server_mode(client: &str) {
     let _serial = serial();
     let big = varied_bytes(1 << 20, 1);
     thread::scope(|scope| {
@@ -647,8 +668,9 @@ fn echo_client_against_echo_server_every_close_and_server_mode() {
                         if close == "never" && server_mode == "bidirectional" {
                             continue; // see never_client_is_timed_out_by_a_bidirectional_server
                         }
-                        client_run(&mut server, server_mode, close, tls, TEXT.as_bytes(), false);
-                        client_run(&mut server, server_mode, close, tls, big, true);
+                        let text = TEXT.as_bytes();
+                        client_run(client, &mut server, server_mode, close, tls, text, false);
+                        client_run(client, &mut server, server_mode, close, tls, big, true);
                     }
                 }
             });
@@ -665,6 +687,7 @@ fn never_client_is_timed_out_by_a_bidirectional_server() {
     let mut server = EchoServer::start(&["--idle-timeout-ms", "300", "--peer-timeout-ms", "300"]);
     for tls in BOTH {
         client_run(
+            "echo_client",
             &mut server,
             "bidirectional",
             "never",

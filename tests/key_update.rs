@@ -11,42 +11,10 @@
 
 mod util;
 
-use std::io::Read;
 use std::os::fd::AsRawFd;
 
 use closenotify::{shutdown_blocking, Outcome, Policy};
-use foreign_types::ForeignTypeRef;
-use openssl::ssl::SslStream;
 use util::*;
-
-/// The peer: once our close_notify is in its socket (unread, so its OpenSSL is
-/// still fully open), sends `updates` KeyUpdates, then reads our close_notify,
-/// answers with its own, and returns every byte that came after our close_notify
-/// until our FIN (or until we close, without the half-close).
-fn updating_peer(
-    updates: usize,
-    requested: bool,
-) -> impl FnOnce(SslStream<std::net::TcpStream>) -> Vec<u8> {
-    move |mut p| {
-        assert!(wait_for(p.get_ref().as_raw_fd(), libc::POLLIN, ms(5000)));
-        let ssl = p.ssl().as_ptr();
-        for _ in 0..updates {
-            // SAFETY: the peer owns `p`; each call queues one KeyUpdate that
-            // SSL_do_handshake then writes.
-            unsafe {
-                assert_eq!(util::sys::SSL_key_update(ssl, i32::from(requested)), 1);
-                assert_eq!(openssl_sys::SSL_do_handshake(ssl), 1);
-            }
-        }
-        read_until_close_notify(&mut p).expect("our close_notify");
-        p.shutdown().unwrap();
-        let tcp = p.get_mut();
-        tcp.set_read_timeout(Some(ms(5000))).unwrap();
-        let mut after = Vec::new();
-        let _ = tcp.read_to_end(&mut after);
-        after
-    }
-}
 
 const UPDATES: [usize; 3] = [1, 2, 50];
 

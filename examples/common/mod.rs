@@ -8,7 +8,7 @@ pub mod line;
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
@@ -214,6 +214,30 @@ pub fn write_raw(s: &mut SslStream<TcpStream>, bytes: &[u8]) {
     let _ = s.get_mut().write_all(bytes);
 }
 
+/// As `write_raw`, on any socket (a tokio one too), bypassing its owner.
+pub fn send_raw(sock: impl AsFd, mut bytes: &[u8]) {
+    let fd = sock.as_fd().as_raw_fd();
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is valid for its length; MSG_NOSIGNAL: no SIGPIPE.
+        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+        } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
+            wait_for(fd, libc::POLLOUT, Duration::from_secs(5));
+        } else {
+            return;
+        }
+    }
+}
+
+/// Our forged record (see `forged_record`) under the TLS layer of `sock`, then a
+/// bounded wait until the fatal alert the peer raises on it has arrived.
+pub fn provoke_fatal_alert(sock: impl AsFd) {
+    let fd = sock.as_fd().as_raw_fd();
+    send_raw(sock, &forged_record());
+    wait_for(fd, libc::POLLIN, Duration::from_secs(5));
+}
+
 /// A well-formed TLS application-data record header with a body that will fail
 /// authentication: the receiver raises bad_record_mac.
 pub fn forged_record() -> Vec<u8> {
@@ -254,8 +278,8 @@ pub fn read_tickets(s: &mut SslStream<TcpStream>) {
 /// would take. OpenSSL's own state is untouched (no half-written record).
 /// Returns the number of raw bytes written, for a peer that drains them before it
 /// reads TLS again.
-pub fn fill_send_buffer(tcp: &TcpStream) -> usize {
-    let fd = tcp.as_raw_fd();
+pub fn fill_send_buffer(sock: impl AsFd) -> usize {
+    let fd = sock.as_fd().as_raw_fd();
     let chunk = vec![0u8; 65536];
     let mut total = 0;
     let mut send = |size: usize| {
@@ -346,42 +370,57 @@ impl Behaviour {
     ) -> thread::JoinHandle<()> {
         let tls13_client =
             ours.ssl().version2() == Some(SslVersion::TLS1_3) && !ours.ssl().is_server();
-        match self {
-            Behaviour::Initiates => {
-                let handle = thread::spawn(move || {
-                    let mut p = peer;
-                    if p.shutdown().is_ok() && read_until_close_notify(&mut p).is_ok() {
-                        wait_eof(p.get_mut());
-                    }
-                });
-                // The application reads until the peer's close_notify.
+        let handle = self.spawn_peer(peer, release);
+        match self.our_part() {
+            OurPart::Nothing => {}
+            OurPart::ReadUntilCloseNotify => {
                 let _ = read_until_close_notify(ours);
-                handle
             }
-            Behaviour::NotReading => {
+            OurPart::FillSendBuffer => {
                 if tls13_client {
                     read_tickets(ours);
                 }
                 fill_send_buffer(ours.get_ref());
-                thread::spawn(move || {
-                    let _ = release.recv();
-                    drop(peer);
-                })
             }
-            Behaviour::FatalAlert => {
-                let handle = thread::spawn(move || {
-                    let mut p = peer;
-                    let _ = p.ssl_read(&mut [0u8; 64]); // fails: sends the alert
-                    let _ = release.recv();
-                });
-                write_raw(ours, &forged_record());
-                wait_for(
-                    ours.get_ref().as_raw_fd(),
-                    libc::POLLIN,
-                    Duration::from_secs(5),
-                );
-                handle
-            }
+            OurPart::ProvokeFatalAlert => provoke_fatal_alert(ours.get_ref()),
+        }
+        handle
+    }
+
+    /// What our application does before the shutdown, for this behaviour: `start`
+    /// plays it on a blocking stream; an async test plays it on its own stream.
+    pub fn our_part(self) -> OurPart {
+        match self {
+            Behaviour::Initiates => OurPart::ReadUntilCloseNotify,
+            Behaviour::NotReading => OurPart::FillSendBuffer,
+            Behaviour::FatalAlert => OurPart::ProvokeFatalAlert,
+            _ => OurPart::Nothing,
+        }
+    }
+
+    /// The peer's thread for this behaviour (the half of `start` on the peer's
+    /// side). `release` tells a peer that holds the connection open that it may go.
+    pub fn spawn_peer(
+        self,
+        peer: SslStream<TcpStream>,
+        release: std::sync::mpsc::Receiver<()>,
+    ) -> thread::JoinHandle<()> {
+        match self {
+            Behaviour::Initiates => thread::spawn(move || {
+                let mut p = peer;
+                if p.shutdown().is_ok() && read_until_close_notify(&mut p).is_ok() {
+                    wait_eof(p.get_mut());
+                }
+            }),
+            Behaviour::NotReading => thread::spawn(move || {
+                let _ = release.recv();
+                drop(peer);
+            }),
+            Behaviour::FatalAlert => thread::spawn(move || {
+                let mut p = peer;
+                let _ = p.ssl_read(&mut [0u8; 64]); // fails on our forged record: alert
+                let _ = release.recv();
+            }),
             other => thread::spawn(move || other.after_close_notify(peer, release)),
         }
     }
@@ -422,6 +461,20 @@ impl Behaviour {
             }
         }
     }
+}
+
+/// What our application does before the shutdown for a `Behaviour`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OurPart {
+    /// Nothing: the shutdown starts at once.
+    Nothing,
+    /// Reads until the peer's close_notify (the peer initiates).
+    ReadUntilCloseNotify,
+    /// A TLS 1.3 client reads its session tickets (unread input would turn our
+    /// close into an RST), then `fill_send_buffer` (the peer does not read).
+    FillSendBuffer,
+    /// `provoke_fatal_alert`.
+    ProvokeFatalAlert,
 }
 
 /// Sends close_notify now and waits for the FIN.

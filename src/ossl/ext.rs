@@ -23,7 +23,14 @@ extern "C" {
     pub fn BIO_method_type(b: *const BIO) -> c_int;
     pub fn BIO_s_null() -> *const BIO_METHOD;
     pub fn BIO_up_ref(b: *mut BIO) -> c_int;
+    // Only the tokio adapter needs to know whether a write is stuck in OpenSSL.
+    #[cfg(feature = "tokio")]
+    pub fn SSL_want(s: *const SSL) -> c_int;
 }
+
+/// `SSL_want`'s answer when OpenSSL holds bytes it must still write.
+#[cfg(feature = "tokio")]
+pub const SSL_WRITING: c_int = 2;
 
 /// `BIO_TYPE_DESCRIPTOR | BIO_TYPE_SOURCE_SINK | 5`: `BIO_s_socket`.
 pub const BIO_TYPE_SOCKET: c_int = 0x0400 | 0x0100 | 5;

@@ -1,7 +1,8 @@
 //! The only module that calls `openssl-sys`: [`Connection`] for rust-openssl's
 //! `SslStream` and for a raw `SSL*` ([`RawConnection`]), the classification of
 //! OpenSSL's answers into [`TlsError`]s (`classify`), and OpenSSL's reason codes
-//! (`reasons`).
+//! (`reasons`). The `on_ssl` helpers, which touch only the `SSL` object and never
+//! its BIOs' I/O, also serve the tokio adapter (`crate::tokio`).
 
 mod classify;
 mod ext;
@@ -18,7 +19,7 @@ use openssl::ex_data::Index;
 use openssl::ssl::{ShutdownResult, Ssl, SslRef, SslStream};
 use openssl_sys as ffi;
 
-use self::classify::classify_stream;
+pub(crate) use self::classify::classify_stream;
 use self::ext::*;
 use crate::machine::{Connection, Status, TlsError};
 use crate::report::{Report, TlsVersion};
@@ -54,8 +55,10 @@ fn saved_index() -> Option<Index<Ssl, Saved>> {
     *INDEX.get_or_init(|| Ssl::new_ex_index().ok())
 }
 
-/// The helpers shared by every OpenSSL-backed connection, on an `&SslRef`.
-mod on_ssl {
+/// The helpers shared by every OpenSSL-backed connection, on an `&SslRef`. None
+/// of them makes the `SSL` read or write through its BIOs, so they are safe on a
+/// stream whose BIO needs a context only its owner can give (tokio-openssl's).
+pub(crate) mod on_ssl {
     use super::*;
 
     pub fn status(ssl: &SslRef) -> Status {
@@ -101,9 +104,10 @@ mod on_ssl {
     /// Prepares the connection for the shutdown:
     /// - suspends `SSL_OP_IGNORE_UNEXPECTED_EOF`: with it, OpenSSL turns an EOF
     ///   into a fake close_notify and a truncation would be reported as `clean`;
-    /// - puts the socket in non-blocking mode, so that no OpenSSL call can block
-    ///   past the policy's deadlines.
-    pub fn begin(ssl: &mut SslRef, fd: RawFd) {
+    /// - puts the socket `fd` in non-blocking mode, so that no OpenSSL call can
+    ///   block past the policy's deadlines (`None`: the caller's I/O never blocks,
+    ///   as with tokio, and the fd's mode is left alone).
+    pub fn begin(ssl: &mut SslRef, fd: Option<RawFd>) {
         #[cfg(ossl300)]
         {
             // SAFETY: `ssl` is valid; the option calls only read/modify a bit field.
@@ -114,6 +118,7 @@ mod on_ssl {
                 with_saved(ssl, |s| s.suspended_ignore_eof = true);
             }
         }
+        let Some(fd) = fd else { return };
         match socket::set_nonblocking(fd) {
             Ok(true) => with_saved(ssl, |s| s.was_blocking = true),
             Ok(false) => {}
@@ -229,6 +234,25 @@ mod on_ssl {
         unsafe { SSL_has_pending(ssl.as_ptr()) == 1 }
     }
 
+    // The two helpers below serve the tokio adapter only, which sees OpenSSL's
+    // answers through tokio-openssl's poll methods.
+
+    /// The peer's close_notify has arrived (`SSL_RECEIVED_SHUTDOWN`).
+    #[cfg(feature = "tokio")]
+    pub fn received_close_notify(ssl: &SslRef) -> bool {
+        // SAFETY: `ssl` is valid; SSL_get_shutdown only reads its flags.
+        unsafe { ffi::SSL_get_shutdown(ssl.as_ptr()) & ffi::SSL_RECEIVED_SHUTDOWN != 0 }
+    }
+
+    /// OpenSSL holds bytes it could not write yet (`SSL_want_write`): the last
+    /// write of the connection stopped, on a retry or on an error, with part of a
+    /// record still in OpenSSL's buffer. A write that completed resets it.
+    #[cfg(feature = "tokio")]
+    pub fn write_stuck(ssl: &SslRef) -> bool {
+        // SAFETY: `ssl` is valid; SSL_want only reads its state.
+        unsafe { SSL_want(ssl.as_ptr()) == SSL_WRITING }
+    }
+
     pub fn set_quiet(ssl: &mut SslRef) {
         // SAFETY: `ssl` is valid; sets the shutdown flags so that nothing is ever
         // sent, which OpenSSL allows in any state (it is what quiet shutdown does).
@@ -310,7 +334,7 @@ mod on_ssl {
 }
 
 /// Size of the buffer application data is read into and discarded: one record.
-const DISCARD_BUF: usize = 16 * 1024;
+pub(crate) const DISCARD_BUF: usize = 16 * 1024;
 
 impl<S: Read + Write + AsFd> Connection for SslStream<S> {
     fn status(&mut self) -> Status {
@@ -318,7 +342,7 @@ impl<S: Read + Write + AsFd> Connection for SslStream<S> {
     }
     fn begin(&mut self) {
         let fd = self.get_ref().as_fd().as_raw_fd();
-        on_ssl::begin(stream_ssl_mut(self), fd)
+        on_ssl::begin(stream_ssl_mut(self), Some(fd))
     }
     fn keep_transport(&mut self) -> bool {
         on_ssl::keep_transport(stream_ssl_mut(self))
@@ -427,9 +451,25 @@ pub(crate) fn free_buffers<S>(stream: &mut SslStream<S>) {
 
 /// `&mut SslRef` of a stream; rust-openssl only hands out `&SslRef`.
 fn stream_ssl_mut<S>(stream: &mut SslStream<S>) -> &mut SslRef {
-    // SAFETY: the pointer is the stream's own valid SSL, and `&mut stream` makes
-    // this the only reference to it for the lifetime of the borrow.
-    unsafe { SslRef::from_ptr_mut(stream.ssl().as_ptr()) }
+    // SAFETY: `SslStream::ssl` returns the stream's own SSL.
+    unsafe { ssl_mut_of(stream, SslStream::ssl) }
+}
+
+/// `&mut SslRef` of the `SSL` that `owner` owns, found with `ssl`: rust-openssl's
+/// and tokio-openssl's streams only hand out `&SslRef`.
+///
+/// # Safety
+/// `ssl(owner)` must return the `SSL` that `owner` owns (not one shared with
+/// anything else), so that `&mut owner` makes the result the only reference to it
+/// for the lifetime of the borrow.
+pub(crate) unsafe fn ssl_mut_of<T: ?Sized>(
+    owner: &mut T,
+    ssl: impl FnOnce(&T) -> &SslRef,
+) -> &mut SslRef {
+    let ptr = ssl(owner).as_ptr();
+    // SAFETY: the pointer is the owner's own valid SSL (the caller's contract),
+    // and the exclusive borrow of the owner covers the returned reference.
+    unsafe { SslRef::from_ptr_mut(ptr) }
 }
 
 impl From<&openssl::ssl::Error> for TlsError {

@@ -186,7 +186,7 @@ impl Connection for RawConnection {
     }
     fn begin(&mut self) {
         let fd = self.fd;
-        on_ssl::begin(self.ssl_mut(), fd)
+        on_ssl::begin(self.ssl_mut(), Some(fd))
     }
     fn keep_transport(&mut self) -> bool {
         on_ssl::keep_transport(self.ssl_mut())

@@ -5,13 +5,14 @@
 
 pub mod process;
 
+use std::io::Read;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use closenotify::{Outcome, Policy, Report};
-use foreign_types::ForeignType;
+use foreign_types::{ForeignType, ForeignTypeRef};
 use openssl::ssl::SslStream;
 use openssl_sys as ffi;
 
@@ -80,6 +81,81 @@ impl Contexts {
             Role::Server => ours.accept().expect("our handshake"),
         }
         (ours, peer.join().unwrap())
+    }
+}
+
+/// Our side on tokio-openssl, over a tokio `TcpStream`.
+pub type TokioStream = tokio_openssl::SslStream<tokio::net::TcpStream>;
+
+impl Contexts {
+    /// As `pair`, with our side a tokio-openssl stream registered with the current
+    /// tokio runtime; the peer is the usual blocking rust-openssl stream (hand it
+    /// to `spawn_peer` or `Behaviour::spawn_peer`).
+    pub async fn pair_tokio(&self, role: Role) -> (TokioStream, SslStream<TcpStream>) {
+        self.pair_tokio_with(role, |tcp| tcp).await
+    }
+
+    /// As `pair_tokio`, our tokio `TcpStream` wrapped by `wrap` (a test stream).
+    pub async fn pair_tokio_with<S>(
+        &self,
+        role: Role,
+        wrap: impl FnOnce(tokio::net::TcpStream) -> S,
+    ) -> (tokio_openssl::SslStream<S>, SslStream<TcpStream>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let (client_tcp, server_tcp) = tcp_pair();
+        let (ours_tcp, peer_tcp, ours_ctx, peer_ctx) = match role {
+            Role::Client => (client_tcp, server_tcp, &self.client, self.server.clone()),
+            Role::Server => (server_tcp, client_tcp, &self.server, self.client.clone()),
+        };
+        let peer = thread::spawn(move || {
+            let ssl = openssl::ssl::Ssl::new(&peer_ctx).unwrap();
+            match role {
+                Role::Client => ssl.accept(peer_tcp).expect("peer handshake"),
+                Role::Server => ssl.connect(peer_tcp).expect("peer handshake"),
+            }
+        });
+        ours_tcp.set_nonblocking(true).unwrap();
+        let tcp = wrap(tokio::net::TcpStream::from_std(ours_tcp).unwrap());
+        let ssl = openssl::ssl::Ssl::new(ours_ctx).unwrap();
+        let mut ours = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+        let mut pinned = std::pin::Pin::new(&mut ours);
+        match role {
+            Role::Client => pinned.as_mut().connect().await.expect("our handshake"),
+            Role::Server => pinned.as_mut().accept().await.expect("our handshake"),
+        }
+        // Our handshake is done, so the peer's ends at once.
+        (ours, peer.join().unwrap())
+    }
+}
+
+/// The peer: once our close_notify is in its socket (unread, so its OpenSSL is
+/// still fully open), sends `updates` KeyUpdates, then reads our close_notify,
+/// answers with its own, and returns every byte that came after our close_notify
+/// until our FIN (or until we close, without the half-close).
+pub fn updating_peer(
+    updates: usize,
+    requested: bool,
+) -> impl FnOnce(SslStream<std::net::TcpStream>) -> Vec<u8> {
+    move |mut p| {
+        assert!(wait_for(p.get_ref().as_raw_fd(), libc::POLLIN, ms(5000)));
+        let ssl = p.ssl().as_ptr();
+        for _ in 0..updates {
+            // SAFETY: the peer owns `p`; each call queues one KeyUpdate that
+            // SSL_do_handshake then writes.
+            unsafe {
+                assert_eq!(sys::SSL_key_update(ssl, i32::from(requested)), 1);
+                assert_eq!(ffi::SSL_do_handshake(ssl), 1);
+            }
+        }
+        read_until_close_notify(&mut p).expect("our close_notify");
+        p.shutdown().unwrap();
+        let tcp = p.get_mut();
+        tcp.set_read_timeout(Some(ms(5000))).unwrap();
+        let mut after = Vec::new();
+        let _ = tcp.read_to_end(&mut after);
+        after
     }
 }
 

@@ -1,0 +1,340 @@
+//! `echo_client` on tokio and tokio-openssl: a TLS echo client that ends its
+//! connection with `closenotify::tokio`, or misbehaves on purpose to show what
+//! servers see.
+//!
+//! ```text
+//! cargo run --example echo_server &
+//! cargo run --features tokio --example tokio_echo_client -- \
+//!     --connect 127.0.0.1:4433 --insecure --message hello
+//! ```
+//!
+//! Options, flows, output and exit codes are `echo_client`'s: `--connect ADDR`
+//! (required), `--message TEXT` (default: stdin), `--servername NAME`, `--ca FILE`
+//! or `--insecure`, `--close bidirectional|send-only|quiet|abrupt|reset|never`,
+//! `--flush-timeout-ms N`, `--peer-timeout-ms N`, `--tls12`, `--json`.
+//!
+//! Default flow (`--close bidirectional`): send the message, then close_notify +
+//! SHUT_WR, and keep reading the echo until the server's close_notify: the TLS
+//! half-close, `closenotify::tokio::HalfClose`, an `AsyncRead` that ends with an
+//! error unless the server closed properly. The other modes first read the whole
+//! echo, then: `send-only` sends close_notify without waiting and `quiet` sends
+//! none (both with `closenotify::tokio::shutdown`), `abrupt` closes TCP without
+//! close_notify, `reset` closes with an RST, `never` holds the connection open
+//! until the server resets it.
+//!
+//! Echoed bytes go to stdout. The report goes to stderr (with `--json`, as the
+//! last line, a JSON object). Exit 0 for `clean` and `sent_only`, 1 for any other
+//! end, 2 for usage errors.
+
+mod common;
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use closenotify::tokio::HalfClose;
+use closenotify::{Mode, Policy, Report};
+use common::cli::{self, Args};
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+const USAGE: &str = "usage: tokio_echo_client --connect ADDR [--message TEXT] \
+[--servername NAME] [--ca FILE | --insecure] \
+[--close bidirectional|send-only|quiet|abrupt|reset|never] \
+[--flush-timeout-ms N] [--peer-timeout-ms N] [--tls12] [--json]";
+
+/// How long the client waits for the server to connect, handshake and echo.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Stream = tokio_openssl::SslStream<tokio::net::TcpStream>;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Close {
+    Shutdown(Mode),
+    Abrupt,
+    Reset,
+    Never,
+}
+
+struct Options {
+    connect: String,
+    message: Option<String>,
+    servername: Option<String>,
+    ca: Option<PathBuf>,
+    insecure: bool,
+    close: Close,
+    policy: closenotify::PolicyBuilder,
+    tls12: bool,
+    json: bool,
+}
+
+fn parse_options() -> Result<Options, String> {
+    let mut args = Args::from_env();
+    let mut o = Options {
+        connect: String::new(),
+        message: None,
+        servername: None,
+        ca: None,
+        insecure: false,
+        close: Close::Shutdown(Mode::Bidirectional),
+        policy: Policy::builder(),
+        tls12: false,
+        json: false,
+    };
+    while let Some(flag) = args.next_flag()? {
+        match flag.as_str() {
+            "--connect" => o.connect = args.value(&flag)?,
+            "--message" => o.message = Some(args.value(&flag)?),
+            "--servername" => o.servername = Some(args.value(&flag)?),
+            "--ca" => o.ca = Some(PathBuf::from(args.value(&flag)?)),
+            "--insecure" => {
+                args.switch(&flag)?;
+                o.insecure = true;
+            }
+            "--close" => {
+                o.close = match args.value(&flag)?.as_str() {
+                    "abrupt" => Close::Abrupt,
+                    "reset" => Close::Reset,
+                    "never" => Close::Never,
+                    other => Close::Shutdown(cli::mode(other).map_err(|_| {
+                        format!(
+                            "invalid --close '{other}' \
+                             (bidirectional, send-only, quiet, abrupt, reset or never)"
+                        )
+                    })?),
+                }
+            }
+            "--flush-timeout-ms" => o.policy = o.policy.flush_timeout(args.millis(&flag)?),
+            "--peer-timeout-ms" => o.policy = o.policy.peer_timeout(args.millis(&flag)?),
+            "--tls12" => {
+                args.switch(&flag)?;
+                o.tls12 = true;
+            }
+            "--json" => {
+                args.switch(&flag)?;
+                o.json = true;
+            }
+            "--help" | "-h" => return Err(String::new()),
+            other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    if o.connect.is_empty() {
+        return Err("--connect is required".into());
+    }
+    if o.insecure && o.ca.is_some() {
+        return Err("--ca and --insecure exclude each other".into());
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    env_logger::init();
+    let mut options = match parse_options() {
+        Ok(o) => o,
+        Err(msg) => return cli::usage_error("tokio_echo_client", USAGE, &msg),
+    };
+    let mode = match options.close {
+        Close::Shutdown(mode) => mode,
+        _ => Mode::Bidirectional,
+    };
+    let policy = match std::mem::take(&mut options.policy).mode(mode).build() {
+        Ok(p) => p,
+        Err(e) => return cli::usage_error("tokio_echo_client", USAGE, &e.to_string()),
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|rt| rt.block_on(run(&options, &policy)));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            if options.json {
+                eprintln!("{}", json!({ "outcome": "failed", "error": e }));
+            } else {
+                eprintln!("tokio_echo_client: {e}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `f`, or an error after `IO_TIMEOUT`.
+async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> Result<T, String> {
+    timeout(IO_TIMEOUT, f)
+        .await
+        .map_err(|_| format!("{what}: timed out after {IO_TIMEOUT:?}"))
+}
+
+async fn connect(options: &Options) -> Result<Stream, String> {
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    if options.tls12 {
+        builder
+            .set_max_proto_version(Some(SslVersion::TLS1_2))
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(ca) = &options.ca {
+        builder
+            .set_ca_file(ca)
+            .map_err(|e| format!("cannot use CA file {}: {e}", ca.display()))?;
+    }
+    if options.insecure {
+        builder.set_verify(SslVerifyMode::NONE);
+    }
+    let connector = builder.build();
+
+    let addr = tokio::net::lookup_host(&options.connect)
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", options.connect))?
+        .next()
+        .ok_or_else(|| format!("no address for {}", options.connect))?;
+    let tcp = bounded("connect", tokio::net::TcpStream::connect(addr))
+        .await?
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    tcp.set_nodelay(true).ok();
+    let host = options.connect.rsplit_once(':').map_or("", |(h, _)| h);
+    let name = options.servername.as_deref().unwrap_or(host);
+    let mut config = connector.configure().map_err(|e| e.to_string())?;
+    if options.insecure {
+        config.set_verify_hostname(false);
+    }
+    let ssl = config.into_ssl(name).map_err(|e| e.to_string())?;
+    let mut stream = Stream::new(ssl, tcp).map_err(|e| e.to_string())?;
+    bounded("TLS handshake", Pin::new(&mut stream).connect())
+        .await?
+        .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
+    Ok(stream)
+}
+
+/// Runs the client; `Ok(true)` when the connection ended `clean` or `sent_only`.
+async fn run(options: &Options, policy: &Policy) -> Result<bool, String> {
+    let message = match &options.message {
+        Some(m) => m.clone().into_bytes(),
+        None => {
+            let mut m = Vec::new();
+            io::stdin()
+                .read_to_end(&mut m)
+                .map_err(|e| format!("cannot read stdin: {e}"))?;
+            m
+        }
+    };
+    let mut stream = connect(options).await?;
+    bounded("send", stream.write_all(&message))
+        .await?
+        .map_err(|e| format!("cannot send: {e}"))?;
+    let mut stdout = io::stdout().lock();
+
+    if options.close == Close::Shutdown(Mode::Bidirectional) {
+        let (report, echoed) = half_close(&mut stream, policy, &mut stdout).await?;
+        return Ok(finish(options, Some(&report), echoed, None));
+    }
+
+    // The other modes read the whole echo first, so that nothing is left unread
+    // (unread input would turn the close into an RST) and the server sees exactly
+    // the behaviour asked for.
+    let mut echo = vec![0u8; message.len()];
+    bounded("echo", stream.read_exact(&mut echo))
+        .await?
+        .map_err(|e| format!("cannot read the echo: {e}"))?;
+    stdout.write_all(&echo).ok();
+    stdout.flush().ok();
+    let echoed = echo.len() as u64;
+    match options.close {
+        Close::Shutdown(_) => {
+            let report = closenotify::tokio::shutdown(&mut stream, policy)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(finish(options, Some(&report), echoed, None))
+        }
+        Close::Abrupt => {
+            drop(stream); // FIN, no close_notify
+            Ok(finish(options, None, echoed, Some("abrupt")))
+        }
+        Close::Reset => {
+            socket2::SockRef::from(stream.get_ref())
+                .set_linger(Some(Duration::ZERO))
+                .map_err(|e| e.to_string())?;
+            drop(stream); // RST
+            Ok(finish(options, None, echoed, Some("reset")))
+        }
+        Close::Never => {
+            // Hold the connection without ever answering: past the server's
+            // close_notify and FIN, until it resets the connection (or we are
+            // killed). poll() reports POLLHUP/POLLERR only for a reset.
+            let mut raw = [0u8; 4096];
+            while matches!(stream.get_mut().read(&mut raw).await, Ok(n) if n > 0) {}
+            let fd = stream.get_ref().as_raw_fd();
+            tokio::task::spawn_blocking(move || {
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: 0,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd on an fd `stream` keeps open while this
+                // runs (it is awaited below); no events requested, so only a
+                // hang-up or an error wakes it.
+                while unsafe { libc::poll(&mut pfd, 1, -1) } == 0
+                    || pfd.revents & (libc::POLLHUP | libc::POLLERR) == 0
+                {}
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            drop(stream);
+            Ok(finish(options, None, echoed, Some("never")))
+        }
+    }
+}
+
+/// Sends close_notify + SHUT_WR and reads the rest of the echo until the server's
+/// close_notify, writing it to `out`. Returns the report and the bytes echoed.
+async fn half_close(
+    stream: &mut Stream,
+    policy: &Policy,
+    out: &mut impl Write,
+) -> Result<(Report, u64), String> {
+    let mut closing = HalfClose::new(stream, policy).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 16 * 1024];
+    let mut echoed = 0u64;
+    // Bounded by the policy: the reads end with the shutdown, in order (Ok(0)) or
+    // not (an error; the report says how).
+    while let Ok(n) = closing.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).ok();
+        echoed += n as u64;
+    }
+    out.flush().ok();
+    let report = match closing.report() {
+        Some(report) => report,
+        None => closing.finish().await,
+    };
+    Ok((report, echoed))
+}
+
+/// Prints the report (or what the misbehaving mode did); true for clean/sent_only.
+fn finish(options: &Options, report: Option<&Report>, echoed: u64, close: Option<&str>) -> bool {
+    match (report, options.json) {
+        (Some(r), true) => eprintln!(
+            "{}",
+            common::report_json(
+                vec![],
+                r,
+                vec![
+                    ("os_error", json!(r.os_error)),
+                    ("bytes_echoed", json!(echoed))
+                ],
+            )
+        ),
+        (Some(r), false) => eprintln!("{echoed} bytes echoed; {r}"),
+        (None, true) => eprintln!("{}", json!({ "close": close, "bytes_echoed": echoed })),
+        (None, false) => eprintln!("{echoed} bytes echoed; closed: {}", close.unwrap_or("?")),
+    }
+    report.is_some_and(|r| r.outcome.is_orderly())
+}

@@ -1,0 +1,1215 @@
+//! `closenotify::tokio` against the same real OpenSSL peers as the blocking API
+//! (`Behaviour::ALL`, examples/common): every behaviour in TLS 1.2 and 1.3, with
+//! our side as client and as server, on a current-thread and a multi-thread
+//! runtime. Each report is checked against what tests/outcomes.rs asserts for the
+//! blocking call, and against `shutdown_blocking`'s own report for the same peer
+//! behaviour. Also: the modes, the drain limit, the linger stage, the half-close
+//! reader, cancellation, the policies the adapter refuses, a stream that is not a
+//! socket, the inner stream's half-close, TLS 1.3 KeyUpdates.
+#![cfg(feature = "tokio")]
+
+mod util;
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::mpsc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use closenotify::tokio::{shutdown, HalfClose};
+use closenotify::{
+    shutdown_blocking, Alert, AlertDirection, Error, Initiator, Mode, Outcome, Policy, Report,
+    ResetOnTimeout, Stage,
+};
+use foreign_types::ForeignTypeRef;
+use openssl::ssl::{ErrorCode, SslOptions, SslRef, SslStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use util::*;
+
+// --- runtimes and cases ------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flavor {
+    CurrentThread,
+    MultiThread,
+}
+
+const FLAVORS: [Flavor; 2] = [Flavor::CurrentThread, Flavor::MultiThread];
+
+fn runtime(flavor: Flavor) -> tokio::runtime::Runtime {
+    let mut builder = match flavor {
+        Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        Flavor::MultiThread => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+    };
+    builder.enable_all().build().unwrap()
+}
+
+/// Runs `case` as a task on a fresh runtime of `flavor` (on a multi-thread
+/// runtime, a worker runs it; spawning also proves the futures are `Send`).
+fn on_runtime<T: Send + 'static>(
+    flavor: Flavor,
+    case: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let rt = runtime(flavor);
+    rt.block_on(async move { tokio::spawn(case).await.expect("the case panicked") })
+}
+
+/// Every (version, our role, runtime) combination.
+fn cases() -> Vec<(Tls, Role, Flavor)> {
+    matrix()
+        .into_iter()
+        .flat_map(|(t, r)| FLAVORS.iter().map(move |&f| (t, r, f)))
+        .collect()
+}
+
+fn contexts(tls: Tls) -> Contexts {
+    Contexts::new(tls)
+}
+
+/// The same contexts, for a task that must own them.
+fn clone(ctx: &Contexts) -> Contexts {
+    Contexts {
+        tls: ctx.tls,
+        server: ctx.server.clone(),
+        client: ctx.client.clone(),
+    }
+}
+
+// --- our side of a behaviour, on tokio -----------------------------------------------------
+
+/// `Behaviour::start`'s part on our side (`OurPart`), played on the tokio stream.
+async fn play_our_part(behaviour: Behaviour, ours: &mut TokioStream) {
+    match behaviour.our_part() {
+        OurPart::Nothing => {}
+        OurPart::ReadUntilCloseNotify => {
+            let mut buf = [0u8; 1024];
+            while matches!(ours.read(&mut buf).await, Ok(n) if n > 0) {}
+        }
+        OurPart::FillSendBuffer => {
+            if tls13_client(ours.ssl()) {
+                read_tickets_tokio(ours).await;
+            }
+            fill_send_buffer(ours.get_ref());
+        }
+        OurPart::ProvokeFatalAlert => provoke_fatal_alert(ours.get_ref()),
+    }
+}
+
+fn tls13_client(ssl: &SslRef) -> bool {
+    ssl.version2() == Some(openssl::ssl::SslVersion::TLS1_3) && !ssl.is_server()
+}
+
+/// `read_tickets` for a tokio stream: once the tickets are in the socket, one read
+/// processes them (and returns `Pending`: no application data comes).
+async fn read_tickets_tokio(ours: &mut TokioStream) {
+    if !wait_for(ours.get_ref().as_raw_fd(), libc::POLLIN, ms(5000)) {
+        return;
+    }
+    let mut buf = [0u8; 64];
+    std::future::poll_fn(|cx| {
+        let _ = Pin::new(&mut *ours).poll_read(cx, &mut ReadBuf::new(&mut buf));
+        Poll::Ready(())
+    })
+    .await;
+}
+
+/// `SO_LINGER {1, 0}` is set: closing sends an RST.
+fn reset_armed(sock: impl AsFd) -> bool {
+    socket2::SockRef::from(&sock).linger().unwrap() == Some(Duration::ZERO)
+}
+
+/// What a case observed: the report, and whether the close was armed to reset.
+struct Seen {
+    report: Report,
+    reset_armed: bool,
+}
+
+/// The blocking call against `behaviour`: the reference.
+fn blocking_case(ctx: &Contexts, role: Role, behaviour: Behaviour, policy: &Policy) -> Seen {
+    let Pair { mut ours, peer } = ctx.pair(role);
+    let (release, held) = mpsc::channel();
+    let peer = behaviour.start(&mut ours, peer, held);
+    let report = shutdown_blocking(&mut ours, policy);
+    let reset_armed = reset_armed(ours.get_ref());
+    drop(ours);
+    let _ = release.send(());
+    peer.join().unwrap();
+    Seen {
+        report,
+        reset_armed,
+    }
+}
+
+/// `closenotify::tokio::shutdown` against `behaviour`, on `flavor`.
+fn tokio_case(
+    ctx: &Contexts,
+    role: Role,
+    flavor: Flavor,
+    behaviour: Behaviour,
+    policy: &Policy,
+) -> Seen {
+    let (ctx, policy) = (clone(ctx), policy.clone());
+    let (seen, peer) = on_runtime(flavor, async move {
+        let (mut ours, peer) = ctx.pair_tokio(role).await;
+        let (release, held) = mpsc::channel();
+        let peer = behaviour.spawn_peer(peer, held);
+        play_our_part(behaviour, &mut ours).await;
+        let report = shutdown(&mut ours, &policy).await.expect("policy accepted");
+        let reset_armed = reset_armed(ours.get_ref());
+        drop(ours);
+        let _ = release.send(());
+        (
+            Seen {
+                report,
+                reset_armed,
+            },
+            peer,
+        )
+    });
+    peer.join().unwrap();
+    seen
+}
+
+/// The tokio report says what the blocking one says, field by field. Not
+/// compared: `elapsed` (checked against the policy instead) and `ssl_calls`: the
+/// tokio adapter tries one read before it waits for the peer, where the blocking
+/// call first waits for `poll(2)` (see the module documentation), so it may count
+/// one more call; when the peer sends data, how its records arrive adds one more.
+#[track_caller]
+fn assert_same(tokio: &Seen, blocking: &Seen, data: bool, what: &str) {
+    let (t, b) = (&tokio.report, &blocking.report);
+    let fields = |r: &Report| {
+        (
+            r.outcome,
+            r.initiator,
+            r.stage,
+            r.close_notify_sent,
+            r.close_notify_received,
+            r.half_closed,
+            r.alert,
+            r.os_error,
+            r.session_resumable,
+            r.tls_version,
+            r.detail,
+            r.linger_bytes.is_some(),
+        )
+    };
+    assert_eq!(fields(t), fields(b), "{what}: tokio {t:?}\nblocking {b:?}");
+    let slack = if data { 2 } else { 1 };
+    if !data {
+        assert_eq!(t.discarded_bytes, b.discarded_bytes, "{what}");
+    }
+    assert_eq!(tokio.reset_armed, blocking.reset_armed, "{what}: SO_LINGER");
+    assert!(
+        t.ssl_calls <= b.ssl_calls + slack,
+        "{what}: {} OpenSSL calls, blocking {}",
+        t.ssl_calls,
+        b.ssl_calls
+    );
+}
+
+/// What tests/outcomes.rs asserts of the blocking call for each behaviour.
+#[track_caller]
+fn assert_expected(
+    behaviour: Behaviour,
+    tls: Tls,
+    role: Role,
+    seen: &Seen,
+    policy: &Policy,
+    what: &str,
+) {
+    let r = &seen.report;
+    let dropped = dropped_session_resumable(role);
+    assert_eq!(
+        r.tls_version.map(|v| v.as_str()),
+        Some(tls.name()),
+        "{what}"
+    );
+    let timed = |timeout: Duration| {
+        assert!(
+            r.elapsed >= timeout && r.elapsed < timeout + ms(400),
+            "{what}: {:?}",
+            r.elapsed
+        )
+    };
+    match behaviour {
+        Behaviour::Answers => {
+            assert_outcome(r, Outcome::Clean, what);
+            assert_eq!(r.initiator, Initiator::Local, "{what}");
+            assert_eq!(r.stage, Stage::AwaitPeer, "{what}");
+            assert!(
+                r.close_notify_sent && r.close_notify_received && r.half_closed,
+                "{what}"
+            );
+            assert!(r.session_resumable, "{what}");
+            assert!(r.elapsed < ms(500), "{what}: {:?}", r.elapsed);
+        }
+        Behaviour::Initiates => {
+            assert_outcome(r, Outcome::Clean, what);
+            assert_eq!(r.initiator, Initiator::Peer, "{what}");
+            assert!(r.close_notify_sent && r.close_notify_received, "{what}");
+            assert_eq!(r.ssl_calls, 1, "{what}: answering needs one SSL_shutdown");
+            assert!(r.session_resumable, "{what}");
+        }
+        Behaviour::Silent => {
+            assert_outcome(r, Outcome::TimedOut, what);
+            assert_eq!(r.stage, Stage::AwaitPeer, "{what}");
+            timed(policy.peer_timeout());
+            assert!(r.close_notify_sent && !r.close_notify_received, "{what}");
+            assert_eq!(r.session_resumable, dropped, "{what}");
+            assert!(!seen.reset_armed, "{what}: a silent peer gets a FIN");
+        }
+        Behaviour::NotReading => {
+            assert_outcome(r, Outcome::TimedOut, what);
+            assert_eq!(r.stage, Stage::Flush, "{what}");
+            timed(policy.flush_timeout());
+            assert!(!r.close_notify_sent && !r.half_closed, "{what}");
+            assert_eq!(r.ssl_calls, 1, "{what}: retried without readiness");
+            assert!(seen.reset_armed, "{what}: the default policy resets");
+        }
+        Behaviour::Truncates => {
+            assert_outcome(r, Outcome::Truncated, what);
+            assert_eq!(r.stage, Stage::AwaitPeer, "{what}");
+            assert!(!r.close_notify_received, "{what}");
+            assert_eq!(r.session_resumable, dropped, "{what}");
+            assert!(r.elapsed < policy.peer_timeout(), "{what}: waited");
+        }
+        Behaviour::Resets => {
+            assert_outcome(r, Outcome::Reset, what);
+            assert_eq!(r.os_error, Some(libc::ECONNRESET), "{what}");
+            assert_eq!(r.stage, Stage::AwaitPeer, "{what}");
+            assert_eq!(r.session_resumable, dropped, "{what}");
+        }
+        Behaviour::FatalAlert => {
+            assert_outcome(r, Outcome::PeerAlert, what);
+            let alert = r.alert.expect("alert");
+            assert_eq!(alert.alert, Alert::BadRecordMac, "{what}");
+            assert_eq!(alert.alert.name(), "bad_record_mac");
+            assert_eq!(alert.direction, AlertDirection::Received);
+            assert_eq!(r.session_resumable, dropped, "{what}");
+        }
+        Behaviour::DataAfterCloseNotify => {
+            assert_outcome(r, Outcome::Clean, what);
+            assert_eq!(r.discarded_bytes, Behaviour::DATA_AFTER as u64, "{what}");
+            assert!(r.session_resumable, "{what}");
+        }
+        Behaviour::Garbage => {
+            assert_outcome(r, Outcome::ProtocolError, what);
+            let a = r
+                .alert
+                .unwrap_or_else(|| panic!("{what}: no alert in {r:?}"));
+            assert_eq!(
+                (a.alert, a.direction),
+                (Alert::ProtocolVersion, AlertDirection::Sent),
+                "{what}"
+            );
+            assert_eq!(r.detail, Some("wrong version number"), "{what}");
+            assert_eq!(r.session_resumable, dropped, "{what}");
+        }
+    }
+}
+
+/// Short timeouts only where the timeout is the outcome.
+fn policy_for(behaviour: Behaviour) -> Policy {
+    match behaviour {
+        Behaviour::Silent => policy(1000, 150),
+        Behaviour::NotReading => policy(150, 1000),
+        _ => policy(1000, 2000),
+    }
+}
+
+/// `behaviour` in every case: the tokio report as outcomes.rs expects, and as the
+/// blocking call reports.
+fn same_as_blocking(behaviour: Behaviour) {
+    let policy = policy_for(behaviour);
+    for (tls, role) in matrix() {
+        let ctx = contexts(tls);
+        let what = format!("{} {tls:?} as {role:?}", behaviour.describe());
+        let blocking = blocking_case(&ctx, role, behaviour, &policy);
+        assert_expected(
+            behaviour,
+            tls,
+            role,
+            &blocking,
+            &policy,
+            &format!("{what} blocking"),
+        );
+        for flavor in FLAVORS {
+            let what = format!("{what} on {flavor:?}");
+            let seen = tokio_case(&ctx, role, flavor, behaviour, &policy);
+            assert_expected(behaviour, tls, role, &seen, &policy, &what);
+            let data = behaviour == Behaviour::DataAfterCloseNotify;
+            assert_same(&seen, &blocking, data, &what);
+        }
+    }
+}
+
+#[test]
+fn the_peer_answers_clean() {
+    same_as_blocking(Behaviour::Answers);
+}
+
+#[test]
+fn the_peer_initiates_clean_peer() {
+    same_as_blocking(Behaviour::Initiates);
+}
+
+#[test]
+fn a_silent_peer_times_out_in_await_peer() {
+    same_as_blocking(Behaviour::Silent);
+}
+
+#[test]
+fn a_peer_not_reading_times_out_in_flush_and_resets() {
+    same_as_blocking(Behaviour::NotReading);
+}
+
+#[test]
+fn a_truncating_peer_truncated() {
+    same_as_blocking(Behaviour::Truncates);
+}
+
+#[test]
+fn a_resetting_peer_reset_econnreset() {
+    same_as_blocking(Behaviour::Resets);
+}
+
+#[test]
+fn a_fatal_alert_peer_alert_bad_record_mac() {
+    same_as_blocking(Behaviour::FatalAlert);
+}
+
+#[test]
+fn data_after_close_notify_is_discarded_clean() {
+    same_as_blocking(Behaviour::DataAfterCloseNotify);
+}
+
+#[test]
+fn garbage_protocol_error_protocol_version() {
+    same_as_blocking(Behaviour::Garbage);
+}
+
+#[test]
+fn every_behaviour_is_covered() {
+    // The tests above, one per behaviour: a new behaviour must get its own.
+    assert_eq!(Behaviour::ALL.len(), 9);
+}
+
+#[test]
+fn data_past_the_drain_limit_drain_limit() {
+    let limit = 4096u64;
+    let p = Policy::builder()
+        .peer_timeout(ms(2000))
+        .drain_limit(limit)
+        .build()
+        .unwrap();
+    let behaviour = Behaviour::DataAfterCloseNotify;
+    for (tls, role) in matrix() {
+        let ctx = contexts(tls);
+        let what = format!("{tls:?} as {role:?}");
+        let blocking = blocking_case(&ctx, role, behaviour, &p);
+        for flavor in FLAVORS {
+            let what = format!("{what} on {flavor:?}");
+            let seen = tokio_case(&ctx, role, flavor, behaviour, &p);
+            let r = &seen.report;
+            assert_outcome(r, Outcome::DrainLimit, &what);
+            assert!(r.discarded_bytes > limit, "{what}: {}", r.discarded_bytes);
+            assert!(
+                r.discarded_bytes < limit + 16_385,
+                "{what}: read past the limit"
+            );
+            assert_eq!(
+                r.session_resumable,
+                dropped_session_resumable(role),
+                "{what}"
+            );
+            assert_same(&seen, &blocking, true, &what);
+        }
+    }
+}
+
+#[test]
+fn the_linger_stage_waits_for_the_send_queue_on_the_timer() {
+    let p = policy(1000, 2000)
+        .to_builder()
+        .linger_timeout(ms(500))
+        .build()
+        .unwrap();
+    for (tls, role) in matrix() {
+        let ctx = contexts(tls);
+        let what = format!("{tls:?} as {role:?}");
+        let blocking = blocking_case(&ctx, role, Behaviour::Answers, &p);
+        for flavor in FLAVORS {
+            let what = format!("{what} on {flavor:?}");
+            let seen = tokio_case(&ctx, role, flavor, Behaviour::Answers, &p);
+            let r = &seen.report;
+            assert_outcome(r, Outcome::Clean, &what);
+            assert_eq!(r.stage, Stage::Linger, "{what}");
+            assert!(r.linger_bytes.is_some(), "{what}");
+            assert!(r.elapsed < ms(500), "{what}: {:?}", r.elapsed);
+            assert_same(&seen, &blocking, false, &what);
+        }
+    }
+}
+
+#[test]
+fn send_only_half_closes_without_a_round_trip() {
+    let p = Policy::builder().mode(Mode::SendOnly).build().unwrap();
+    for (tls, role, flavor) in cases() {
+        let what = format!("{tls:?} as {role:?} on {flavor:?}");
+        let (ctx, p) = (clone(&contexts(tls)), p.clone());
+        let (r, peer) = on_runtime(flavor, async move {
+            let (mut ours, peer) = ctx.pair_tokio(role).await;
+            let (go, wait) = mpsc::channel::<()>();
+            let peer = spawn_peer(peer, move |mut p| {
+                wait.recv().unwrap();
+                let got = read_until_close_notify(&mut p).map(|_| ());
+                (got.is_ok(), wait_eof(p.get_mut()))
+            });
+            let r = shutdown(&mut ours, &p).await.unwrap();
+            // Half-closed: the peer gets close_notify and EOF while we hold the socket.
+            go.send(()).unwrap();
+            let seen = tokio::task::spawn_blocking(move || peer.join().unwrap())
+                .await
+                .unwrap();
+            drop(ours);
+            (r, seen)
+        });
+        assert_outcome(&r, Outcome::SentOnly, &what);
+        assert_eq!(r.stage, Stage::HalfClose, "{what}");
+        assert!(
+            r.close_notify_sent && r.half_closed && !r.close_notify_received,
+            "{what}"
+        );
+        assert_eq!(r.ssl_calls, 1, "{what}");
+        assert!(r.elapsed < ms(250), "{what}: waited {:?}", r.elapsed);
+        let tickets_unread = tls == Tls::V13 && role == Role::Client;
+        assert_eq!(r.session_resumable, !tickets_unread, "{what}");
+        assert_eq!(peer, (true, None), "{what}: close_notify, then EOF");
+    }
+}
+
+#[test]
+fn quiet_sends_nothing_and_accepts_any_half_close() {
+    for half_close in [true, false] {
+        let p = Policy::builder()
+            .mode(Mode::Quiet)
+            .half_close(half_close)
+            .build()
+            .unwrap();
+        for (tls, role, flavor) in cases() {
+            let what = format!("{tls:?} as {role:?} on {flavor:?}");
+            let (ctx, p) = (clone(&contexts(tls)), p.clone());
+            let (r, peer) = on_runtime(flavor, async move {
+                let (mut ours, peer) = ctx.pair_tokio(role).await;
+                let peer = spawn_peer(peer, |mut p| {
+                    let mut buf = [0u8; 64];
+                    p.ssl_read(&mut buf).map(|_| ()).map_err(|e| e.code())
+                });
+                let r = shutdown(&mut ours, &p).await.unwrap();
+                drop(ours);
+                (r, peer)
+            });
+            assert_outcome(&r, Outcome::Quiet, &what);
+            assert!(!r.close_notify_sent && !r.half_closed, "{what}");
+            assert_eq!(r.ssl_calls, 0, "{what}");
+            assert_eq!(
+                r.session_resumable,
+                dropped_session_resumable(role),
+                "{what}"
+            );
+            let seen = peer.join().unwrap();
+            assert!(
+                matches!(seen, Err(ErrorCode::SYSCALL) | Err(ErrorCode::SSL)),
+                "{what}: {seen:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_peer_that_reset_before_we_start_reset_in_flush() {
+    for (tls, role, flavor) in cases() {
+        let what = format!("{tls:?} as {role:?} on {flavor:?}");
+        let ctx = clone(&contexts(tls));
+        let r = on_runtime(flavor, async move {
+            let (mut ours, peer) = ctx.pair_tokio(role).await;
+            reset_on_drop(peer.get_ref());
+            drop(peer);
+            let fd = ours.get_ref().as_raw_fd();
+            assert!(wait_for(fd, libc::POLLHUP | libc::POLLERR, ms(5000)));
+            shutdown(&mut ours, &policy(500, 500)).await.unwrap()
+        });
+        // SSL_shutdown's own write fails: not taken for the inner half-close's error.
+        assert_outcome(&r, Outcome::Reset, &what);
+        assert!(
+            matches!(r.os_error, Some(libc::ECONNRESET) | Some(libc::EPIPE)),
+            "{what}: {:?}",
+            r.os_error
+        );
+        assert_eq!(r.stage, Stage::Flush, "{what}");
+        assert!(!r.close_notify_sent && !r.half_closed, "{what}");
+    }
+}
+
+#[test]
+fn ignore_unexpected_eof_still_reports_truncated() {
+    for (tls, role, flavor) in cases() {
+        let what = format!("{tls:?} as {role:?} on {flavor:?}");
+        let ctx = Contexts::with(
+            tls,
+            |s| {
+                s.set_options(SslOptions::IGNORE_UNEXPECTED_EOF);
+            },
+            |c| {
+                c.set_options(SslOptions::IGNORE_UNEXPECTED_EOF);
+            },
+        );
+        let (r, restored) = on_runtime(flavor, async move {
+            let (mut ours, peer) = ctx.pair_tokio(role).await;
+            let peer = spawn_peer(peer, |mut p| {
+                read_until_close_notify(&mut p).expect("our close_notify");
+            });
+            let r = shutdown(&mut ours, &policy(500, 1000)).await.unwrap();
+            let restored = options(ours.ssl()) & SslOptions::IGNORE_UNEXPECTED_EOF.bits() != 0;
+            tokio::task::spawn_blocking(move || peer.join().unwrap())
+                .await
+                .unwrap();
+            (r, restored)
+        });
+        assert_outcome(&r, Outcome::Truncated, &what);
+        assert!(restored, "{what}: option not restored");
+    }
+}
+
+#[test]
+fn a_second_shutdown_returns_the_same_report() {
+    for (tls, role, flavor) in cases() {
+        let what = format!("{tls:?} as {role:?} on {flavor:?}");
+        let ctx = clone(&contexts(tls));
+        let (first, second, blocking) = on_runtime(flavor, async move {
+            let (ours, peer) = ctx.pair_tokio(role).await;
+            let mut ours = ours;
+            let peer = spawn_peer(peer, answer);
+            let first = shutdown(&mut ours, &policy(1000, 2000)).await.unwrap();
+            let second = shutdown(&mut ours, &Policy::default()).await.unwrap();
+            let mut reader = HalfClose::new(&mut ours, &Policy::default()).unwrap();
+            let mut rest = Vec::new();
+            reader.read_to_end(&mut rest).await.unwrap();
+            let blocking = reader.report();
+            drop(reader);
+            drop(ours);
+            tokio::task::spawn_blocking(move || peer.join().unwrap())
+                .await
+                .unwrap();
+            (first, second, blocking)
+        });
+        assert_outcome(&first, Outcome::Clean, &what);
+        assert_eq!(first, second, "{what}");
+        assert_eq!(Some(first), blocking, "{what}: the half-close reader too");
+    }
+}
+
+// --- the half-close reader -----------------------------------------------------------------
+
+fn body() -> Vec<u8> {
+    (0..100_000u32).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn half_close_delivers_the_peers_data_until_its_close_notify() {
+    for (tls, role, flavor) in cases() {
+        let what = format!("{tls:?} as {role:?} on {flavor:?}");
+        let ctx = clone(&contexts(tls));
+        let (got, report) = on_runtime(flavor, async move {
+            let (mut ours, peer) = ctx.pair_tokio(role).await;
+            // The peer answers what it has to say after our close_notify: 100 KB,
+            // then its own close_notify.
+            let peer = spawn_peer(peer, |mut p| {
+                read_until_close_notify(&mut p).expect("our close_notify");
+                p.write_all(&body()).unwrap();
+                p.shutdown().unwrap();
+                wait_eof(p.get_mut());
+            });
+            let mut closing = HalfClose::new(&mut ours, &policy(500, 2000)).unwrap();
+            let mut got = Vec::new();
+            closing.read_to_end(&mut got).await.expect("an orderly end");
+            let report = closing.report().expect("done");
+            drop(closing);
+            drop(ours);
+            tokio::task::spawn_blocking(move || peer.join().unwrap())
+                .await
+                .unwrap();
+            (got, report)
+        });
+        assert_outcome(&report, Outcome::Clean, &what);
+        assert!(report.half_closed && report.close_notify_received, "{what}");
+        assert_eq!(report.discarded_bytes, 0, "{what}");
+        assert_eq!(got.len(), 100_000, "{what}");
+        assert!(got == body(), "{what}: bytes differ");
+    }
+}
+
+#[test]
+fn half_close_reports_a_truncated_answer_as_an_error() {
+    for (tls, role, flavor) in cases() {
+        let what = format!("{tls:?} as {role:?} on {flavor:?}");
+        let ctx = clone(&contexts(tls));
+        let (got, err, report) = on_runtime(flavor, async move {
+            let (mut ours, peer) = ctx.pair_tokio(role).await;
+            let peer = spawn_peer(peer, |mut p| {
+                read_until_close_notify(&mut p).expect("our close_notify");
+                p.write_all(b"half an answ").unwrap();
+                drop(p); // FIN, no close_notify
+            });
+            let mut closing = HalfClose::new(&mut ours, &policy(500, 2000)).unwrap();
+            let mut got = Vec::new();
+            let err = closing.read_to_end(&mut got).await.unwrap_err();
+            // Reading on returns the same end.
+            let again = closing.read(&mut [0u8; 16]).await.unwrap_err();
+            assert_eq!(again.kind(), err.kind());
+            let report = closing.report().expect("done");
+            tokio::task::spawn_blocking(move || peer.join().unwrap())
+                .await
+                .unwrap();
+            (got, err, report)
+        });
+        assert_eq!(got, b"half an answ", "{what}");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{what}: {err}");
+        assert_outcome(&report, Outcome::Truncated, &what);
+    }
+}
+
+#[test]
+fn half_close_finish_discards_the_rest() {
+    for flavor in FLAVORS {
+        let ctx = clone(&contexts(Tls::V13));
+        let (first, report) = on_runtime(flavor, async move {
+            let (mut ours, peer) = ctx.pair_tokio(Role::Client).await;
+            let peer = spawn_peer(peer, |mut p| {
+                read_until_close_notify(&mut p).expect("our close_notify");
+                p.write_all(&body()).unwrap();
+                p.shutdown().unwrap();
+                wait_eof(p.get_mut());
+            });
+            let p = policy(500, 2000)
+                .to_builder()
+                .drain_limit(200_000)
+                .build()
+                .unwrap();
+            let mut closing = HalfClose::new(&mut ours, &p).unwrap();
+            let mut first = vec![0u8; 1000];
+            closing.read_exact(&mut first).await.unwrap();
+            let report = closing.finish().await;
+            assert_eq!(closing.finish().await, report);
+            drop(closing);
+            drop(ours);
+            tokio::task::spawn_blocking(move || peer.join().unwrap())
+                .await
+                .unwrap();
+            (first, report)
+        });
+        assert_eq!(first, body()[..1000], "{flavor:?}");
+        assert_outcome(&report, Outcome::Clean, &format!("{flavor:?}"));
+        assert_eq!(report.discarded_bytes, 99_000, "{flavor:?}");
+    }
+}
+
+// --- cancellation ---------------------------------------------------------------------------
+
+fn shutdown_flags(ssl: &SslRef) -> i32 {
+    // SAFETY: a valid SSL; SSL_get_shutdown only reads its flags.
+    unsafe { openssl_sys::SSL_get_shutdown(ssl.as_ptr()) }
+}
+
+fn options(ssl: &SslRef) -> u64 {
+    // SAFETY: a valid SSL; SSL_get_options only reads a field.
+    unsafe { sys::SSL_get_options(ssl.as_ptr()) }
+}
+
+/// The write BIO is the stream's own again (rust-openssl uses one BIO for both).
+fn write_bio_restored(ssl: &SslRef) -> bool {
+    // SAFETY: a valid SSL; these only read its BIO pointers.
+    unsafe { sys::SSL_get_wbio(ssl.as_ptr()) == openssl_sys::SSL_get_rbio(ssl.as_ptr()) }
+}
+
+#[test]
+fn a_future_never_polled_does_nothing_and_is_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let rt = runtime(Flavor::CurrentThread);
+    rt.block_on(async {
+        let ctx = contexts(Tls::V13);
+        let (mut ours, peer) = ctx.pair_tokio(Role::Client).await;
+        let p = Policy::default();
+        let future = shutdown(&mut ours, &p);
+        assert_send(&future);
+        drop(future);
+        assert_eq!(shutdown_flags(ours.ssl()), 0);
+        let closing = HalfClose::new(&mut ours, &p).unwrap();
+        assert_send(&closing);
+        assert!(closing.report().is_none());
+        assert!(format!("{closing:?}").starts_with("HalfClose"));
+        drop(closing);
+        assert_eq!(shutdown_flags(ours.ssl()), 0);
+        drop(peer);
+    });
+}
+
+#[test]
+fn cancelled_while_awaiting_the_peer_then_resumed_clean() {
+    for (tls, role, flavor) in cases() {
+        let what = format!("{tls:?} as {role:?} on {flavor:?}");
+        let ctx = Contexts::with(
+            tls,
+            |s| {
+                s.set_options(SslOptions::IGNORE_UNEXPECTED_EOF);
+            },
+            |c| {
+                c.set_options(SslOptions::IGNORE_UNEXPECTED_EOF);
+            },
+        );
+        on_runtime(flavor, async move {
+            let (mut ours, peer) = ctx.pair_tokio(role).await;
+            let (got, saw) = mpsc::channel();
+            let (go, wait) = mpsc::channel::<()>();
+            let peer = spawn_peer(peer, move |mut p| {
+                read_until_close_notify(&mut p).expect("our close_notify");
+                // Our FIN follows it.
+                p.get_ref().set_read_timeout(Some(ms(5000))).unwrap();
+                got.send(p.get_ref().peek(&mut [0u8; 1]).unwrap()).unwrap();
+                wait.recv().unwrap();
+                p.shutdown().unwrap();
+                wait_eof(p.get_mut())
+            });
+            let p = policy(1000, 2000);
+            let cancelled = tokio::time::timeout(ms(100), shutdown(&mut ours, &p)).await;
+            assert!(cancelled.is_err(), "{what}: not cancelled");
+            // The documented state: close_notify sent and the write side shut, the
+            // option and the write BIO restored, nothing received.
+            let flags = shutdown_flags(ours.ssl());
+            assert_eq!(flags, openssl_sys::SSL_SENT_SHUTDOWN, "{what}");
+            assert!(write_bio_restored(ours.ssl()), "{what}");
+            assert_ne!(
+                options(ours.ssl()) & SslOptions::IGNORE_UNEXPECTED_EOF.bits(),
+                0,
+                "{what}"
+            );
+            assert!(!is_blocking(ours.get_ref().as_raw_fd()), "{what}");
+            let peeked = tokio::task::spawn_blocking(move || saw.recv().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(peeked, 0, "{what}: the peer saw our FIN");
+
+            // Resumed: the peer answers now.
+            go.send(()).unwrap();
+            let r = shutdown(&mut ours, &p).await.unwrap();
+            assert_outcome(&r, Outcome::Clean, &what);
+            assert_eq!(r.initiator, Initiator::Local, "{what}");
+            assert!(
+                r.close_notify_sent && r.close_notify_received && r.half_closed,
+                "{what}"
+            );
+            assert!(r.session_resumable, "{what}");
+            assert!(write_bio_restored(ours.ssl()), "{what}");
+            drop(ours);
+            let seen = tokio::task::spawn_blocking(move || peer.join().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(seen, None, "{what}: the peer saw a reset");
+        });
+    }
+}
+
+#[test]
+fn cancelled_in_flush_then_resumed_only_flushes() {
+    for (tls, role) in matrix() {
+        let what = format!("{tls:?} as {role:?}");
+        let ctx = contexts(tls);
+        let rt = runtime(Flavor::CurrentThread);
+        rt.block_on(async {
+            let (mut ours, peer) = ctx.pair_tokio(role).await;
+            let (release, held) = mpsc::channel();
+            let peer = Behaviour::NotReading.spawn_peer(peer, held);
+            play_our_part(Behaviour::NotReading, &mut ours).await;
+            let p = policy(150, 1000);
+            let cancelled = tokio::time::timeout(ms(50), shutdown(&mut ours, &p)).await;
+            assert!(cancelled.is_err(), "{what}");
+            // Queued, not flushed: SSL_shutdown has set the flag.
+            assert_eq!(shutdown_flags(ours.ssl()), openssl_sys::SSL_SENT_SHUTDOWN);
+            assert!(write_bio_restored(ours.ssl()), "{what}");
+            let r = shutdown(&mut ours, &p).await.unwrap();
+            assert_outcome(&r, Outcome::TimedOut, &what);
+            assert_eq!(r.stage, Stage::Flush, "{what}");
+            assert_eq!(r.ssl_calls, 1, "{what}: only the flush was retried");
+            assert!(!r.close_notify_sent && !r.half_closed, "{what}");
+            drop(ours);
+            release.send(()).unwrap();
+            peer.join().unwrap();
+        });
+    }
+}
+
+// --- policies the adapter refuses, and a stream that is not a socket ----------------------
+
+#[test]
+fn half_close_false_is_refused_before_anything_happens() {
+    let no_half_close = Policy::builder().half_close(false).build().unwrap();
+    for (tls, role, flavor) in cases() {
+        let what = format!("{tls:?} as {role:?} on {flavor:?}");
+        let (ctx, no_half_close) = (clone(&contexts(tls)), no_half_close.clone());
+        on_runtime(flavor, async move {
+            let (mut ours, peer) = ctx.pair_tokio(role).await;
+            let peer = spawn_peer(peer, answer);
+            let err = shutdown(&mut ours, &no_half_close).await.unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidPolicy(m) if m.contains("half_close(false)")),
+                "{what}: {err}"
+            );
+            let err = HalfClose::new(&mut ours, &no_half_close).unwrap_err();
+            assert!(matches!(err, Error::InvalidPolicy(_)), "{what}");
+            // STOPTLS needs the connection kept: refused the same way.
+            let stop_tls = Policy::builder().mode(Mode::StopTls).build().unwrap();
+            let err = shutdown(&mut ours, &stop_tls).await.unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidPolicy(m) if m.contains("StopTls")),
+                "{what}: {err}"
+            );
+            assert_eq!(shutdown_flags(ours.ssl()), 0, "{what}: touched");
+            // The stream is as it was: the usual shutdown still works.
+            let r = shutdown(&mut ours, &policy(1000, 2000)).await.unwrap();
+            assert_outcome(&r, Outcome::Clean, &what);
+            assert_eq!(r.initiator, Initiator::Local, "{what}");
+            drop(ours);
+            tokio::task::spawn_blocking(move || peer.join().unwrap())
+                .await
+                .unwrap();
+        });
+    }
+}
+
+/// Two pipes as one stream: our end on tokio's pipe types, the peer's on files.
+struct PipeDuplex {
+    rx: tokio::net::unix::pipe::Receiver,
+    /// Dropped by `poll_shutdown`: the peer reads EOF.
+    tx: Option<tokio::net::unix::pipe::Sender>,
+}
+
+#[derive(Debug)]
+struct PipeEnd {
+    r: File,
+    w: File,
+}
+
+impl Read for PipeEnd {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.r.read(buf)
+    }
+}
+
+impl Write for PipeEnd {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.w.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+}
+
+impl AsyncRead for PipeDuplex {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.rx).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PipeDuplex {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.tx.as_mut() {
+            Some(tx) => Pin::new(tx).poll_write(cx, buf),
+            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tx = None;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsFd for PipeDuplex {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.rx.as_fd()
+    }
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh descriptors, owned by nothing else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// A handshaken TLS client over pipes (ours, in the current runtime) and its
+/// server (the peer, blocking, on its own thread running `peer`).
+async fn pipe_pair<T: Send + 'static>(
+    ctx: &Contexts,
+    peer: impl FnOnce(SslStream<PipeEnd>) -> T + Send + 'static,
+) -> (
+    tokio_openssl::SslStream<PipeDuplex>,
+    std::thread::JoinHandle<T>,
+) {
+    let (to_us_r, to_us_w) = pipe();
+    let (to_peer_r, to_peer_w) = pipe();
+    let end = PipeEnd {
+        r: File::from(to_peer_r),
+        w: File::from(to_us_w),
+    };
+    let server = ctx.server.clone();
+    let peer = std::thread::spawn(move || {
+        let ssl = openssl::ssl::Ssl::new(&server).unwrap();
+        peer(ssl.accept(end).expect("peer handshake"))
+    });
+    let duplex = PipeDuplex {
+        rx: tokio::net::unix::pipe::Receiver::from_owned_fd(to_us_r).unwrap(),
+        tx: Some(tokio::net::unix::pipe::Sender::from_owned_fd(to_peer_w).unwrap()),
+    };
+    let ssl = openssl::ssl::Ssl::new(&ctx.client).unwrap();
+    let mut ours = tokio_openssl::SslStream::new(ssl, duplex).unwrap();
+    Pin::new(&mut ours).connect().await.expect("our handshake");
+    (ours, peer)
+}
+
+#[test]
+fn a_stream_that_is_not_a_socket_refuses_socket_policies_and_closes_clean() {
+    for (tls, flavor) in BOTH.iter().flat_map(|&t| FLAVORS.map(|f| (t, f))) {
+        let what = format!("{tls:?} on {flavor:?}");
+        let ctx = clone(&contexts(tls));
+        let (r, peer) = on_runtime(flavor, async move {
+            let (mut ours, peer) = pipe_pair(&ctx, |mut p| {
+                // Reads our close_notify, answers, then reads EOF: our half-close.
+                let mut buf = [0u8; 1024];
+                let code = loop {
+                    match p.ssl_read(&mut buf) {
+                        Ok(_) => {}
+                        Err(e) => break e.code(),
+                    }
+                };
+                p.shutdown().unwrap();
+                let mut rest = Vec::new();
+                let eof = p.get_mut().r.read_to_end(&mut rest).is_ok() && rest.is_empty();
+                (code, eof)
+            })
+            .await;
+            // The default resets on a flush timeout: SO_LINGER needs a socket.
+            let err = shutdown(&mut ours, &Policy::default()).await.unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidPolicy(m) if m.contains("reset_on_timeout")),
+                "{err}"
+            );
+            let linger = Policy::builder()
+                .reset_on_timeout(ResetOnTimeout::Never)
+                .linger_timeout(ms(100))
+                .build()
+                .unwrap();
+            let err = shutdown(&mut ours, &linger).await.unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidPolicy(m) if m.contains("linger_timeout")),
+                "{err}"
+            );
+            assert_eq!(shutdown_flags(ours.ssl()), 0, "touched");
+            let p = policy(1000, 2000)
+                .to_builder()
+                .reset_on_timeout(ResetOnTimeout::Never)
+                .build()
+                .unwrap();
+            let r = shutdown(&mut ours, &p).await.unwrap();
+            let peer = tokio::task::spawn_blocking(move || peer.join().unwrap())
+                .await
+                .unwrap();
+            (r, peer)
+        });
+        assert_outcome(&r, Outcome::Clean, &what);
+        assert!(
+            r.close_notify_sent && r.close_notify_received && r.half_closed,
+            "{what}"
+        );
+        assert_eq!(peer, (ErrorCode::ZERO_RETURN, true), "{what}");
+    }
+}
+
+// --- the inner stream's half-close -----------------------------------------------------------
+
+/// How the test stream below answers `poll_shutdown`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InnerShutdown {
+    /// `Pending` once (waking the task), then the socket's.
+    PendingOnce,
+    /// An error, without touching the socket.
+    Fails,
+}
+
+/// A tokio `TcpStream` whose `poll_shutdown` misbehaves as told.
+struct Inner {
+    tcp: tokio::net::TcpStream,
+    shutdown: InnerShutdown,
+    shutdown_polls: usize,
+}
+
+impl AsyncRead for Inner {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Inner {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shutdown_polls += 1;
+        match self.shutdown {
+            InnerShutdown::PendingOnce if self.shutdown_polls == 1 => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            InnerShutdown::PendingOnce => Pin::new(&mut self.tcp).poll_shutdown(cx),
+            InnerShutdown::Fails => Poll::Ready(Err(io::Error::other("test: no half-close"))),
+        }
+    }
+}
+
+impl AsFd for Inner {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.tcp.as_fd()
+    }
+}
+
+#[test]
+fn the_inner_half_close_pending_or_failing_is_reported_as_it_went() {
+    for inner in [InnerShutdown::PendingOnce, InnerShutdown::Fails] {
+        for (tls, role, flavor) in cases() {
+            let what = format!("{inner:?} {tls:?} as {role:?} on {flavor:?}");
+            let ctx = clone(&contexts(tls));
+            let (r, polls, peer) = on_runtime(flavor, async move {
+                let (mut ours, peer) = ctx
+                    .pair_tokio_with(role, |tcp| Inner {
+                        tcp,
+                        shutdown: inner,
+                        shutdown_polls: 0,
+                    })
+                    .await;
+                let (got, saw) = mpsc::channel();
+                let peer = spawn_peer(peer, move |mut p| {
+                    read_until_close_notify(&mut p).expect("our close_notify");
+                    // Our FIN follows close_notify at once, or not at all.
+                    let fin_wait = match inner {
+                        InnerShutdown::PendingOnce => ms(5000),
+                        InnerShutdown::Fails => ms(100),
+                    };
+                    p.get_ref().set_read_timeout(Some(fin_wait)).unwrap();
+                    // 0: our FIN came; an error: it did not.
+                    got.send(p.get_ref().peek(&mut [0u8; 1]).ok()).unwrap();
+                    p.shutdown().unwrap();
+                });
+                let started = Instant::now();
+                let r = shutdown(&mut ours, &policy(1000, 2000)).await.unwrap();
+                assert!(started.elapsed() < ms(1000));
+                let polls = ours.get_ref().shutdown_polls;
+                drop(ours);
+                let fin = tokio::task::spawn_blocking(move || {
+                    let fin = saw.recv().unwrap();
+                    peer.join().unwrap();
+                    fin
+                })
+                .await
+                .unwrap();
+                (r, polls, fin)
+            });
+            assert_outcome(&r, Outcome::Clean, &what);
+            assert!(r.close_notify_sent && r.close_notify_received, "{what}");
+            match inner {
+                InnerShutdown::PendingOnce => {
+                    // Polled again without a second SSL_shutdown (which would have
+                    // read, and raced the peer's answer).
+                    assert_eq!(polls, 2, "{what}");
+                    assert!(r.half_closed, "{what}");
+                    assert_eq!(peer, Some(0), "{what}: no FIN");
+                }
+                InnerShutdown::Fails => {
+                    assert_eq!(polls, 1, "{what}");
+                    assert!(!r.half_closed, "{what}: reported a half-close that failed");
+                    assert_ne!(peer, Some(0), "{what}: a FIN came");
+                }
+            }
+        }
+    }
+}
+
+// --- TLS 1.3 KeyUpdate ---------------------------------------------------------------------
+
+/// While we await the peer's close_notify, KeyUpdate(update_requested) makes
+/// OpenSSL answer from inside our read: the sink takes that answer (it would fail
+/// on the half-closed socket, or follow our close_notify), also under
+/// tokio-openssl, whose stream rust-openssl finds through the read BIO.
+#[test]
+fn key_updates_while_we_await_the_peer_end_clean() {
+    for role in ROLES {
+        for updates in [1, 2, 50] {
+            for requested in [false, true] {
+                for flavor in FLAVORS {
+                    let what = format!(
+                        "as {role:?}, {updates} updates, requested {requested}, on {flavor:?}"
+                    );
+                    let ctx = clone(&contexts(Tls::V13));
+                    let (r, restored, after) = on_runtime(flavor, async move {
+                        let (mut ours, peer) = ctx.pair_tokio(role).await;
+                        let peer = spawn_peer(peer, updating_peer(updates, requested));
+                        let r = shutdown(&mut ours, &policy(1000, 2000)).await.unwrap();
+                        let restored = write_bio_restored(ours.ssl());
+                        drop(ours);
+                        let after = tokio::task::spawn_blocking(move || peer.join().unwrap())
+                            .await
+                            .unwrap();
+                        (r, restored, after)
+                    });
+                    assert_outcome(&r, Outcome::Clean, &what);
+                    assert!(r.session_resumable, "{what}");
+                    assert_eq!(r.os_error, None, "{what}");
+                    assert!(restored, "{what}: write BIO not restored");
+                    assert!(
+                        after.is_empty(),
+                        "{what}: {} bytes followed our close_notify",
+                        after.len()
+                    );
+                }
+            }
+        }
+    }
+}
