@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The OpenSSL version matrix: builds each OpenSSL version the crate supports into a
-# cached prefix outside the clone, then runs the whole `cargo test` and the
+# cached prefix outside the clone, then runs the whole `cargo test` (with the
+# tokio feature, so that its outcome tests run on every version too) and the
 # scenarios tour against it, and prints a per-version summary.
 #
 #   scripts/openssl-matrix.sh                  # every version: build (cached), test
@@ -388,7 +389,7 @@ test_version() {
     t0=$(now)
 
     say "OpenSSL $name: cargo test (log: $logdir/test.log)"
-    if ! (cd "$repo" && env "${envargs[@]}" CARGO_TERM_COLOR=never cargo test --no-fail-fast) \
+    if ! (cd "$repo" && env "${envargs[@]}" CARGO_TERM_COLOR=never cargo test --no-fail-fast --features tokio) \
         >"$logdir/test.log" 2>&1; then
         status=failed
     fi

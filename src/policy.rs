@@ -157,6 +157,9 @@ impl Policy {
         self.half_close && self.mode != Mode::StopTls
     }
     /// Most application bytes accepted (and discarded) while awaiting the peer.
+    /// The limit is checked after each record, so the shutdown stops within one
+    /// record (16 KiB) past it, and [`Report::discarded_bytes`](crate::Report::discarded_bytes)
+    /// says exactly how many were read.
     pub fn drain_limit(&self) -> u64 {
         self.drain_limit
     }

@@ -106,9 +106,12 @@ impl fmt::Display for Initiator {
 /// The stages of a shutdown, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Stage {
-    /// Getting our close_notify into the kernel (`SSL_shutdown`).
+    /// Getting our close_notify into the kernel (`SSL_shutdown`). A close the
+    /// peer initiated ends here when there is no half-close (by policy, or in
+    /// [`Mode::StopTls`](crate::Mode::StopTls)).
     Flush,
-    /// `shutdown(SHUT_WR)` once close_notify is flushed.
+    /// `shutdown(SHUT_WR)` once close_notify is flushed; where a close the peer
+    /// initiated ends.
     HalfClose,
     /// Reading until the peer's close_notify (bidirectional mode).
     AwaitPeer,
@@ -340,9 +343,10 @@ pub struct Report {
     /// did not run (no linger timeout, or the shutdown ended before it).
     pub linger_bytes: Option<u64>,
     /// A [`Mode::StopTls`](crate::Mode::StopTls) shutdown succeeded: both
-    /// close_notify alerts went through, the connection is open, and nothing past
-    /// the peer's close_notify was read, so the next byte the socket delivers is
-    /// the peer's first plaintext byte. Always false in the other modes.
+    /// close_notify alerts went through, the connection is open on our side, and
+    /// nothing past the peer's close_notify was read, so the next byte the socket
+    /// delivers is the peer's first plaintext byte (or its EOF, if the peer closed
+    /// TCP after its close_notify). Always false in the other modes.
     pub transport_reusable: bool,
     /// `SSL_shutdown` and `SSL_read` calls made: a silent peer costs a handful, never a
     /// loop.

@@ -14,7 +14,10 @@ use openssl::ssl::SslStream;
 /// the `SslStream` and its `SSL` are freed), positioned exactly after the peer's
 /// close_notify: the shutdown read nothing past it, so no byte is held back and
 /// there is nothing to hand over besides the socket. Its blocking mode is the one
-/// it had before the shutdown.
+/// it had before the shutdown. A stream registered with a `mio::Poll` must be
+/// deregistered first: epoll keeps a registration of the old descriptor alive
+/// through the duplicate. With a [`Shutdown`](crate::Shutdown) that owns the
+/// stream, take it back with [`Shutdown::into_inner`](crate::Shutdown::into_inner).
 ///
 /// ```no_run
 /// use closenotify::{into_transport, shutdown_blocking, Mode, Policy};

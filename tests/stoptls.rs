@@ -440,3 +440,38 @@ fn shutdown_blocking_read_refuses_modes_that_do_not_wait_and_stops_on_a_failed_w
     drop(ours);
     peer.join().unwrap();
 }
+
+/// An event loop that owns its `Shutdown` takes the stream back with
+/// `into_inner`, then the transport with `into_transport`.
+#[test]
+fn an_owned_shutdown_gives_the_stream_back_for_the_transport() {
+    use closenotify::{Progress, Ready, Shutdown};
+    let ctx = Contexts::new(Tls::V12);
+    let Pair { ours, peer } = ctx.pair(Role::Client);
+    let peer = spawn_peer(peer, |mut p| {
+        read_until_close_notify(&mut p).expect("our close_notify");
+        p.shutdown().unwrap();
+        p.get_mut().write_all(AFTER_PY).unwrap();
+    });
+    let fd = std::os::fd::AsRawFd::as_raw_fd(ours.get_ref());
+    let mut sd = Shutdown::new(ours, &stop_tls());
+    let mut ready = Ready::NONE;
+    let r = loop {
+        match sd.poll(std::time::Instant::now(), ready) {
+            Progress::Done(r) => break r,
+            Progress::Wait(w) => {
+                ready = if wait_for(fd, libc::POLLIN, w.timeout(std::time::Instant::now())) {
+                    Ready::READABLE
+                } else {
+                    Ready::NONE
+                };
+            }
+        }
+    };
+    assert_stopped(&r, Close::Test, "owned");
+    let mut plain = into_transport(sd.into_inner()).expect("reusable");
+    let mut got = vec![0u8; AFTER_PY.len()];
+    plain.read_exact(&mut got).unwrap();
+    assert_eq!(got, AFTER_PY);
+    peer.join().unwrap();
+}

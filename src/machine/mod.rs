@@ -72,7 +72,7 @@ const LINGER_MAX_CHECK: Duration = Duration::from_millis(50);
 /// [`Progress::Done`].
 #[derive(Debug)]
 pub struct Shutdown<C: Connection> {
-    conn: C,
+    conn: Held<C>,
     policy: Policy,
     state: State,
     /// The `now` of the first call, and the monotonic clock at that moment.
@@ -118,7 +118,7 @@ impl<C: Connection> Shutdown<C> {
     /// [`poll`](Shutdown::poll).
     pub fn new(conn: C, policy: &Policy) -> Self {
         Shutdown {
-            conn,
+            conn: Held::new(conn),
             policy: policy.clone(),
             state: State::Idle,
             started: None,
@@ -317,10 +317,13 @@ impl<C: Connection> Shutdown<C> {
         &mut self.conn
     }
 
-    fn abandon(&mut self) {
-        if self.started.is_some() && !matches!(self.state, State::Done(_)) {
-            self.conn.end();
-        }
+    /// Gives the connection back. An unfinished shutdown is abandoned as dropping
+    /// it would be: what it changed on the connection (the socket's blocking
+    /// mode, `SSL_OP_IGNORE_UNEXPECTED_EOF`, read-ahead, the write BIO) is
+    /// restored first. After a [`Mode::StopTls`] shutdown that ended `clean`, pass
+    /// the stream to [`into_transport`](crate::into_transport).
+    pub fn into_inner(self) -> C {
+        self.conn.into_inner()
     }
 
     // --- stages -------------------------------------------------------------------
@@ -705,8 +708,6 @@ impl<C: Connection> Shutdown<C> {
             self.conn.forget_session();
         }
         self.conn.end();
-        // The spread of the `now` values, or the time that really passed if that
-        // is more (a caller may pass a stale `now`): never less than the truth.
         // STOPTLS succeeded only if nothing past the peer's close_notify can be
         // held by OpenSSL (read-ahead the application had turned on may have
         // pulled plaintext into OpenSSL's buffer before the shutdown, beyond reach).
@@ -715,6 +716,8 @@ impl<C: Connection> Shutdown<C> {
         if stopped && self.transport_tainted {
             self.detail = Some("read-ahead had buffered bytes before the shutdown");
         }
+        // The spread of the `now` values, or the time that really passed if that
+        // is more (a caller may pass a stale `now`): never less than the truth.
         let elapsed = self.started.map_or(Duration::ZERO, |(first, clock)| {
             now.saturating_duration_since(first).max(clock.elapsed())
         });
@@ -750,9 +753,64 @@ impl<C: Connection> Shutdown<C> {
     }
 }
 
-impl<C: Connection> Drop for Shutdown<C> {
+/// The connection under a shutdown, and whether `begin` changed it with no `end`
+/// yet: dropping an unfinished shutdown, or taking the connection back, undoes
+/// what `begin` (and `seal`, `keep_transport`) changed.
+#[derive(Debug)]
+struct Held<C: Connection> {
+    /// Always `Some` until `into_inner` takes it (consuming the holder).
+    conn: Option<C>,
+    begun: bool,
+}
+
+impl<C: Connection> Held<C> {
+    fn new(conn: C) -> Self {
+        Held {
+            conn: Some(conn),
+            begun: false,
+        }
+    }
+
+    fn begin(&mut self) {
+        self.begun = true;
+        (**self).begin();
+    }
+
+    /// `Connection::end`, once, if `begin` ran.
+    fn end(&mut self) {
+        if std::mem::take(&mut self.begun) {
+            (**self).end();
+        }
+    }
+
+    fn into_inner(mut self) -> C {
+        self.end();
+        self.conn.take().expect("the connection is taken only here")
+    }
+}
+
+impl<C: Connection> std::ops::Deref for Held<C> {
+    type Target = C;
+    fn deref(&self) -> &C {
+        self.conn
+            .as_ref()
+            .expect("the connection is taken only by into_inner")
+    }
+}
+
+impl<C: Connection> std::ops::DerefMut for Held<C> {
+    fn deref_mut(&mut self) -> &mut C {
+        self.conn
+            .as_mut()
+            .expect("the connection is taken only by into_inner")
+    }
+}
+
+impl<C: Connection> Drop for Held<C> {
     fn drop(&mut self) {
-        self.abandon();
+        if self.conn.is_some() {
+            self.end();
+        }
     }
 }
 

@@ -551,3 +551,27 @@ fn dropping_an_unfinished_shutdown_restores_the_connection() {
     assert_eq!((holder.began, holder.ended), (1, 1));
     assert!(holder.saved.is_none());
 }
+
+#[test]
+fn into_inner_hands_the_connection_back_restored_once() {
+    let t0 = Instant::now();
+    // Unfinished: what begin changed is undone, once.
+    let mut sd = Shutdown::new(
+        Script::usable().shutdown(Err(TlsError::WantWrite)),
+        &policy(),
+    );
+    let _ = sd.poll(t0, Ready::NONE);
+    let conn = sd.into_inner();
+    assert_eq!((conn.began, conn.ended), (1, 1));
+    // Finished: end ran with the report, not again.
+    let conn = Script::usable()
+        .shutdown(Ok(ShutdownResult::Sent))
+        .read(Err(TlsError::CloseNotify));
+    let mut sd = Shutdown::new(conn, &policy());
+    assert_eq!(done(sd.poll(t0, Ready::NONE)).outcome, Outcome::Clean);
+    let conn = sd.into_inner();
+    assert_eq!((conn.began, conn.ended), (1, 1));
+    // Never started: nothing to undo.
+    let conn = Shutdown::new(Script::usable(), &policy()).into_inner();
+    assert_eq!((conn.began, conn.ended), (0, 0));
+}
