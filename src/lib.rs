@@ -57,12 +57,16 @@
 //! ```
 //!
 //! ## Choosing an entry point
-//! - Blocking code: [`shutdown_blocking`].
+//! - Blocking code: [`shutdown_blocking`]; [`shutdown_blocking_read`] to read the
+//!   rest of the peer's answer after our close_notify (the TLS half-close).
 //! - Your own event loop: [`Shutdown`] is the state machine itself. Call
-//!   [`Shutdown::poll`] with the current time and what the socket reported; it
-//!   answers with a [`Wait`] (an [`Interest`] and a deadline) or the [`Report`]. It
-//!   never sleeps and never reads the clock. With mio, register the socket once for
+//!   [`Shutdown::poll`] (or [`Shutdown::poll_read`]) with the current time and what
+//!   the socket reported; it answers with a [`Wait`] (an [`Interest`] and a
+//!   deadline) or the [`Report`]. It never sleeps, and its deadlines come only from
+//!   the `now` it is given. With mio, register the socket once for
 //!   `READABLE | WRITABLE` and pass [`Ready::from`] each event.
+//! - Leaving TLS and keeping the connection (STOPTLS): [`Mode::StopTls`], then
+//!   [`into_transport`] for the socket.
 //! - Many connections on one thread: [`Closer`] owns them, runs their shutdowns on
 //!   one `mio::Poll` (its own or yours) and hands back the reports.
 //! - A raw `SSL*` and socket, as C callers own them: [`RawConnection`], and the C
@@ -71,6 +75,14 @@
 //!   and the half-close reader `closenotify::tokio::HalfClose`.
 //!
 //! ## Guarantees
+//! - Every entry point ends within its policy, whatever the socket's mode: a
+//!   blocking socket is in non-blocking mode while the shutdown runs, and back
+//!   afterwards. [`Report::elapsed`] is the time that really passed.
+//! - A raw `SSL*` must read and write through OpenSSL's socket BIO on the given fd;
+//!   anything else is refused before either socket is touched.
+//! - `SSL_shutdown` is called at most once to send; the peer's answer is read with
+//!   `SSL_read`, and nothing reaches the wire after our close_notify (a TLS 1.3
+//!   KeyUpdate answer goes to a sink).
 //! - `SIGPIPE` is never raised in the host process ([`RawConnection`] blocks it
 //!   around OpenSSL's writes; Rust streams send with `MSG_NOSIGNAL`).
 //! - `truncated` is never reported as `clean`, also when the context sets
@@ -141,9 +153,3 @@ pub use openssl_sys;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
-
-/// The README's tokio section, in its own file until it is merged into the README,
-/// compiled as doctests too (with and without the `tokio` feature).
-#[cfg(doctest)]
-#[doc = include_str!("../docs/tokio-readme-section.md")]
-struct TokioReadmeSectionDoctests;
