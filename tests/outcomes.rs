@@ -310,17 +310,6 @@ fn data_after_our_close_notify_is_drained_up_to_the_limit() {
     }
 }
 
-/// What our side rejects text garbage with: OpenSSL checks a record's version
-/// before its type, except in the TLS 1.3 record layer of 3.2 and later, which
-/// checks the type first (and `t` is no record type).
-fn text_garbage_rejection(tls: Tls) -> (Alert, &'static str) {
-    if cfg!(ossl320) && tls == Tls::V13 {
-        (Alert::UnexpectedMessage, "bad record type")
-    } else {
-        (Alert::ProtocolVersion, "wrong version number")
-    }
-}
-
 #[test]
 fn garbage_after_the_handshake_protocol_error_with_our_alert() {
     for (tls, role) in matrix() {

@@ -304,12 +304,13 @@ fn assert_expected(
             let a = r
                 .alert
                 .unwrap_or_else(|| panic!("{what}: no alert in {r:?}"));
+            let (alert, detail) = text_garbage_rejection(tls);
             assert_eq!(
                 (a.alert, a.direction),
-                (Alert::ProtocolVersion, AlertDirection::Sent),
+                (alert, AlertDirection::Sent),
                 "{what}"
             );
-            assert_eq!(r.detail, Some("wrong version number"), "{what}");
+            assert_eq!(r.detail, Some(detail), "{what}");
             assert_eq!(r.session_resumable, dropped, "{what}");
         }
     }

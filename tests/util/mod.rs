@@ -231,6 +231,17 @@ impl std::io::Write for Corkable {
     }
 }
 
+/// What our side rejects text garbage with: OpenSSL checks a record's version
+/// before its type, except in the TLS 1.3 record layer of 3.2 and later, which
+/// checks the type first (and `t` is no record type).
+pub fn text_garbage_rejection(tls: Tls) -> (closenotify::Alert, &'static str) {
+    if cfg!(ossl320) && tls == Tls::V13 {
+        (closenotify::Alert::UnexpectedMessage, "bad record type")
+    } else {
+        (closenotify::Alert::ProtocolVersion, "wrong version number")
+    }
+}
+
 /// Whether `fd` is in blocking mode.
 pub fn is_blocking(fd: i32) -> bool {
     // SAFETY: F_GETFL on an fd takes no pointers.
