@@ -51,7 +51,6 @@ mod common;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -59,11 +58,9 @@ use closenotify::{
     into_transport, shutdown_blocking, shutdown_blocking_read, Mode, Policy, Report,
 };
 use common::cli::{self, Args};
+use common::client::{split_host_port, wait_for_hangup, ClientOptions, Close};
 use common::line;
-use openssl::ssl::{
-    HandshakeError, MidHandshakeSslStream, SslConnector, SslMethod, SslStream, SslVerifyMode,
-    SslVersion,
-};
+use openssl::ssl::{HandshakeError, MidHandshakeSslStream, SslStream};
 use openssl::x509::{X509Ref, X509VerifyResult};
 use serde_json::json;
 
@@ -79,66 +76,25 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The exit status when the server's certificate is rejected.
 const EXIT_CERTIFICATE: u8 = 3;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Close {
-    /// A closenotify shutdown in this mode (`--stoptls` is `Mode::StopTls`).
-    Shutdown(Mode),
-    Abrupt,
-    Reset,
-    Never,
-}
-
 struct Options {
-    connect: String,
-    message: Option<String>,
-    servername: Option<String>,
-    ca: Option<PathBuf>,
-    insecure: bool,
+    common: ClientOptions,
     proxy: Option<String>,
     starttls: bool,
-    close: Close,
-    policy: closenotify::PolicyBuilder,
-    tls12: bool,
-    json: bool,
-}
-
-/// `HOST:PORT` or `[V6ADDR]:PORT`: the host (without brackets) and the port.
-fn split_host_port(s: &str) -> Option<(&str, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    (!host.is_empty()).then_some((host, port))
 }
 
 fn parse_options() -> Result<Options, String> {
     let mut args = Args::from_env();
     let mut o = Options {
-        connect: String::new(),
-        message: None,
-        servername: None,
-        ca: None,
-        insecure: false,
+        common: ClientOptions::default(),
         proxy: None,
         starttls: false,
-        close: Close::Shutdown(Mode::Bidirectional),
-        policy: Policy::builder(),
-        tls12: false,
-        json: false,
     };
-    let (mut close_given, mut stoptls) = (false, false);
+    let mut stoptls = false;
     while let Some(flag) = args.next_flag()? {
+        if o.common.parse(&flag, &mut args)? {
+            continue;
+        }
         match flag.as_str() {
-            "--connect" => o.connect = args.value(&flag)?,
-            "--message" => o.message = Some(args.value(&flag)?),
-            "--servername" => o.servername = Some(args.value(&flag)?),
-            "--ca" => o.ca = Some(PathBuf::from(args.value(&flag)?)),
-            "--insecure" => {
-                args.switch(&flag)?;
-                o.insecure = true;
-            }
             "--proxy" => {
                 let v = args.value(&flag)?;
                 if split_host_port(&v).is_none() {
@@ -153,47 +109,17 @@ fn parse_options() -> Result<Options, String> {
             "--stoptls" => {
                 args.switch(&flag)?;
                 stoptls = true;
-                o.close = Close::Shutdown(Mode::StopTls);
-            }
-            "--close" => {
-                close_given = true;
-                o.close = match args.value(&flag)?.as_str() {
-                    "abrupt" => Close::Abrupt,
-                    "reset" => Close::Reset,
-                    "never" => Close::Never,
-                    other => Close::Shutdown(cli::mode(other).map_err(|_| {
-                        format!(
-                            "invalid --close '{other}' \
-                             (bidirectional, send-only, quiet, abrupt, reset or never)"
-                        )
-                    })?),
-                }
-            }
-            "--flush-timeout-ms" => o.policy = o.policy.flush_timeout(args.millis(&flag)?),
-            "--peer-timeout-ms" => o.policy = o.policy.peer_timeout(args.millis(&flag)?),
-            "--tls12" => {
-                args.switch(&flag)?;
-                o.tls12 = true;
-            }
-            "--json" => {
-                args.switch(&flag)?;
-                o.json = true;
             }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown option '{other}'")),
         }
     }
-    if o.connect.is_empty() {
-        return Err("--connect is required".into());
-    }
-    if split_host_port(&o.connect).is_none() {
-        return Err(format!("invalid --connect '{}' (HOST:PORT)", o.connect));
-    }
-    if o.insecure && o.ca.is_some() {
-        return Err("--ca and --insecure exclude each other".into());
-    }
-    if stoptls && close_given {
-        return Err("--stoptls ends TLS its own way: it excludes --close".into());
+    o.common.check()?;
+    if stoptls {
+        if o.common.close_given {
+            return Err("--stoptls ends TLS its own way: it excludes --close".into());
+        }
+        o.common.close = Close::Shutdown(Mode::StopTls);
     }
     Ok(o)
 }
@@ -218,13 +144,9 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(msg) => return cli::usage_error("echo_client", USAGE, &msg),
     };
-    let mode = match options.close {
-        Close::Shutdown(mode) => mode,
-        _ => Mode::Bidirectional,
-    };
-    let policy = match std::mem::take(&mut options.policy).mode(mode).build() {
+    let policy = match options.common.policy() {
         Ok(p) => p,
-        Err(e) => return cli::usage_error("echo_client", USAGE, &e.to_string()),
+        Err(e) => return cli::usage_error("echo_client", USAGE, &e),
     };
     let (outcome, msg, code) = match run(&options, &policy) {
         Ok(true) => return ExitCode::SUCCESS,
@@ -232,11 +154,7 @@ fn main() -> ExitCode {
         Err(Failure::Certificate(msg)) => ("certificate_rejected", msg, EXIT_CERTIFICATE),
         Err(Failure::Other(msg)) => ("failed", msg, 1),
     };
-    if options.json {
-        eprintln!("{}", json!({ "outcome": outcome, "error": msg }));
-    } else {
-        eprintln!("echo_client: {msg}");
-    }
+    options.common.print_failure("echo_client", outcome, &msg);
     ExitCode::from(code)
 }
 
@@ -320,23 +238,8 @@ fn starttls(tcp: &mut TcpStream, server: &str) -> Result<(), String> {
 /// STARTTLS if asked, then the handshake with SNI and the certificate checked for
 /// `--servername`, else the host of `--connect`.
 fn connect(options: &Options) -> Result<SslStream<TcpStream>, Failure> {
-    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
-    if options.tls12 {
-        builder
-            .set_max_proto_version(Some(SslVersion::TLS1_2))
-            .map_err(|e| e.to_string())?;
-    }
-    if let Some(ca) = &options.ca {
-        builder
-            .set_ca_file(ca)
-            .map_err(|e| format!("cannot use CA file {}: {e}", ca.display()))?;
-    }
-    if options.insecure {
-        builder.set_verify(SslVerifyMode::NONE);
-    }
-    let connector = builder.build();
-
-    let server = options.connect.as_str();
+    let connector = options.common.connector()?;
+    let server = options.common.connect.as_str();
     let mut tcp = match &options.proxy {
         Some(proxy) => {
             let mut tcp = open_tcp(proxy).map_err(|e| format!("proxy: {e}"))?;
@@ -348,14 +251,7 @@ fn connect(options: &Options) -> Result<SslStream<TcpStream>, Failure> {
     if options.starttls {
         starttls(&mut tcp, server)?;
     }
-    let (host, _) = split_host_port(server).expect("checked by parse_options");
-    let name = options.servername.as_deref().unwrap_or(host);
-    let mut config = connector.configure().map_err(|e| e.to_string())?;
-    if options.insecure {
-        config.set_verify_hostname(false);
-    }
-    // SNI and the hostname check both use `name` (rust-openssl sends no SNI for
-    // an IP address and checks it against the certificate's IP addresses).
+    let (config, name) = options.common.configure(&connector)?;
     match config.connect(name, tcp) {
         Ok(stream) => Ok(stream),
         Err(HandshakeError::SetupFailure(e)) => Err(format!("TLS setup failed: {e}").into()),
@@ -453,23 +349,15 @@ struct Plaintext {
 /// Runs the client; `Ok(true)` when the connection ended `clean` or `sent_only`
 /// (with `--stoptls`, a clean STOPTLS and both lines exchanged).
 fn run(options: &Options, policy: &Policy) -> Result<bool, Failure> {
-    let message = match &options.message {
-        Some(m) => m.clone().into_bytes(),
-        None => {
-            let mut m = Vec::new();
-            io::stdin()
-                .read_to_end(&mut m)
-                .map_err(|e| format!("cannot read stdin: {e}"))?;
-            m
-        }
-    };
+    let common = &options.common;
+    let message = common.message()?;
     let mut stream = connect(options)?;
     stream
         .write_all(&message)
         .map_err(|e| format!("cannot send: {e}"))?;
     let stdout = io::stdout().lock();
 
-    if let Close::Shutdown(mode @ (Mode::Bidirectional | Mode::StopTls)) = options.close {
+    if let Close::Shutdown(mode @ (Mode::Bidirectional | Mode::StopTls)) = common.close {
         // Our close_notify goes out at once (with a TCP half-close unless STOPTLS);
         // the echo is read until the server's close_notify.
         let mut echo = Echo {
@@ -480,7 +368,7 @@ fn run(options: &Options, policy: &Policy) -> Result<bool, Failure> {
             .map_err(|e| format!("cannot read the echo: {e}"))?;
         echo.flush().ok();
         if mode == Mode::Bidirectional {
-            return Ok(finish(options, Some(&report), echo.bytes, None, None));
+            return Ok(common.print_end(Some(&report), echo.bytes, vec![], ""));
         }
         let (plain, error) = match stop_tls(stream, &report) {
             Ok(plain) => (plain, None),
@@ -489,7 +377,7 @@ fn run(options: &Options, policy: &Policy) -> Result<bool, Failure> {
         if let Some(error) = &error {
             eprintln!("echo_client: {error}");
         }
-        let ok = finish(options, Some(&report), echo.bytes, None, Some(&plain));
+        let ok = print_stoptls_end(common, &report, echo.bytes, &plain);
         return Ok(ok && error.is_none());
     }
 
@@ -504,21 +392,21 @@ fn run(options: &Options, policy: &Policy) -> Result<bool, Failure> {
     stdout.write_all(&echo).ok();
     stdout.flush().ok();
     let echoed = echo.len() as u64;
-    match options.close {
+    match common.close {
         Close::Shutdown(_) => {
             let report = shutdown_blocking(&mut stream, policy);
-            Ok(finish(options, Some(&report), echoed, None, None))
+            Ok(common.print_end(Some(&report), echoed, vec![], ""))
         }
         Close::Abrupt => {
             drop(stream); // FIN, no close_notify
-            Ok(finish(options, None, echoed, Some("abrupt"), None))
+            Ok(common.print_end(None, echoed, vec![], ""))
         }
         Close::Reset => {
             socket2::SockRef::from(stream.get_ref())
                 .set_linger(Some(Duration::ZERO))
                 .map_err(|e| e.to_string())?;
             drop(stream); // RST
-            Ok(finish(options, None, echoed, Some("reset"), None))
+            Ok(common.print_end(None, echoed, vec![], ""))
         }
         Close::Never => {
             // Hold the connection without ever answering: past the server's
@@ -527,17 +415,8 @@ fn run(options: &Options, policy: &Policy) -> Result<bool, Failure> {
             stream.get_ref().set_read_timeout(None).ok();
             let mut raw = [0u8; 4096];
             while matches!(stream.get_mut().read(&mut raw), Ok(n) if n > 0) {}
-            let mut pfd = libc::pollfd {
-                fd: stream.get_ref().as_raw_fd(),
-                events: 0,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd; no events requested, so only a hang-up or
-            // an error wakes it.
-            while unsafe { libc::poll(&mut pfd, 1, -1) } == 0
-                || pfd.revents & (libc::POLLHUP | libc::POLLERR) == 0
-            {}
-            Ok(finish(options, None, echoed, Some("never"), None))
+            wait_for_hangup(stream.get_ref().as_raw_fd());
+            Ok(common.print_end(None, echoed, vec![], ""))
         }
     }
 }
@@ -567,50 +446,23 @@ fn stop_tls(
     Ok(plain)
 }
 
-/// Prints the report (or what the misbehaving mode did); true for clean/sent_only.
-fn finish(
-    options: &Options,
-    report: Option<&Report>,
-    echoed: u64,
-    close: Option<&str>,
-    plain: Option<&Plaintext>,
-) -> bool {
+/// Prints the report of a STOPTLS and what followed in plaintext; true for a
+/// clean STOPTLS.
+fn print_stoptls_end(common: &ClientOptions, r: &Report, echoed: u64, plain: &Plaintext) -> bool {
     let text = |bytes: Option<&[u8]>| bytes.map(|b| String::from_utf8_lossy(b).into_owned());
-    match (report, options.json) {
-        (Some(r), true) => {
-            let mut v = common::report_json(
-                vec![],
-                r,
-                vec![
-                    ("os_error", json!(r.os_error)),
-                    ("bytes_echoed", json!(echoed)),
-                ],
-            );
-            if let (Some(p), Some(fields)) = (plain, v.as_object_mut()) {
-                fields.insert("transport_reusable".into(), json!(r.transport_reusable));
-                let received = text(p.received.as_deref());
-                fields.insert("plaintext_received".into(), json!(received));
-                fields.insert("plaintext_sent".into(), json!(text(p.sent)));
-            }
-            eprintln!("{v}");
-        }
-        (Some(r), false) => match plain {
-            Some(p) => {
-                let quoted = |b: Option<&[u8]>| {
-                    text(b).map_or_else(|| "nothing".to_string(), |t| format!("{t:?}"))
-                };
-                eprintln!(
-                    "{echoed} bytes echoed; {r}; transport reusable: {}; then plaintext: \
-                     received {}, sent {}",
-                    r.transport_reusable,
-                    quoted(p.received.as_deref()),
-                    quoted(p.sent)
-                )
-            }
-            None => eprintln!("{echoed} bytes echoed; {r}"),
-        },
-        (None, true) => eprintln!("{}", json!({ "close": close, "bytes_echoed": echoed })),
-        (None, false) => eprintln!("{echoed} bytes echoed; closed: {}", close.unwrap_or("?")),
-    }
-    report.is_some_and(|r| r.outcome.is_orderly())
+    let quoted =
+        |b: Option<&[u8]>| text(b).map_or_else(|| "nothing".to_string(), |t| format!("{t:?}"));
+    let received = plain.received.as_deref();
+    let extra = vec![
+        ("transport_reusable", json!(r.transport_reusable)),
+        ("plaintext_received", json!(text(received))),
+        ("plaintext_sent", json!(text(plain.sent))),
+    ];
+    let tail = format!(
+        "; transport reusable: {}; then plaintext: received {}, sent {}",
+        r.transport_reusable,
+        quoted(received),
+        quoted(plain.sent)
+    );
+    common.print_end(Some(r), echoed, extra, &tail)
 }

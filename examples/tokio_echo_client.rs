@@ -28,9 +28,8 @@
 
 mod common;
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,8 +37,7 @@ use std::time::Duration;
 use closenotify::tokio::HalfClose;
 use closenotify::{Mode, Policy, Report};
 use common::cli::{self, Args};
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
-use serde_json::json;
+use common::client::{wait_for_hangup, ClientOptions, Close};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -53,82 +51,19 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Stream = tokio_openssl::SslStream<tokio::net::TcpStream>;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Close {
-    Shutdown(Mode),
-    Abrupt,
-    Reset,
-    Never,
-}
-
-struct Options {
-    connect: String,
-    message: Option<String>,
-    servername: Option<String>,
-    ca: Option<PathBuf>,
-    insecure: bool,
-    close: Close,
-    policy: closenotify::PolicyBuilder,
-    tls12: bool,
-    json: bool,
-}
-
-fn parse_options() -> Result<Options, String> {
+fn parse_options() -> Result<ClientOptions, String> {
     let mut args = Args::from_env();
-    let mut o = Options {
-        connect: String::new(),
-        message: None,
-        servername: None,
-        ca: None,
-        insecure: false,
-        close: Close::Shutdown(Mode::Bidirectional),
-        policy: Policy::builder(),
-        tls12: false,
-        json: false,
-    };
+    let mut o = ClientOptions::default();
     while let Some(flag) = args.next_flag()? {
+        if o.parse(&flag, &mut args)? {
+            continue;
+        }
         match flag.as_str() {
-            "--connect" => o.connect = args.value(&flag)?,
-            "--message" => o.message = Some(args.value(&flag)?),
-            "--servername" => o.servername = Some(args.value(&flag)?),
-            "--ca" => o.ca = Some(PathBuf::from(args.value(&flag)?)),
-            "--insecure" => {
-                args.switch(&flag)?;
-                o.insecure = true;
-            }
-            "--close" => {
-                o.close = match args.value(&flag)?.as_str() {
-                    "abrupt" => Close::Abrupt,
-                    "reset" => Close::Reset,
-                    "never" => Close::Never,
-                    other => Close::Shutdown(cli::mode(other).map_err(|_| {
-                        format!(
-                            "invalid --close '{other}' \
-                             (bidirectional, send-only, quiet, abrupt, reset or never)"
-                        )
-                    })?),
-                }
-            }
-            "--flush-timeout-ms" => o.policy = o.policy.flush_timeout(args.millis(&flag)?),
-            "--peer-timeout-ms" => o.policy = o.policy.peer_timeout(args.millis(&flag)?),
-            "--tls12" => {
-                args.switch(&flag)?;
-                o.tls12 = true;
-            }
-            "--json" => {
-                args.switch(&flag)?;
-                o.json = true;
-            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown option '{other}'")),
         }
     }
-    if o.connect.is_empty() {
-        return Err("--connect is required".into());
-    }
-    if o.insecure && o.ca.is_some() {
-        return Err("--ca and --insecure exclude each other".into());
-    }
+    o.check()?;
     Ok(o)
 }
 
@@ -138,13 +73,9 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(msg) => return cli::usage_error("tokio_echo_client", USAGE, &msg),
     };
-    let mode = match options.close {
-        Close::Shutdown(mode) => mode,
-        _ => Mode::Bidirectional,
-    };
-    let policy = match std::mem::take(&mut options.policy).mode(mode).build() {
+    let policy = match options.policy() {
         Ok(p) => p,
-        Err(e) => return cli::usage_error("tokio_echo_client", USAGE, &e.to_string()),
+        Err(e) => return cli::usage_error("tokio_echo_client", USAGE, &e),
     };
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -155,11 +86,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            if options.json {
-                eprintln!("{}", json!({ "outcome": "failed", "error": e }));
-            } else {
-                eprintln!("tokio_echo_client: {e}");
-            }
+            options.print_failure("tokio_echo_client", "failed", &e);
             ExitCode::from(1)
         }
     }
@@ -172,23 +99,8 @@ async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> Resu
         .map_err(|_| format!("{what}: timed out after {IO_TIMEOUT:?}"))
 }
 
-async fn connect(options: &Options) -> Result<Stream, String> {
-    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
-    if options.tls12 {
-        builder
-            .set_max_proto_version(Some(SslVersion::TLS1_2))
-            .map_err(|e| e.to_string())?;
-    }
-    if let Some(ca) = &options.ca {
-        builder
-            .set_ca_file(ca)
-            .map_err(|e| format!("cannot use CA file {}: {e}", ca.display()))?;
-    }
-    if options.insecure {
-        builder.set_verify(SslVerifyMode::NONE);
-    }
-    let connector = builder.build();
-
+async fn connect(options: &ClientOptions) -> Result<Stream, String> {
+    let connector = options.connector()?;
     let addr = tokio::net::lookup_host(&options.connect)
         .await
         .map_err(|e| format!("cannot resolve {}: {e}", options.connect))?
@@ -198,12 +110,7 @@ async fn connect(options: &Options) -> Result<Stream, String> {
         .await?
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     tcp.set_nodelay(true).ok();
-    let host = options.connect.rsplit_once(':').map_or("", |(h, _)| h);
-    let name = options.servername.as_deref().unwrap_or(host);
-    let mut config = connector.configure().map_err(|e| e.to_string())?;
-    if options.insecure {
-        config.set_verify_hostname(false);
-    }
+    let (config, name) = options.configure(&connector)?;
     let ssl = config.into_ssl(name).map_err(|e| e.to_string())?;
     let mut stream = Stream::new(ssl, tcp).map_err(|e| e.to_string())?;
     bounded("TLS handshake", Pin::new(&mut stream).connect())
@@ -213,17 +120,8 @@ async fn connect(options: &Options) -> Result<Stream, String> {
 }
 
 /// Runs the client; `Ok(true)` when the connection ended `clean` or `sent_only`.
-async fn run(options: &Options, policy: &Policy) -> Result<bool, String> {
-    let message = match &options.message {
-        Some(m) => m.clone().into_bytes(),
-        None => {
-            let mut m = Vec::new();
-            io::stdin()
-                .read_to_end(&mut m)
-                .map_err(|e| format!("cannot read stdin: {e}"))?;
-            m
-        }
-    };
+async fn run(options: &ClientOptions, policy: &Policy) -> Result<bool, String> {
+    let message = options.message()?;
     let mut stream = connect(options).await?;
     bounded("send", stream.write_all(&message))
         .await?
@@ -232,7 +130,7 @@ async fn run(options: &Options, policy: &Policy) -> Result<bool, String> {
 
     if options.close == Close::Shutdown(Mode::Bidirectional) {
         let (report, echoed) = half_close(&mut stream, policy, &mut stdout).await?;
-        return Ok(finish(options, Some(&report), echoed, None));
+        return Ok(options.print_end(Some(&report), echoed, vec![], ""));
     }
 
     // The other modes read the whole echo first, so that nothing is left unread
@@ -250,18 +148,18 @@ async fn run(options: &Options, policy: &Policy) -> Result<bool, String> {
             let report = closenotify::tokio::shutdown(&mut stream, policy)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(finish(options, Some(&report), echoed, None))
+            Ok(options.print_end(Some(&report), echoed, vec![], ""))
         }
         Close::Abrupt => {
             drop(stream); // FIN, no close_notify
-            Ok(finish(options, None, echoed, Some("abrupt")))
+            Ok(options.print_end(None, echoed, vec![], ""))
         }
         Close::Reset => {
             socket2::SockRef::from(stream.get_ref())
                 .set_linger(Some(Duration::ZERO))
                 .map_err(|e| e.to_string())?;
             drop(stream); // RST
-            Ok(finish(options, None, echoed, Some("reset")))
+            Ok(options.print_end(None, echoed, vec![], ""))
         }
         Close::Never => {
             // Hold the connection without ever answering: past the server's
@@ -270,23 +168,12 @@ async fn run(options: &Options, policy: &Policy) -> Result<bool, String> {
             let mut raw = [0u8; 4096];
             while matches!(stream.get_mut().read(&mut raw).await, Ok(n) if n > 0) {}
             let fd = stream.get_ref().as_raw_fd();
-            tokio::task::spawn_blocking(move || {
-                let mut pfd = libc::pollfd {
-                    fd,
-                    events: 0,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd on an fd `stream` keeps open while this
-                // runs (it is awaited below); no events requested, so only a
-                // hang-up or an error wakes it.
-                while unsafe { libc::poll(&mut pfd, 1, -1) } == 0
-                    || pfd.revents & (libc::POLLHUP | libc::POLLERR) == 0
-                {}
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+            // `stream` keeps the fd open until the wait, awaited here, is over.
+            tokio::task::spawn_blocking(move || wait_for_hangup(fd))
+                .await
+                .map_err(|e| e.to_string())?;
             drop(stream);
-            Ok(finish(options, None, echoed, Some("never")))
+            Ok(options.print_end(None, echoed, vec![], ""))
         }
     }
 }
@@ -316,25 +203,4 @@ async fn half_close(
         None => closing.finish().await,
     };
     Ok((report, echoed))
-}
-
-/// Prints the report (or what the misbehaving mode did); true for clean/sent_only.
-fn finish(options: &Options, report: Option<&Report>, echoed: u64, close: Option<&str>) -> bool {
-    match (report, options.json) {
-        (Some(r), true) => eprintln!(
-            "{}",
-            common::report_json(
-                vec![],
-                r,
-                vec![
-                    ("os_error", json!(r.os_error)),
-                    ("bytes_echoed", json!(echoed))
-                ],
-            )
-        ),
-        (Some(r), false) => eprintln!("{echoed} bytes echoed; {r}"),
-        (None, true) => eprintln!("{}", json!({ "close": close, "bytes_echoed": echoed })),
-        (None, false) => eprintln!("{echoed} bytes echoed; closed: {}", close.unwrap_or("?")),
-    }
-    report.is_some_and(|r| r.outcome.is_orderly())
 }

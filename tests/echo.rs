@@ -1630,6 +1630,26 @@ fn bad_command_lines_exit_2_with_usage() {
     }
 }
 
+/// The tokio client parses the options it shares with echo_client the same way,
+/// and refuses the ones it does not have.
+#[cfg(feature = "tokio")]
+#[test]
+fn tokio_echo_client_bad_command_lines_exit_2_with_usage() {
+    let addr = "127.0.0.1:9";
+    for args in [
+        &["--connect", addr, "--bogus"][..],
+        &["--message", "no address"],
+        &["--connect", addr, "--close", "sometimes"],
+        &["--connect", addr, "--insecure", "--ca", "ca.pem"],
+        &["--connect", addr, "--flush-timeout-ms", "0"],
+        &["--connect", "no-port"],
+        &["--connect", addr, "--stoptls"],
+        &["--connect", addr, "--proxy", "127.0.0.1:3128"],
+    ] {
+        assert_usage_error("tokio_echo_client", args);
+    }
+}
+
 /// Exit 1 with exactly one line on stderr, "echo_server: ...", and no listening
 /// line.
 #[track_caller]
