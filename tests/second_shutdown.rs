@@ -19,19 +19,46 @@ use util::*;
 /// Application bytes the peer sends after our close_notify, before its own.
 const DATA: usize = 1000;
 
-/// The peer: reads our close_notify, waits for `go`, sends `DATA` bytes and its
-/// close_notify, says so on `done`, and holds the connection until `go` again.
-fn data_then_close_notify(
-    go: mpsc::Receiver<()>,
-    done: mpsc::Sender<()>,
-) -> impl FnOnce(openssl::ssl::SslStream<std::net::TcpStream>) {
-    move |mut p| {
-        read_until_close_notify(&mut p).expect("our close_notify");
-        go.recv().unwrap();
-        std::io::Write::write_all(&mut p, &[7u8; DATA]).unwrap();
-        p.shutdown().unwrap();
-        done.send(()).unwrap();
-        let _ = go.recv();
+/// The peer, in its thread: reads our close_notify, waits for `answer`, sends
+/// `DATA` bytes and its close_notify, and holds the connection until `end`.
+struct AnsweringPeer {
+    go: mpsc::Sender<()>,
+    answered: mpsc::Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl AnsweringPeer {
+    fn spawn(peer: openssl::ssl::SslStream<std::net::TcpStream>) -> AnsweringPeer {
+        let (go, start) = mpsc::channel();
+        let (done, answered) = mpsc::channel();
+        let thread = spawn_peer(peer, move |mut p| {
+            read_until_close_notify(&mut p).expect("our close_notify");
+            start.recv().unwrap();
+            std::io::Write::write_all(&mut p, &[7u8; DATA]).unwrap();
+            p.shutdown().unwrap();
+            done.send(()).unwrap();
+            let _ = start.recv();
+        });
+        AnsweringPeer {
+            go,
+            answered,
+            thread,
+        }
+    }
+
+    /// Lets the peer answer, and waits until its data and close_notify are
+    /// readable on `fd`: they are waiting when the next shutdown begins.
+    fn answer(&self, fd: std::os::fd::RawFd) {
+        self.go.send(()).unwrap();
+        self.answered.recv().unwrap();
+        assert!(wait_for(fd, libc::POLLIN, ms(5000)));
+    }
+
+    /// Lets the peer go once our side is closed.
+    fn end(self, ours: impl Sized) {
+        drop(self.go);
+        drop(ours);
+        self.thread.join().unwrap();
     }
 }
 
@@ -54,19 +81,12 @@ fn the_application_sent_close_notify_itself_clean() {
         let what = format!("{tls:?} as {role:?}");
         let ctx = Contexts::new(tls);
         let Pair { mut ours, peer } = ctx.pair(role);
-        let (go, start) = mpsc::channel();
-        let (done, finished) = mpsc::channel();
-        let peer = spawn_peer(peer, data_then_close_notify(start, done));
+        let peer = AnsweringPeer::spawn(peer);
         assert_eq!(ours.shutdown().unwrap(), ShutdownResult::Sent, "{what}");
-        go.send(()).unwrap();
-        // The peer's data and close_notify are waiting when the shutdown begins.
-        finished.recv().unwrap();
-        assert!(wait_for(ours.get_ref().as_raw_fd(), libc::POLLIN, ms(5000)));
+        peer.answer(ours.get_ref().as_raw_fd());
         let r = shutdown_blocking(&mut ours, &policy(500, 500));
         assert_clean_with_data(&r, &what);
-        drop(go);
-        drop(ours);
-        peer.join().unwrap();
+        peer.end(ours);
     }
 }
 
@@ -76,19 +96,13 @@ fn the_application_sent_close_notify_itself_raw_ssl_clean() {
         let what = format!("{tls:?} raw");
         let ctx = Contexts::new(tls);
         let (raw, peer) = RawClient::connect(&ctx, |_| {});
-        let (go, start) = mpsc::channel();
-        let (done, finished) = mpsc::channel();
-        let peer = spawn_peer(peer, data_then_close_notify(start, done));
+        let peer = AnsweringPeer::spawn(peer);
         // SAFETY: the raw client's SSL is valid and used by this thread only.
         assert_eq!(unsafe { openssl_sys::SSL_shutdown(raw.ssl.as_ptr()) }, 0);
-        go.send(()).unwrap();
-        finished.recv().unwrap();
-        assert!(wait_for(raw.tcp.as_raw_fd(), libc::POLLIN, ms(5000)));
+        peer.answer(raw.tcp.as_raw_fd());
         let r = raw.conn().shutdown_blocking(&policy(500, 500));
         assert_clean_with_data(&r, &what);
-        drop(go);
-        drop(raw);
-        peer.join().unwrap();
+        peer.end(raw);
     }
 }
 
@@ -98,24 +112,54 @@ fn a_shutdown_dropped_after_its_flush_starts_again_clean() {
         let what = format!("{tls:?} as {role:?}");
         let ctx = Contexts::new(tls);
         let Pair { mut ours, peer } = ctx.pair(role);
-        let (go, start) = mpsc::channel();
-        let (done, finished) = mpsc::channel();
-        let peer = spawn_peer(peer, data_then_close_notify(start, done));
+        let peer = AnsweringPeer::spawn(peer);
         {
             // Flushes close_notify, half-closes, then waits for the peer: dropped.
             let mut sd = Shutdown::new(&mut ours, &policy(500, 500));
             let first = sd.poll(std::time::Instant::now(), Ready::NONE);
             assert!(matches!(first, Progress::Wait(_)), "{what}: {first:?}");
         }
-        go.send(()).unwrap();
-        finished.recv().unwrap();
-        assert!(wait_for(ours.get_ref().as_raw_fd(), libc::POLLIN, ms(5000)));
+        peer.answer(ours.get_ref().as_raw_fd());
         let r = shutdown_blocking(&mut ours, &policy(500, 500));
         assert_clean_with_data(&r, &what);
-        drop(go);
-        drop(ours);
-        peer.join().unwrap();
+        peer.end(ours);
     }
+}
+
+/// A connected pair whose peer does not read until `go`: our send buffer is full
+/// of raw filler, so the next TLS record we write stays in OpenSSL. On `go`, the
+/// peer closes first (data and close_notify), drains the filler, reads our
+/// close_notify and waits for our FIN.
+fn peer_not_reading(
+    ctx: &Contexts,
+    role: Role,
+) -> (
+    openssl::ssl::SslStream<std::net::TcpStream>,
+    mpsc::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let Pair { mut ours, mut peer } = ctx.pair(role);
+    // TLS 1.3 tickets travel after the handshake: read them on the client side,
+    // so that the peer's socket holds only the filler, then TLS.
+    if ctx.tls == Tls::V13 {
+        match role {
+            Role::Client => read_tickets(&mut ours),
+            Role::Server => read_tickets(&mut peer),
+        }
+    }
+    let raw = fill_send_buffer(ours.get_ref());
+    let (go, start) = mpsc::channel::<()>();
+    let peer = spawn_peer(peer, move |mut p| {
+        start.recv().unwrap();
+        std::io::Write::write_all(&mut p, &[7u8; DATA]).unwrap();
+        assert_eq!(p.shutdown().unwrap(), ShutdownResult::Sent);
+        let mut filler = vec![1u8; raw];
+        std::io::Read::read_exact(p.get_mut(), &mut filler).unwrap();
+        assert!(filler.iter().all(|&b| b == 0), "not the filler");
+        read_until_close_notify(&mut p).expect("our close_notify");
+        wait_eof(p.get_mut());
+    });
+    (ours, go, peer)
 }
 
 /// An earlier shutdown was dropped while the peer did not read: our close_notify is
@@ -126,29 +170,7 @@ fn a_close_notify_still_buffered_is_flushed_before_reading() {
     for (tls, role) in matrix() {
         let what = format!("{tls:?} as {role:?}");
         let ctx = Contexts::new(tls);
-        let Pair { mut ours, mut peer } = ctx.pair(role);
-        // TLS 1.3 tickets travel after the handshake: read them on the client
-        // side, so that the peer's socket holds only the filler, then TLS.
-        if tls == Tls::V13 {
-            match role {
-                Role::Client => read_tickets(&mut ours),
-                Role::Server => read_tickets(&mut peer),
-            }
-        }
-        let raw = fill_send_buffer(ours.get_ref());
-        let (go, start) = mpsc::channel::<()>();
-        let peer = spawn_peer(peer, move |mut p| {
-            start.recv().unwrap();
-            // The peer closes first this time: data and close_notify, then it
-            // drains the raw filler and reads our close_notify.
-            std::io::Write::write_all(&mut p, &[7u8; DATA]).unwrap();
-            assert_eq!(p.shutdown().unwrap(), ShutdownResult::Sent);
-            let mut filler = vec![1u8; raw];
-            std::io::Read::read_exact(p.get_mut(), &mut filler).unwrap();
-            assert!(filler.iter().all(|&b| b == 0), "not the filler");
-            read_until_close_notify(&mut p).expect("our close_notify");
-            wait_eof(p.get_mut());
-        });
+        let (mut ours, go, peer) = peer_not_reading(&ctx, role);
         {
             let mut sd = Shutdown::new(&mut ours, &policy(300, 300));
             match sd.poll(std::time::Instant::now(), Ready::NONE) {
@@ -172,25 +194,7 @@ fn the_applications_pending_close_notify_is_flushed_after_a_read() {
     for (tls, role) in matrix() {
         let what = format!("{tls:?} as {role:?}");
         let ctx = Contexts::new(tls);
-        let Pair { mut ours, mut peer } = ctx.pair(role);
-        if tls == Tls::V13 {
-            match role {
-                Role::Client => read_tickets(&mut ours),
-                Role::Server => read_tickets(&mut peer),
-            }
-        }
-        let raw = fill_send_buffer(ours.get_ref());
-        let (go, start) = mpsc::channel::<()>();
-        let peer = spawn_peer(peer, move |mut p| {
-            start.recv().unwrap();
-            std::io::Write::write_all(&mut p, &[7u8; DATA]).unwrap();
-            assert_eq!(p.shutdown().unwrap(), ShutdownResult::Sent);
-            let mut filler = vec![1u8; raw];
-            std::io::Read::read_exact(p.get_mut(), &mut filler).unwrap();
-            assert!(filler.iter().all(|&b| b == 0), "not the filler");
-            read_until_close_notify(&mut p).expect("our close_notify");
-            wait_eof(p.get_mut());
-        });
+        let (mut ours, go, peer) = peer_not_reading(&ctx, role);
         ours.get_ref().set_nonblocking(true).unwrap();
         let err = ours.shutdown().unwrap_err();
         assert_eq!(err.code(), openssl::ssl::ErrorCode::WANT_WRITE, "{what}");

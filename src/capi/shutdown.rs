@@ -12,7 +12,7 @@ use super::{
 };
 use crate::machine::{Interest, Progress, Ready, Shutdown};
 use crate::ossl::RawConnection;
-use crate::Error;
+use crate::{Error, Policy};
 
 /// What `closenotify_shutdown_step` waits for.
 #[repr(transparent)]
@@ -34,17 +34,24 @@ pub struct closenotify_shutdown {
     machine: Shutdown<RawConnection>,
 }
 
+/// The policy (checked first), then the connection, of a call that starts a
+/// shutdown; the error code (with its message set) of the first that is invalid.
+///
 /// # Safety
-/// As [`RawConnection::new`].
-pub(super) unsafe fn to_conn(
+/// As [`to_policy`] for `policy`, as [`RawConnection::new`] for `ssl` and `fd`.
+unsafe fn to_args(
     ssl: *mut SSL,
     fd: c_int,
-) -> Result<RawConnection, closenotify_result> {
+    policy: *const closenotify_policy,
+) -> Result<(RawConnection, Policy), closenotify_result> {
     // SAFETY: the caller's contract, forwarded.
-    unsafe { RawConnection::new(ssl, fd) }.map_err(|e| match e {
+    let policy = unsafe { to_policy(policy) }?;
+    // SAFETY: the caller's contract, forwarded.
+    let conn = unsafe { RawConnection::new(ssl, fd) }.map_err(|e| match e {
         Error::InvalidArgument(msg) if ssl.is_null() => fail(CLOSENOTIFY_ERR_NULL_ARGUMENT, msg),
         other => fail(CLOSENOTIFY_ERR_INVALID_ARGUMENT, other.to_string()),
-    })
+    })?;
+    Ok((conn, policy))
 }
 
 /// Shuts `ssl` down under `policy` (NULL: the defaults), waiting with poll(2) on
@@ -81,13 +88,8 @@ pub unsafe extern "C" fn closenotify_shutdown_blocking(
             return fail(CLOSENOTIFY_ERR_NULL_ARGUMENT, "report is NULL");
         }
         // SAFETY: the caller's contract.
-        let policy = match unsafe { to_policy(policy) } {
-            Ok(p) => p,
-            Err(code) => return code,
-        };
-        // SAFETY: the caller's contract.
-        let conn = match unsafe { to_conn(ssl, fd) } {
-            Ok(c) => c,
+        let (conn, policy) = match unsafe { to_args(ssl, fd, policy) } {
+            Ok(args) => args,
             Err(code) => return code,
         };
         let r = conn.shutdown_blocking(&policy);
@@ -132,13 +134,8 @@ pub unsafe extern "C" fn closenotify_shutdown_new(
             return fail(CLOSENOTIFY_ERR_NULL_ARGUMENT, "out is NULL");
         }
         // SAFETY: the caller's contract.
-        let policy = match unsafe { to_policy(policy) } {
-            Ok(p) => p,
-            Err(code) => return code,
-        };
-        // SAFETY: the caller's contract.
-        let conn = match unsafe { to_conn(ssl, fd) } {
-            Ok(c) => c,
+        let (conn, policy) = match unsafe { to_args(ssl, fd, policy) } {
+            Ok(args) => args,
             Err(code) => return code,
         };
         let boxed = Box::new(closenotify_shutdown {
@@ -359,13 +356,8 @@ pub unsafe extern "C" fn closenotify_shutdown_blocking_read(
             return fail(CLOSENOTIFY_ERR_NULL_ARGUMENT, "sink is NULL");
         };
         // SAFETY: the caller's contract.
-        let policy = match unsafe { to_policy(policy) } {
-            Ok(p) => p,
-            Err(code) => return code,
-        };
-        // SAFETY: the caller's contract.
-        let conn = match unsafe { to_conn(ssl, fd) } {
-            Ok(c) => c,
+        let (conn, policy) = match unsafe { to_args(ssl, fd, policy) } {
+            Ok(args) => args,
             Err(code) => return code,
         };
         let mut out = SinkWriter { sink, ctx };

@@ -44,6 +44,32 @@ pub fn matrix() -> Vec<(Tls, Role)> {
 }
 
 impl Contexts {
+    /// A connected TCP pair: our socket and context, for our side's handshake in
+    /// `role`, and the peer's thread already in its handshake on the other socket
+    /// (blocking rust-openssl, done once ours is).
+    fn peer_handshaking(
+        &self,
+        role: Role,
+    ) -> (
+        TcpStream,
+        &openssl::ssl::SslContext,
+        JoinHandle<SslStream<TcpStream>>,
+    ) {
+        let (client_tcp, server_tcp) = tcp_pair();
+        let (ours_tcp, peer_tcp, ours_ctx, peer_ctx) = match role {
+            Role::Client => (client_tcp, server_tcp, &self.client, self.server.clone()),
+            Role::Server => (server_tcp, client_tcp, &self.server, self.client.clone()),
+        };
+        let peer = thread::spawn(move || {
+            let ssl = openssl::ssl::Ssl::new(&peer_ctx).unwrap();
+            match role {
+                Role::Client => ssl.accept(peer_tcp).expect("peer handshake"),
+                Role::Server => ssl.connect(peer_tcp).expect("peer handshake"),
+            }
+        });
+        (ours_tcp, ours_ctx, peer)
+    }
+
     /// As `pair`, with our side on a `mio::net::TcpStream` (non-blocking once the
     /// handshake is done).
     pub fn pair_mio(&self, role: Role) -> (SslStream<mio::net::TcpStream>, SslStream<TcpStream>) {
@@ -60,18 +86,7 @@ impl Contexts {
         &self,
         role: Role,
     ) -> (SslStream<mio::net::TcpStream>, SslStream<TcpStream>) {
-        let (client_tcp, server_tcp) = tcp_pair();
-        let (ours_tcp, peer_tcp, ours_ctx, peer_ctx) = match role {
-            Role::Client => (client_tcp, server_tcp, &self.client, self.server.clone()),
-            Role::Server => (server_tcp, client_tcp, &self.server, self.client.clone()),
-        };
-        let peer = thread::spawn(move || {
-            let ssl = openssl::ssl::Ssl::new(&peer_ctx).unwrap();
-            match role {
-                Role::Client => ssl.accept(peer_tcp).expect("peer handshake"),
-                Role::Server => ssl.connect(peer_tcp).expect("peer handshake"),
-            }
-        });
+        let (ours_tcp, ours_ctx, peer) = self.peer_handshaking(role);
         // The socket stays blocking for the handshake; mio only wraps the fd.
         let mio_tcp = mio::net::TcpStream::from_std(ours_tcp);
         let ssl = openssl::ssl::Ssl::new(ours_ctx).unwrap();
@@ -104,18 +119,7 @@ impl Contexts {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let (client_tcp, server_tcp) = tcp_pair();
-        let (ours_tcp, peer_tcp, ours_ctx, peer_ctx) = match role {
-            Role::Client => (client_tcp, server_tcp, &self.client, self.server.clone()),
-            Role::Server => (server_tcp, client_tcp, &self.server, self.client.clone()),
-        };
-        let peer = thread::spawn(move || {
-            let ssl = openssl::ssl::Ssl::new(&peer_ctx).unwrap();
-            match role {
-                Role::Client => ssl.accept(peer_tcp).expect("peer handshake"),
-                Role::Server => ssl.connect(peer_tcp).expect("peer handshake"),
-            }
-        });
+        let (ours_tcp, ours_ctx, peer) = self.peer_handshaking(role);
         ours_tcp.set_nonblocking(true).unwrap();
         let tcp = wrap(tokio::net::TcpStream::from_std(ours_tcp).unwrap());
         let ssl = openssl::ssl::Ssl::new(ours_ctx).unwrap();
