@@ -52,6 +52,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use closenotify::{
@@ -60,7 +61,7 @@ use closenotify::{
 use common::cli::{self, Args};
 use common::client::{split_host_port, wait_for_hangup, ClientOptions, Close};
 use common::line;
-use openssl::ssl::{HandshakeError, MidHandshakeSslStream, SslStream};
+use openssl::ssl::{HandshakeError, MidHandshakeSslStream, SslStream, SslVerifyMode};
 use openssl::x509::{X509Ref, X509VerifyResult};
 use serde_json::json;
 
@@ -251,28 +252,45 @@ fn connect(options: &Options) -> Result<SslStream<TcpStream>, Failure> {
     if options.starttls {
         starttls(&mut tcp, server)?;
     }
-    let (config, name) = options.common.configure(&connector)?;
+    let (mut config, name) = options.common.configure(&connector)?;
+    // The server's certificate, kept from the verification itself: OpenSSL 1.1.1
+    // does not keep the chain of a certificate it rejected.
+    let leaf = Arc::new(Mutex::new(None));
+    if !options.common.insecure {
+        let seen = Arc::clone(&leaf);
+        config.set_verify_callback(SslVerifyMode::PEER, move |ok, store| {
+            if store.error_depth() == 0 {
+                if let Some(cert) = store.current_cert() {
+                    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(cert.to_owned());
+                }
+            }
+            ok
+        });
+    }
     match config.connect(name, tcp) {
         Ok(stream) => Ok(stream),
         Err(HandshakeError::SetupFailure(e)) => Err(format!("TLS setup failed: {e}").into()),
         Err(HandshakeError::Failure(mid)) | Err(HandshakeError::WouldBlock(mid)) => {
-            Err(handshake_failure(&mid, server, name))
+            let leaf = leaf.lock().unwrap_or_else(|e| e.into_inner()).take();
+            Err(handshake_failure(&mid, leaf.as_deref(), server, name))
         }
     }
 }
 
 /// Says why the handshake failed: the certificate check, or the TLS error.
-fn handshake_failure(mid: &MidHandshakeSslStream<TcpStream>, server: &str, name: &str) -> Failure {
+fn handshake_failure(
+    mid: &MidHandshakeSslStream<TcpStream>,
+    leaf: Option<&X509Ref>,
+    server: &str,
+    name: &str,
+) -> Failure {
     let verify = mid.ssl().verify_result();
     if verify != X509VerifyResult::OK {
         let checked = match name.parse::<IpAddr>() {
             Ok(_) => format!("IP address {name}"),
             Err(_) => format!("name {name:?}"),
         };
-        let names = mid
-            .ssl()
-            .peer_cert_chain()
-            .and_then(|chain| chain.iter().next())
+        let names = leaf
             .map(cert_names)
             .filter(|n| !n.is_empty())
             .map_or_else(String::new, |n| format!("; the certificate is for {n}"));
