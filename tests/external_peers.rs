@@ -177,7 +177,7 @@ fn s_client_closes_on_stdin_eof_and_we_answer_clean_peer() {
         assert_eq!(r.discarded_bytes, 0, "{what}");
         assert_eq!(r.tls_version.map(|v| v.as_str()), Some(tls.name()));
         assert!(r.session_resumable, "{what}");
-        assert!(r.elapsed < ms(100), "{what}: {:?}", r.elapsed);
+        assert!(r.elapsed < ms(500), "{what}: {:?}", r.elapsed);
 
         drop(ours);
         client.expect_success(READY);
@@ -217,7 +217,7 @@ fn s_client_killed_after_the_handshake_truncated() {
             dropped_session_resumable(Role::Server),
             "{what}"
         );
-        assert!(r.elapsed < ms(100), "{what}: waited {:?}", r.elapsed);
+        assert!(r.elapsed < ms(500), "{what}: waited {:?}", r.elapsed);
     }
 }
 

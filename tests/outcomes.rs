@@ -421,7 +421,8 @@ fn send_only_reports_sent_only_without_a_round_trip() {
             "{what}"
         );
         assert_eq!(r.ssl_calls, 1, "{what}");
-        assert!(r.elapsed < ms(50), "{what}: waited {:?}", r.elapsed);
+        // The default policy: 3 s to wait, had it waited.
+        assert!(r.elapsed < ms(1000), "{what}: waited {:?}", r.elapsed);
         // A TLS 1.3 client gets its tickets after the handshake; a send-only
         // shutdown does not read them (openssl#6904), and the report says so.
         let tickets_unread = tls == Tls::V13 && role == Role::Client;
@@ -552,7 +553,9 @@ fn elapsed_is_bounded_by_the_policy_even_on_a_blocking_socket() {
     let start = Instant::now();
     let r = shutdown_blocking(&mut ours, &policy(100, 150));
     assert_outcome(&r, Outcome::TimedOut, "silent peer");
-    assert!(start.elapsed() < Duration::from_millis(300));
+    // Blocking would wait until the peer closes, after this assertion.
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(1000), "took {took:?}");
     // Still in blocking mode afterwards.
     // SAFETY: F_GETFL on an open fd.
     let flags = unsafe { libc::fcntl(ours.get_ref().as_raw_fd(), libc::F_GETFL) };
