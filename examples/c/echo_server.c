@@ -16,8 +16,8 @@
  *                         (and any echo still unsent) into the kernel; 3000
  *   --peer-timeout-ms N   the policy's bound for the client's close_notify; 3000
  *   --idle-timeout-ms N   start the shutdown after N ms without data from the
- *                         client; it also bounds the handshake (default: off,
- *                         handshakes bounded by 10 s)
+ *                         client; a handshake may not pause longer either
+ *                         (default: off; a handshake lasts 10 s at most)
  *   --max-conns N         accept N connections, then exit 0 once all N are
  *                         reported (default: serve until killed)
  *   --tls12               at most TLS 1.2 (default: TLS 1.2 or 1.3)
@@ -68,7 +68,10 @@
  * that arrived counts, even past the deadline), then its deadline, if that has
  * passed and progress did not move it. A closing connection is stepped with
  * its revents, or with 0 when only its deadline brought it there: one call
- * either way, as the library checks its own deadline. The earliest deadline is
+ * either way, as the library checks its own deadline. A wait for the client
+ * (idle, handshake) starts from a fresh clock reading when the server last
+ * heard from it or answered it, not from the loop's: time the server spent on
+ * other connections is never charged to this one. The earliest deadline is
  * a plain minimum over the array: poll() itself scans every descriptor on every
  * call, so the loop is O(n) per wake-up either way. With epoll, where readiness
  * costs O(ready), a heap or a timer wheel would be worth it (the Rust Closer
@@ -209,6 +212,7 @@ struct conn {
     int again;        /* work left: service it without waiting */
     int dead;         /* closed and reported: removed after this round */
     int64_t deadline; /* the one deadline of the current phase */
+    int64_t handshake_limit;
     int64_t last_read;
     int64_t close_start;
     enum trigger trigger;
@@ -466,7 +470,7 @@ static int write_pending(struct conn *c)
     return 1;
 }
 
-static void echo(struct server *s, struct conn *c, int64_t now)
+static void echo(struct server *s, struct conn *c)
 {
     int round = 0;
     for (; round < ROUNDS; round++) {
@@ -485,7 +489,7 @@ static void echo(struct server *s, struct conn *c, int64_t now)
             c->len = (size_t)ret;
             c->sent = 0;
             c->bytes_in += (uint64_t)ret;
-            c->last_read = now;
+            c->last_read = now_ns();
             continue;
         }
         int err = SSL_get_error(c->ssl, ret);
@@ -505,7 +509,7 @@ static void echo(struct server *s, struct conn *c, int64_t now)
     c->deadline = s->idle_ns > 0 ? c->last_read + s->idle_ns : NO_DEADLINE;
 }
 
-static void handshake(struct server *s, struct conn *c, int64_t now)
+static void handshake(struct server *s, struct conn *c)
 {
     ERR_clear_error();
     errno = 0;
@@ -513,13 +517,18 @@ static void handshake(struct server *s, struct conn *c, int64_t now)
     int saved = errno;
     if (ret == 1) {
         c->phase = PH_ECHO;
-        c->last_read = now;
-        echo(s, c, now);
+        c->last_read = now_ns();
+        echo(s, c);
         return;
     }
     int err = SSL_get_error(c->ssl, ret);
-    if (wants(c, err))
-        return; /* the handshake deadline stays */
+    if (wants(c, err)) {
+        /* The client has heard from us (or has yet to speak): it gets the idle
+         * timeout from now to answer, within the handshake's overall bound. */
+        int64_t due = now_ns() + s->handshake_ns;
+        c->deadline = due < c->handshake_limit ? due : c->handshake_limit;
+        return;
+    }
     describe_error(c, err, saved);
     handshake_failed(s, c);
 }
@@ -546,10 +555,10 @@ static void service(struct server *s, struct conn *c, int64_t now)
     if (io) {
         switch (c->phase) {
         case PH_HANDSHAKE:
-            handshake(s, c, now);
+            handshake(s, c);
             break;
         case PH_ECHO:
-            echo(s, c, now);
+            echo(s, c);
             break;
         case PH_FLUSH:
             flush_echo(s, c);
@@ -620,8 +629,7 @@ static int grow(struct server *s)
     return 0;
 }
 
-static void open_conn(struct server *s, int fd, const struct sockaddr *sa, socklen_t len,
-                      int64_t now)
+static void open_conn(struct server *s, int fd, const struct sockaddr *sa, socklen_t len)
 {
     unsigned long id = ++s->accepted;
     if (s->max_conns > 0 && s->accepted == s->max_conns) {
@@ -651,21 +659,22 @@ static void open_conn(struct server *s, int fd, const struct sockaddr *sa, sockl
     format_addr(sa, len, c->peer, sizeof c->peer);
     c->phase = PH_HANDSHAKE;
     c->events = POLLIN;
-    c->deadline = now + s->handshake_ns;
+    c->handshake_limit = now_ns() + ms_to_ns(HANDSHAKE_TIMEOUT_MS);
+    c->deadline = c->handshake_limit;
     snprintf(c->error, sizeof c->error, "none");
     s->conns[s->nconns++] = c;
     /* The ClientHello is usually there already. */
     c->again = 1;
 }
 
-static void accept_all(struct server *s, int64_t now)
+static void accept_all(struct server *s)
 {
     while (s->listener >= 0 && !s->accept_paused) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
         int fd = accept(s->listener, (struct sockaddr *)&ss, &len);
         if (fd >= 0) {
-            open_conn(s, fd, (struct sockaddr *)&ss, len, now);
+            open_conn(s, fd, (struct sockaddr *)&ss, len);
             continue;
         }
         if (errno == EINTR || errno == ECONNABORTED)
@@ -780,7 +789,7 @@ static int run(struct server *s)
         }
         s->nconns = kept;
         if (listener_ready)
-            accept_all(s, now);
+            accept_all(s);
     }
     return 0;
 }
