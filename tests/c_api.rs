@@ -20,72 +20,18 @@ mod util;
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use util::process::{self, check_tool, require, Pems, Proc, Ran};
+use util::cbuild::{self, compile, profile_dir, run_c, upper_ms};
+use util::process::{self, require, Pems, Proc, Ran};
 
 /// How long an external peer gets to become ready, answer or exit.
 const READY: Duration = Duration::from_secs(5);
 
-/// The flags every C file must compile with.
-const CFLAGS: &[&str] = &[
-    "-std=c11",
-    "-Wall",
-    "-Wextra",
-    "-Wpedantic",
-    "-Werror",
-    "-g",
-];
-
-/// `valgrind` and its options in valgrind mode: any memory error or definite leak
-/// makes the program exit 99.
-const VALGRIND: &[&str] = &[
-    "valgrind",
-    "--error-exitcode=99",
-    "--leak-check=full",
-    "--errors-for-leak-kinds=definite",
-    "--show-leak-kinds=definite",
-    "-q",
-];
-
-fn valgrind_mode() -> bool {
-    std::env::var("CLOSENOTIFY_VALGRIND").is_ok_and(|v| v == "1")
-}
-
-/// Longest a C program may run before the test kills it.
-fn run_limit() -> Duration {
-    if valgrind_mode() {
-        Duration::from_secs(120)
-    } else {
-        Duration::from_secs(20)
-    }
-}
-
-/// Upper bound for a time measured inside a C program (valgrind slows it down
-/// several times over; lower bounds never change).
-fn upper_ms(normal: u64) -> u64 {
-    if valgrind_mode() {
-        normal * 10
-    } else {
-        normal
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Compiling the C programs, once per test binary.
 // ---------------------------------------------------------------------------
-
-/// `target/<profile>`: this test binary is `target/<profile>/deps/c_api-HASH`.
-/// cargo writes the libraries and `closenotify.pc` there.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()))
-}
 
 struct Programs {
     cn_test: PathBuf,
@@ -101,12 +47,7 @@ fn programs() -> &'static Programs {
 }
 
 fn compile_all() -> Result<Programs, String> {
-    check_tool("cc", "--version")?;
-    check_tool("pkg-config", "--version")?;
-    let lib = build_c_library()?;
-    let flags = link_flags(&lib)?;
-    let dir = profile_dir().join("c-tests");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (dir, flags) = cbuild::prepare()?;
     let src = Path::new(env!("CARGO_MANIFEST_DIR"));
     Ok(Programs {
         cn_test: compile(&src.join("tests/c/cn_test.c"), &dir, "cn_test", &flags)?,
@@ -117,138 +58,6 @@ fn compile_all() -> Result<Programs, String> {
             &flags,
         )?,
     })
-}
-
-/// Builds the C library (the `capi` feature, as cdylib and staticlib) the way
-/// cargo-c does, into `target/capi/<profile>`; returns that directory. A plain
-/// `cargo test` builds only the Rust library: Rust users never build C
-/// artefacts. (CI also installs it with cargo-c and builds the C programs
-/// against the installed copy through pkg-config: see `.ci/run`.)
-fn build_c_library() -> Result<PathBuf, String> {
-    let profile = profile_dir();
-    let target = profile
-        .parent()
-        .map(|t| t.join("capi"))
-        .ok_or("no target directory")?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["rustc", "--lib", "--features", "capi"])
-        .args(["--crate-type", "cdylib", "--crate-type", "staticlib"])
-        .arg("--target-dir")
-        .arg(&target);
-    if profile.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let out = cmd.output().map_err(|e| format!("{cargo}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "building the C library failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let dir = target.join(profile.file_name().ok_or("no profile")?);
-    for lib in ["libclosenotify.so", "libclosenotify.a"] {
-        if !dir.join(lib).is_file() {
-            return Err(format!(
-                "{} is missing after the build",
-                dir.join(lib).display()
-            ));
-        }
-    }
-    Ok(dir)
-}
-
-/// How the C programs link the library in `lib`, with the header of this tree
-/// and OpenSSL from pkg-config.
-fn link_flags(lib: &Path) -> Result<Vec<String>, String> {
-    let out = Command::new("pkg-config")
-        .args(["--cflags", "--libs", "libssl", "libcrypto"])
-        .output()
-        .map_err(|e| format!("pkg-config: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`pkg-config --cflags --libs libssl libcrypto` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let ssl: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("include");
-    let mut flags = vec![format!("-I{}", include.display())];
-    if links_openssl_dynamically(&lib.join("libclosenotify.so"))? {
-        // DT_RPATH, not RUNPATH: `cargo test` puts its own `target/<profile>/deps`
-        // on LD_LIBRARY_PATH, which RUNPATH would let win (with a stale copy of
-        // the library from an older build, say).
-        flags.extend([
-            format!("-L{}", lib.display()),
-            format!("-Wl,--disable-new-dtags,-rpath,{}", lib.display()),
-            "-lclosenotify".to_string(),
-        ]);
-        flags.extend(ssl);
-    } else {
-        // A static OpenSSL: the cdylib carries a private copy of it, and a C
-        // program linked with it and `-lssl` would create its SSL objects with a
-        // second copy (two error queues, two sets of globals, one SSL*). The
-        // staticlib bundles the very OpenSSL the crate was built with, visible to
-        // the program: link it alone, with that OpenSSL's headers.
-        flags.extend(ssl.into_iter().filter(|f| f.starts_with("-I")));
-        flags.push(lib.join("libclosenotify.a").display().to_string());
-        flags.extend(["-lpthread", "-ldl", "-lm"].map(String::from));
-    }
-    Ok(flags)
-}
-
-/// Whether the cdylib loads OpenSSL as a shared library (`NEEDED libssl.so.*`).
-fn links_openssl_dynamically(cdylib: &Path) -> Result<bool, String> {
-    check_tool("readelf", "--version")?;
-    let out = Command::new("readelf")
-        .arg("-d")
-        .arg(cdylib)
-        .output()
-        .map_err(|e| format!("readelf: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`readelf -d {}` failed: {}",
-            cdylib.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.contains("(NEEDED)") && l.contains("[libssl.so")))
-}
-
-/// `cc CFLAGS source -o dir/name $(pkg-config ...)`; the compiler's stderr on
-/// failure. Built under a temporary name and renamed, so that concurrent test
-/// runs never execute a half-written binary.
-fn compile(source: &Path, dir: &Path, name: &str, flags: &[String]) -> Result<PathBuf, String> {
-    let target = dir.join(name);
-    let tmp = dir.join(format!("{name}.tmp{}", std::process::id()));
-    let out = Command::new("cc")
-        .args(CFLAGS)
-        .arg(source)
-        .arg("-o")
-        .arg(&tmp)
-        .args(flags)
-        .output()
-        .map_err(|e| format!("cc: {e}"))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(format!(
-            "compiling {} failed ({}):\n{}{}",
-            source.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    std::fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))?;
-    Ok(target)
 }
 
 // ---------------------------------------------------------------------------
@@ -267,27 +76,6 @@ impl Ran {
             .unwrap_or_else(|| panic!("no report line: {}", self.context()));
         Fields::parse(line, self.context())
     }
-}
-
-/// Runs a compiled C program (under valgrind in valgrind mode), bounded by
-/// `run_limit()`.
-fn run_c(program: &Path, args: &[&str]) -> Ran {
-    let mut argv: Vec<String> = Vec::new();
-    if valgrind_mode() {
-        argv.extend(VALGRIND.iter().map(|s| s.to_string()));
-    }
-    argv.push(program.to_str().unwrap().to_owned());
-    argv.extend(args.iter().map(|s| s.to_string()));
-    let ran = process::run(&argv[0], &argv[1..], b"", run_limit());
-    if valgrind_mode() {
-        assert_ne!(
-            ran.status.code(),
-            Some(99),
-            "valgrind found memory errors or leaks: {}",
-            ran.context()
-        );
-    }
-    ran
 }
 
 /// `key=value` pairs of one report line.

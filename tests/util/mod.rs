@@ -1,8 +1,10 @@
 //! Shared helpers for the integration tests: real OpenSSL on both ends of real
 //! loopback sockets. Each test file uses a subset. External processes (openssl,
-//! python3, the C programs, the examples) are in `process`.
+//! python3, the C programs, the examples) are in `process`; building the C
+//! programs is in `cbuild`.
 #![allow(dead_code)]
 
+pub mod cbuild;
 pub mod process;
 
 use std::io::Read;

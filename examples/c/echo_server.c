@@ -1,0 +1,938 @@
+/*
+ * echo_server.c: a TLS echo server in plain C on the OpenSSL C API. One thread,
+ * one poll() loop over the listening socket and every connection; each
+ * connection is ended with closenotify's step API in that same loop, under the
+ * server's own deadline handling: the C counterpart of closenotify's Rust
+ * `Closer`.
+ *
+ *   echo_server --cert FILE --key FILE [--listen ADDR:PORT]
+ *               [--flush-timeout-ms N] [--peer-timeout-ms N]
+ *               [--idle-timeout-ms N] [--max-conns N] [--tls12]
+ *
+ *   --listen ADDR:PORT    where to listen (default 127.0.0.1:4433); port 0 takes
+ *                         any free port; IPv6 as [::1]:PORT
+ *   --cert, --key FILE    certificate chain and private key, PEM
+ *   --flush-timeout-ms N  the shutdown policy's bound for getting close_notify
+ *                         (and any echo still unsent) into the kernel; 3000
+ *   --peer-timeout-ms N   the policy's bound for the client's close_notify; 3000
+ *   --idle-timeout-ms N   start the shutdown after N ms without data from the
+ *                         client; a handshake may not pause longer either
+ *                         (default: off; a handshake lasts 10 s at most)
+ *   --max-conns N         accept N connections, then exit 0 once all N are
+ *                         reported (default: serve until killed)
+ *   --tls12               at most TLS 1.2 (default: TLS 1.2 or 1.3)
+ *
+ * Output, line-buffered on stdout: first `listening ADDR:PORT`, the address
+ * actually bound; then ONE line per connection, printed once its fd is closed,
+ * as key=value pairs (here wrapped):
+ *
+ *   conn=3 peer=127.0.0.1:50412 outcome=clean initiator=peer stage=half_close
+ *   alert=-1 alert_name=none os_error=0 close_notify_sent=1
+ *   close_notify_received=1 half_closed=1 session_resumable=1 discarded_bytes=0
+ *   elapsed_ms=0 ssl_calls=1 tls_version=0x0304 detail=none
+ *   trigger=close_notify error=none closing_ms=0 bytes_in=11 bytes_out=11
+ *
+ * From `outcome` to `detail`: closenotify's report (`elapsed_ms` is the
+ * library's, from its first step; `detail` with spaces as `_`). Then the
+ * server's own: `trigger`, why it began closing (`close_notify`: the client's
+ * arrived; `idle`; `error`: its own read or write failed); `error`, what its own
+ * I/O saw (`none`, `eof`, `os:ERRNO`, `tls:REASON`, `timeout`); `closing_ms`,
+ * from that decision to the report, the echo it finished first included;
+ * `bytes_in`/`bytes_out`, application bytes read and echoed. A connection whose
+ * handshake failed or timed out never reaches closenotify: its line is
+ * `conn=N peer=ADDR outcome=handshake_failed trigger=handshake error=...`
+ * (and, should it happen, `outcome=setup_failed` for a connection the server
+ * could not set up, `outcome=api_error` for a call the C API refused: a bug).
+ *
+ * Exit status: 0 after --max-conns connections were reported, 1 for a setup
+ * failure (certificate, address), 2 for a usage error.
+ *
+ * Build, with the library installed by cargo-c (`cargo cinstall`):
+ *
+ *   cc -std=c11 -Wall -Wextra -Wpedantic -Werror examples/c/echo_server.c \
+ *      -o echo_server $(pkg-config --cflags --libs closenotify libssl libcrypto)
+ *
+ * (libssl and libcrypto by name: this program calls OpenSSL itself, and
+ * closenotify.pc lists them only as private requirements, whose libraries
+ * `pkg-config --libs closenotify` leaves out.)
+ *
+ * Design
+ *
+ * Deadlines. Every connection has exactly one deadline at a time, on the
+ * monotonic clock: its handshake's, its idle timeout's, the server's own flush
+ * of unsent echo, or, once closenotify has it, now + `timeout_ms` as its last
+ * step said. poll()'s timeout is the earliest of them, rounded up to whole
+ * milliseconds, so that poll() never returns before a deadline (a step before
+ * closenotify's own deadline would change nothing and cost a wake-up). After
+ * poll(), each connection is serviced: first what poll() reported for it (data
+ * that arrived counts, even past the deadline), then its deadline, if that has
+ * passed and progress did not move it. A closing connection is stepped with
+ * its revents, or with 0 when only its deadline brought it there: one call
+ * either way, as the library checks its own deadline. A wait for the client
+ * (idle, handshake) starts from a fresh clock reading when the server last
+ * heard from it or answered it, not from the loop's: time the server spent on
+ * other connections is never charged to this one. The earliest deadline is
+ * a plain minimum over the array: poll() itself scans every descriptor on every
+ * call, so the loop is O(n) per wake-up either way. With epoll, where readiness
+ * costs O(ready), a heap or a timer wheel would be worth it (the Rust Closer
+ * uses a deadline queue).
+ *
+ * Echo still unsent when the shutdown begins (a client that stopped reading).
+ * OpenSSL requires a write that returned WANT_WRITE to be retried with the same
+ * arguments, and the C API has no way to hand the library that data: a
+ * close_notify behind a half-written record fails ("bad write retry") on
+ * OpenSSL 3.0 once the socket drains. So the server finishes the echo itself,
+ * within the policy's flush timeout, and hands closenotify what is left of it.
+ * When the flush timeout passes first, closenotify gets 1 ms: its flush stage
+ * times out at once and, as the policy says, arms the reset (SO_LINGER {1, 0}),
+ * so that close() frees the kernel of a client that does not read.
+ *
+ * A connection whose own SSL_read or SSL_write failed (SSL_ERROR_SYSCALL or
+ * SSL_ERROR_SSL: EOF without close_notify, reset, alert) must not see
+ * SSL_shutdown, OpenSSL says. The server hands it to closenotify in
+ * CLOSENOTIFY_MODE_QUIET (the C API has no way to hand it the failure):
+ * nothing is sent, the session leaves the cache, and the line says
+ * outcome=quiet with the server's `error`.
+ *
+ * SIGPIPE. closenotify never raises it, but the echo's own SSL_write does
+ * (EPIPE) on a connection the client closed and reset: OpenSSL's socket BIO
+ * writes with write(), not send() with MSG_NOSIGNAL. A custom BIO that sends
+ * with MSG_NOSIGNAL is no way out here: closenotify drives only OpenSSL's
+ * socket BIO (SSL_set_fd) and refuses others. The server owns its process, so
+ * it ignores SIGPIPE; the failed write is then an EPIPE like any other error.
+ *
+ * Every wait is bounded (handshake, idle, flush, peer), and on exit everything
+ * is freed, so that valgrind's leak check finds nothing.
+ */
+
+/* getaddrinfo(), poll(), clock_gettime() and friends are POSIX, not C11. */
+#define _POSIX_C_SOURCE 200809L
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include <closenotify.h>
+
+/* Bound of a handshake without --idle-timeout-ms. */
+#define HANDSHAKE_TIMEOUT_MS 10000
+/* The policy's largest timeout. */
+#define MAX_TIMEOUT_MS 3600000UL
+/* The echo buffer: one TLS record's plaintext at most, so that an SSL_read
+ * leaves nothing of a record buffered inside OpenSSL. */
+#define ECHO_BUF 16384
+/* Read/echo rounds per wake-up: a client that streams fast cannot starve the
+ * others. */
+#define ROUNDS 16
+
+#define NO_DEADLINE INT64_MAX
+
+static const char *const USAGE =
+    "usage: echo_server --cert FILE --key FILE [--listen ADDR:PORT]\n"
+    "                   [--flush-timeout-ms N] [--peer-timeout-ms N]\n"
+    "                   [--idle-timeout-ms N] [--max-conns N] [--tls12]\n";
+
+/* ------------------------------------------------------------------------- */
+/* The monotonic clock, in nanoseconds (wall-clock jumps move no deadline).    */
+/* ------------------------------------------------------------------------- */
+
+static int64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static int64_t ms_to_ns(uint64_t ms)
+{
+    return (int64_t)ms * 1000000;
+}
+
+/* Whole milliseconds from `now` to `deadline`, rounded up; 0 once passed. */
+static int64_t ms_until(int64_t deadline, int64_t now)
+{
+    if (deadline <= now)
+        return 0;
+    return (deadline - now + 999999) / 1000000;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Connections                                                                */
+/* ------------------------------------------------------------------------- */
+
+enum phase {
+    PH_HANDSHAKE, /* SSL_accept until it succeeds */
+    PH_ECHO,      /* read, write it back */
+    PH_FLUSH,     /* closing: the server finishes writing the echo */
+    PH_CLOSING,   /* closenotify's step API */
+};
+
+enum trigger { TR_NONE, TR_CLOSE_NOTIFY, TR_IDLE, TR_ERROR };
+
+static const char *trigger_name(enum trigger t)
+{
+    switch (t) {
+    case TR_CLOSE_NOTIFY:
+        return "close_notify";
+    case TR_IDLE:
+        return "idle";
+    case TR_ERROR:
+        return "error";
+    default:
+        return "none";
+    }
+}
+
+struct conn {
+    unsigned long id;
+    int fd;
+    SSL *ssl;
+    closenotify_shutdown *sd; /* PH_CLOSING only */
+    char peer[INET6_ADDRSTRLEN + 8];
+    enum phase phase;
+    short events;     /* what poll() watches: POLLIN, POLLOUT, 0 for nothing */
+    short revents;    /* what the last poll() reported */
+    int again;        /* work left: service it without waiting */
+    int dead;         /* closed and reported: removed after this round */
+    int64_t deadline; /* the one deadline of the current phase */
+    int64_t handshake_limit;
+    int64_t last_read;
+    int64_t close_start;
+    enum trigger trigger;
+    char error[80];
+    uint64_t bytes_in, bytes_out;
+    /* Echo not yet written: buf[sent..len). A write that returned WANT_WRITE is
+     * retried with exactly the same pointer and length, as OpenSSL requires. */
+    size_t len, sent;
+    unsigned char buf[ECHO_BUF];
+};
+
+struct server {
+    SSL_CTX *ctx;
+    int listener; /* -1 once --max-conns connections were accepted */
+    int accept_paused;
+    closenotify_policy policy;
+    int64_t flush_ns, idle_ns, handshake_ns; /* idle_ns 0: no idle timeout */
+    unsigned long max_conns, accepted;
+    struct conn **conns;
+    size_t nconns, cap;
+    struct pollfd *pfds;
+};
+
+/* `s` with every byte outside [A-Za-z0-9._:-] as `_`: one key=value token. */
+static void token(const char *s, char *out, size_t size)
+{
+    size_t i = 0;
+    for (; s[i] != '\0' && i + 1 < size; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        out[i] = (isalnum(ch) || ch == '.' || ch == ':' || ch == '-') ? (char)ch : '_';
+    }
+    out[i] = '\0';
+}
+
+/*
+ * What a failed SSL call says (`err` from SSL_get_error, the errno saved right
+ * after the call, the error queue), as one token in c->error; empties the
+ * error queue.
+ */
+static void describe_error(struct conn *c, int err, int saved_errno)
+{
+    unsigned long e = ERR_peek_last_error();
+    if (e == 0) {
+        if (err == SSL_ERROR_SYSCALL && saved_errno != 0)
+            snprintf(c->error, sizeof c->error, "os:%d", saved_errno);
+        else if (err == SSL_ERROR_SYSCALL)
+            snprintf(c->error, sizeof c->error, "eof"); /* OpenSSL 1.1.1's EOF */
+        else
+            snprintf(c->error, sizeof c->error, "ssl_error:%d", err);
+    }
+#ifdef ERR_SYSTEM_ERROR
+    else if (ERR_SYSTEM_ERROR(e))
+        snprintf(c->error, sizeof c->error, "os:%d", (int)(e & ERR_SYSTEM_MASK));
+#endif
+#ifdef SSL_R_UNEXPECTED_EOF_WHILE_READING
+    else if (ERR_GET_LIB(e) == ERR_LIB_SSL &&
+             ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+        snprintf(c->error, sizeof c->error, "eof"); /* OpenSSL 3's EOF */
+#endif
+    else {
+        const char *reason = ERR_reason_error_string(e);
+        char tok[64];
+        token(reason != NULL ? reason : "unknown", tok, sizeof tok);
+        snprintf(c->error, sizeof c->error, "tls:%s", tok);
+    }
+    ERR_clear_error();
+}
+
+/* After an SSL call returned `ret` <= 0 with `err`: WANT_READ or WANT_WRITE
+ * set what poll() waits for and return 1; anything else returns 0. */
+static int wants(struct conn *c, int err)
+{
+    if (err == SSL_ERROR_WANT_READ) {
+        c->events = POLLIN;
+        return 1;
+    }
+    if (err == SSL_ERROR_WANT_WRITE) {
+        c->events = POLLOUT;
+        return 1;
+    }
+    return 0;
+}
+
+/* SSL_free and close(): the fd is closed before the line that reports it. */
+static void conn_close(struct server *s, struct conn *c)
+{
+    SSL_free(c->ssl); /* SSL_set_fd's BIO does not close the fd */
+    c->ssl = NULL;
+    close(c->fd);
+    c->fd = -1;
+    c->dead = 1;
+    s->accept_paused = 0; /* a descriptor is free again */
+}
+
+static void handshake_failed(struct server *s, struct conn *c)
+{
+    conn_close(s, c);
+    printf("conn=%lu peer=%s outcome=handshake_failed trigger=handshake error=%s "
+           "closing_ms=0 bytes_in=0 bytes_out=0\n",
+           c->id, c->peer, c->error);
+}
+
+/* A call of the API refused (a bug here, not a misbehaving client): the
+ * connection is closed and reported all the same. */
+static void api_failed(struct server *s, struct conn *c, const char *call,
+                       closenotify_result rc)
+{
+    char msg[256];
+    closenotify_last_error(msg, sizeof msg);
+    fprintf(stderr, "echo_server: conn %lu: %s: %s: %s\n", c->id, call,
+            closenotify_result_name(rc), msg);
+    closenotify_shutdown_free(c->sd);
+    c->sd = NULL;
+    conn_close(s, c);
+    printf("conn=%lu peer=%s outcome=api_error trigger=%s error=%s "
+           "closing_ms=0 bytes_in=%" PRIu64 " bytes_out=%" PRIu64 "\n",
+           c->id, c->peer, trigger_name(c->trigger), closenotify_result_name(rc),
+           c->bytes_in, c->bytes_out);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Closing: closenotify's step API, with the server's deadlines.               */
+/* ------------------------------------------------------------------------- */
+
+static void finish(struct server *s, struct conn *c)
+{
+    closenotify_report r;
+    closenotify_result rc = closenotify_shutdown_report(c->sd, &r);
+    if (rc != CLOSENOTIFY_OK) {
+        api_failed(s, c, "closenotify_shutdown_report", rc);
+        return;
+    }
+    int64_t closing_ms = (now_ns() - c->close_start) / 1000000;
+    /* The shutdown object first, then the SSL* it uses, then the fd. If a
+     * timeout armed SO_LINGER {1, 0}, this close() sends the RST. */
+    closenotify_shutdown_free(c->sd);
+    c->sd = NULL;
+    conn_close(s, c);
+
+    char detail[128];
+    token(r.detail != NULL ? r.detail : "none", detail, sizeof detail);
+    printf("conn=%lu peer=%s outcome=%s initiator=%s stage=%s alert=%d alert_name=%s "
+           "os_error=%d close_notify_sent=%d close_notify_received=%d half_closed=%d "
+           "session_resumable=%d discarded_bytes=%" PRIu64 " elapsed_ms=%" PRIu64
+           " ssl_calls=%" PRIu32 " tls_version=0x%04x detail=%s trigger=%s error=%s "
+           "closing_ms=%" PRId64 " bytes_in=%" PRIu64 " bytes_out=%" PRIu64 "\n",
+           c->id, c->peer, closenotify_outcome_name(r.outcome),
+           r.initiator == CLOSENOTIFY_INITIATOR_PEER ? "peer" : "local",
+           closenotify_stage_name(r.stage), r.alert, closenotify_alert_name(r.alert),
+           r.os_error, r.close_notify_sent ? 1 : 0, r.close_notify_received ? 1 : 0,
+           r.half_closed ? 1 : 0, r.session_resumable ? 1 : 0, r.discarded_bytes,
+           r.elapsed_ms, r.ssl_calls, (unsigned)r.tls_version, detail,
+           trigger_name(c->trigger), c->error, closing_ms, c->bytes_in, c->bytes_out);
+}
+
+/* One step, told what poll() reported for the fd (0: only the deadline). */
+static void step(struct server *s, struct conn *c, short revents)
+{
+    closenotify_wait wait;
+    int timeout_ms;
+    closenotify_result rc =
+        closenotify_shutdown_step_revents(c->sd, revents, &wait, &timeout_ms);
+    if (rc != CLOSENOTIFY_OK) {
+        api_failed(s, c, "closenotify_shutdown_step_revents", rc);
+        return;
+    }
+    if (wait == CLOSENOTIFY_WAIT_DONE) {
+        finish(s, c);
+        return;
+    }
+    /* WAIT_TIMER (only with a linger timeout, not used here) watches nothing:
+     * events 0 takes the fd out of poll(), whose POLLHUP would spin. */
+    c->events = wait == CLOSENOTIFY_WAIT_READ    ? POLLIN
+                : wait == CLOSENOTIFY_WAIT_WRITE ? POLLOUT
+                                                 : 0;
+    /* timeout_ms is rounded up by the library: this deadline is not before
+     * its own, so waking for it ends the stage in one step. */
+    c->deadline = now_ns() + ms_to_ns((uint64_t)timeout_ms);
+}
+
+/* Hands the connection to closenotify under `policy`, and takes the first
+ * step (which sends close_notify, or answers the client's). */
+static void start_shutdown(struct server *s, struct conn *c,
+                           const closenotify_policy *policy)
+{
+    closenotify_result rc = closenotify_shutdown_new(c->ssl, c->fd, policy, &c->sd);
+    if (rc != CLOSENOTIFY_OK) {
+        api_failed(s, c, "closenotify_shutdown_new", rc);
+        return;
+    }
+    c->phase = PH_CLOSING;
+    step(s, c, 0);
+}
+
+/* The server's own I/O failed: nothing may be sent (see the header). */
+static void start_quiet(struct server *s, struct conn *c)
+{
+    closenotify_policy quiet = s->policy;
+    quiet.mode = CLOSENOTIFY_MODE_QUIET;
+    start_shutdown(s, c, &quiet);
+}
+
+/* The server's own flush of the echo is over (done, or out of time):
+ * close_notify gets what is left of the flush timeout, at least 1 ms (0 is not
+ * a valid flush timeout). */
+static void start_after_flush(struct server *s, struct conn *c)
+{
+    closenotify_policy p = s->policy;
+    int64_t left = ms_until(c->close_start + s->flush_ns, now_ns());
+    p.flush_timeout_ms = left < 1 ? 1 : (uint32_t)left;
+    start_shutdown(s, c, &p);
+}
+
+static void begin_close(struct server *s, struct conn *c, enum trigger why)
+{
+    c->trigger = why;
+    c->close_start = now_ns(); /* not the loop's `now`: others ran since */
+    if (why == TR_ERROR) {
+        start_quiet(s, c);
+    } else if (c->sent < c->len) {
+        /* A write is pending: finish it first, within the flush timeout; poll()
+         * keeps waiting for what that write asked for. */
+        c->phase = PH_FLUSH;
+        c->deadline = c->close_start + s->flush_ns;
+    } else {
+        start_shutdown(s, c, &s->policy);
+    }
+}
+
+/* ------------------------------------------------------------------------- */
+/* Handshake and echo                                                         */
+/* ------------------------------------------------------------------------- */
+
+/* The pending echo, written until done (1), blocked (0: c->events set), or
+ * failed (-1: c->error set). */
+static int write_pending(struct conn *c)
+{
+    while (c->sent < c->len) {
+        ERR_clear_error();
+        errno = 0;
+        int ret = SSL_write(c->ssl, c->buf + c->sent, (int)(c->len - c->sent));
+        int saved = errno;
+        if (ret > 0) {
+            c->sent += (size_t)ret;
+            c->bytes_out += (uint64_t)ret;
+            continue;
+        }
+        int err = SSL_get_error(c->ssl, ret);
+        if (wants(c, err))
+            return 0;
+        describe_error(c, err, saved);
+        return -1;
+    }
+    c->sent = c->len = 0;
+    return 1;
+}
+
+static void echo(struct server *s, struct conn *c)
+{
+    int round = 0;
+    for (; round < ROUNDS; round++) {
+        int w = write_pending(c);
+        if (w < 0) {
+            begin_close(s, c, TR_ERROR);
+            return;
+        }
+        if (w == 0)
+            break; /* the client does not read fast enough: stop reading too */
+        ERR_clear_error();
+        errno = 0;
+        int ret = SSL_read(c->ssl, c->buf, (int)sizeof c->buf);
+        int saved = errno;
+        if (ret > 0) {
+            c->len = (size_t)ret;
+            c->sent = 0;
+            c->bytes_in += (uint64_t)ret;
+            c->last_read = now_ns();
+            continue;
+        }
+        int err = SSL_get_error(c->ssl, ret);
+        if (err == SSL_ERROR_ZERO_RETURN) {
+            begin_close(s, c, TR_CLOSE_NOTIFY); /* nothing left to echo */
+            return;
+        }
+        if (wants(c, err))
+            break;
+        describe_error(c, err, saved);
+        begin_close(s, c, TR_ERROR);
+        return;
+    }
+    /* ROUNDS spent with data flowing: come back at once, after the others. */
+    if (round == ROUNDS)
+        c->again = 1;
+    c->deadline = s->idle_ns > 0 ? c->last_read + s->idle_ns : NO_DEADLINE;
+}
+
+static void handshake(struct server *s, struct conn *c)
+{
+    ERR_clear_error();
+    errno = 0;
+    int ret = SSL_accept(c->ssl);
+    int saved = errno;
+    if (ret == 1) {
+        c->phase = PH_ECHO;
+        c->last_read = now_ns();
+        echo(s, c);
+        return;
+    }
+    int err = SSL_get_error(c->ssl, ret);
+    if (wants(c, err)) {
+        /* The client has heard from us (or has yet to speak): it gets the idle
+         * timeout from now to answer, within the handshake's overall bound. */
+        int64_t due = now_ns() + s->handshake_ns;
+        c->deadline = due < c->handshake_limit ? due : c->handshake_limit;
+        return;
+    }
+    describe_error(c, err, saved);
+    handshake_failed(s, c);
+}
+
+static void flush_echo(struct server *s, struct conn *c)
+{
+    int w = write_pending(c);
+    if (w < 0)
+        start_quiet(s, c);
+    else if (w > 0)
+        start_after_flush(s, c);
+    /* else still blocked: the deadline stays */
+}
+
+/* What poll() reported, then the deadline. */
+static void service(struct server *s, struct conn *c, int64_t now)
+{
+    if (c->dead)
+        return;
+    int io = c->again || c->revents != 0;
+    if (!io && now < c->deadline)
+        return;
+    c->again = 0;
+    if (io) {
+        switch (c->phase) {
+        case PH_HANDSHAKE:
+            handshake(s, c);
+            break;
+        case PH_ECHO:
+            echo(s, c);
+            break;
+        case PH_FLUSH:
+            flush_echo(s, c);
+            break;
+        case PH_CLOSING:
+            /* The library checks its own deadline in the same step. */
+            step(s, c, c->revents);
+            return;
+        }
+        /* Progress moved the deadline (or ended the connection). */
+        if (c->dead || now < c->deadline)
+            return;
+    }
+    switch (c->phase) {
+    case PH_HANDSHAKE:
+        snprintf(c->error, sizeof c->error, "timeout");
+        handshake_failed(s, c);
+        break;
+    case PH_ECHO:
+        begin_close(s, c, TR_IDLE);
+        break;
+    case PH_FLUSH:
+        /* The echo did not get out in time: close_notify cannot either. */
+        start_after_flush(s, c);
+        break;
+    case PH_CLOSING:
+        step(s, c, 0);
+        break;
+    }
+}
+
+/* ------------------------------------------------------------------------- */
+/* Listening and accepting                                                    */
+/* ------------------------------------------------------------------------- */
+
+static int set_nonblocking(int fd)
+{
+    int flags = fcntl(fd, F_GETFL);
+    return flags < 0 ? -1 : fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
+
+/* "HOST:PORT", or "[HOST]:PORT" for IPv6. */
+static void format_addr(const struct sockaddr *sa, socklen_t len, char *out, size_t size)
+{
+    char host[INET6_ADDRSTRLEN], port[8];
+    if (getnameinfo(sa, len, host, sizeof host, port, sizeof port,
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+        snprintf(out, size, "unknown");
+        return;
+    }
+    snprintf(out, size, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
+}
+
+static int grow(struct server *s)
+{
+    if (s->nconns < s->cap)
+        return 0;
+    size_t cap = s->cap == 0 ? 16 : s->cap * 2;
+    struct conn **conns = realloc(s->conns, cap * sizeof *conns);
+    if (conns == NULL)
+        return -1;
+    s->conns = conns;
+    struct pollfd *pfds = realloc(s->pfds, (cap + 1) * sizeof *pfds);
+    if (pfds == NULL)
+        return -1;
+    s->pfds = pfds;
+    s->cap = cap;
+    return 0;
+}
+
+static void open_conn(struct server *s, int fd, const struct sockaddr *sa, socklen_t len)
+{
+    unsigned long id = ++s->accepted;
+    if (s->max_conns > 0 && s->accepted == s->max_conns) {
+        close(s->listener); /* the last one: stop listening */
+        s->listener = -1;
+    }
+    struct conn *c = NULL;
+    SSL *ssl = NULL;
+    int one = 1;
+    if (set_nonblocking(fd) != 0 || grow(s) != 0 || (c = calloc(1, sizeof *c)) == NULL ||
+        (ssl = SSL_new(s->ctx)) == NULL || SSL_set_fd(ssl, fd) != 1) {
+        char peer[INET6_ADDRSTRLEN + 8];
+        format_addr(sa, len, peer, sizeof peer);
+        fprintf(stderr, "echo_server: conn %lu: cannot set the connection up\n", id);
+        ERR_print_errors_fp(stderr);
+        SSL_free(ssl);
+        free(c);
+        close(fd);
+        printf("conn=%lu peer=%s outcome=setup_failed\n", id, peer);
+        return;
+    }
+    /* An echo should not wait for Nagle. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->id = id;
+    c->fd = fd;
+    c->ssl = ssl;
+    format_addr(sa, len, c->peer, sizeof c->peer);
+    c->phase = PH_HANDSHAKE;
+    c->events = POLLIN;
+    c->handshake_limit = now_ns() + ms_to_ns(HANDSHAKE_TIMEOUT_MS);
+    c->deadline = c->handshake_limit;
+    snprintf(c->error, sizeof c->error, "none");
+    s->conns[s->nconns++] = c;
+    /* The ClientHello is usually there already. */
+    c->again = 1;
+}
+
+static void accept_all(struct server *s)
+{
+    while (s->listener >= 0 && !s->accept_paused) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int fd = accept(s->listener, (struct sockaddr *)&ss, &len);
+        if (fd >= 0) {
+            open_conn(s, fd, (struct sockaddr *)&ss, len);
+            continue;
+        }
+        if (errno == EINTR || errno == ECONNABORTED)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            /* EMFILE and friends: the listener stays readable, so stop
+             * watching it until a connection closes, rather than spin. */
+            perror("echo_server: accept");
+            s->accept_paused = 1;
+        }
+        return;
+    }
+}
+
+/* A non-blocking listening socket on `spec` (ADDR:PORT); -1 if it cannot
+ * listen there, -2 if `spec` is not an address (a usage error). */
+static int listen_on(const char *spec)
+{
+    char host[256];
+    const char *colon = strrchr(spec, ':');
+    if (colon == NULL || colon == spec || (size_t)(colon - spec) >= sizeof host) {
+        fprintf(stderr, "echo_server: --listen %s: expected ADDR:PORT\n", spec);
+        return -2;
+    }
+    memcpy(host, spec, (size_t)(colon - spec));
+    host[colon - spec] = '\0';
+    char *h = host;
+    size_t hl = strlen(h);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+        h[hl - 1] = '\0';
+        h++;
+    }
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV;
+    int gai = getaddrinfo(h, colon + 1, &hints, &res);
+    if (gai != 0) {
+        fprintf(stderr, "echo_server: --listen %s: %s\n", spec, gai_strerror(gai));
+        return -2;
+    }
+    int fd = socket(res->ai_family, res->ai_socktype, res->ai_protocol);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, SOMAXCONN) != 0 ||
+        set_nonblocking(fd) != 0) {
+        fprintf(stderr, "echo_server: cannot listen on %s: %s\n", spec, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+/* ------------------------------------------------------------------------- */
+/* The loop                                                                   */
+/* ------------------------------------------------------------------------- */
+
+/* Milliseconds until the earliest deadline, rounded up; -1 for none. */
+static int poll_timeout(const struct server *s, int64_t now)
+{
+    int64_t earliest = NO_DEADLINE;
+    for (size_t i = 0; i < s->nconns; i++) {
+        if (s->conns[i]->again)
+            return 0;
+        if (s->conns[i]->deadline < earliest)
+            earliest = s->conns[i]->deadline;
+    }
+    if (earliest == NO_DEADLINE)
+        return -1;
+    int64_t ms = ms_until(earliest, now);
+    return ms > INT_MAX ? INT_MAX : (int)ms;
+}
+
+static int run(struct server *s)
+{
+    /* Until --max-conns connections were accepted and all are reported. */
+    while (s->listener >= 0 || s->nconns > 0) {
+        int watch_listener = s->listener >= 0 && !s->accept_paused;
+        s->pfds[0].fd = watch_listener ? s->listener : -1;
+        s->pfds[0].events = POLLIN;
+        s->pfds[0].revents = 0;
+        for (size_t i = 0; i < s->nconns; i++) {
+            struct conn *c = s->conns[i];
+            /* A negative fd is skipped by poll(). */
+            s->pfds[i + 1].fd = c->events != 0 ? c->fd : -1;
+            s->pfds[i + 1].events = c->events;
+            s->pfds[i + 1].revents = 0;
+        }
+        int n = poll(s->pfds, (nfds_t)s->nconns + 1, poll_timeout(s, now_ns()));
+        if (n < 0 && errno != EINTR) {
+            perror("echo_server: poll");
+            return 1;
+        }
+        int64_t now = now_ns();
+        size_t count = s->nconns;
+        for (size_t i = 0; i < count; i++)
+            s->conns[i]->revents = n > 0 ? s->pfds[i + 1].revents : 0;
+        int listener_ready = n > 0 && s->pfds[0].revents != 0;
+
+        for (size_t i = 0; i < count; i++)
+            service(s, s->conns[i], now);
+        /* Reported connections leave the array. */
+        size_t kept = 0;
+        for (size_t i = 0; i < count; i++) {
+            if (s->conns[i]->dead)
+                free(s->conns[i]);
+            else
+                s->conns[kept++] = s->conns[i];
+        }
+        s->nconns = kept;
+        if (listener_ready)
+            accept_all(s);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+
+static int usage(const char *why)
+{
+    if (why != NULL)
+        fprintf(stderr, "echo_server: %s\n", why);
+    fputs(USAGE, stderr);
+    return 2;
+}
+
+/* A whole decimal number in [min, max]. */
+static int parse_num(const char *s, unsigned long min, unsigned long max,
+                     unsigned long *out)
+{
+    if (s == NULL || !isdigit((unsigned char)s[0]))
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *listen_spec = "127.0.0.1:4433", *cert = NULL, *key = NULL;
+    unsigned long flush_ms = 3000, peer_ms = 3000, idle_ms = 0, max_conns = 0;
+    int tls12 = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *opt = argv[i];
+        if (strcmp(opt, "--tls12") == 0) {
+            tls12 = 1;
+            continue;
+        }
+        const char *val = i + 1 < argc ? argv[++i] : NULL;
+        int bad = val == NULL;
+        if (strcmp(opt, "--listen") == 0)
+            listen_spec = val;
+        else if (strcmp(opt, "--cert") == 0)
+            cert = val;
+        else if (strcmp(opt, "--key") == 0)
+            key = val;
+        else if (strcmp(opt, "--flush-timeout-ms") == 0)
+            bad = bad || parse_num(val, 1, MAX_TIMEOUT_MS, &flush_ms) != 0;
+        else if (strcmp(opt, "--peer-timeout-ms") == 0)
+            bad = bad || parse_num(val, 1, MAX_TIMEOUT_MS, &peer_ms) != 0;
+        else if (strcmp(opt, "--idle-timeout-ms") == 0)
+            bad = bad || parse_num(val, 1, MAX_TIMEOUT_MS, &idle_ms) != 0;
+        else if (strcmp(opt, "--max-conns") == 0)
+            bad = bad || parse_num(val, 1, ULONG_MAX, &max_conns) != 0;
+        else {
+            fprintf(stderr, "echo_server: unknown option %s\n", opt);
+            return usage(NULL);
+        }
+        if (bad) {
+            fprintf(stderr, "echo_server: %s: %s\n", opt,
+                    val == NULL ? "missing value" : "invalid value");
+            return usage(NULL);
+        }
+    }
+    if (cert == NULL || key == NULL)
+        return usage("--cert and --key are required");
+
+    /* See the header: the echo's own SSL_write must not kill the server. */
+    struct sigaction ign;
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    sigaction(SIGPIPE, &ign, NULL);
+    setvbuf(stdout, NULL, _IOLBF, 0); /* a line per event, even into a pipe */
+
+    struct server srv;
+    memset(&srv, 0, sizeof srv);
+    struct server *s = &srv;
+    s->listener = -1;
+    int status = 1;
+
+    /* The policy: the defaults (bidirectional, half-close, reset when the
+     * flush times out) with the given timeouts. */
+    closenotify_policy_init(&s->policy);
+    s->policy.flush_timeout_ms = (uint32_t)flush_ms;
+    s->policy.peer_timeout_ms = (uint32_t)peer_ms;
+    s->flush_ns = ms_to_ns(flush_ms);
+    s->idle_ns = ms_to_ns(idle_ms);
+    s->handshake_ns = ms_to_ns(idle_ms > 0 && idle_ms < HANDSHAKE_TIMEOUT_MS
+                                   ? idle_ms
+                                   : HANDSHAKE_TIMEOUT_MS);
+    s->max_conns = max_conns;
+
+    s->listener = listen_on(listen_spec);
+    if (s->listener == -2)
+        status = usage(NULL);
+    if (s->listener < 0)
+        goto out;
+    s->ctx = SSL_CTX_new(TLS_server_method());
+    if (s->ctx == NULL || !SSL_CTX_set_min_proto_version(s->ctx, TLS1_2_VERSION) ||
+        (tls12 && !SSL_CTX_set_max_proto_version(s->ctx, TLS1_2_VERSION))) {
+        ERR_print_errors_fp(stderr);
+        goto out;
+    }
+    if (SSL_CTX_use_certificate_chain_file(s->ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(s->ctx, key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(s->ctx) != 1) {
+        fprintf(stderr, "echo_server: cannot use certificate %s and key %s\n", cert, key);
+        ERR_print_errors_fp(stderr);
+        goto out;
+    }
+    if (grow(s) != 0) {
+        perror("echo_server: malloc");
+        goto out;
+    }
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char bound[INET6_ADDRSTRLEN + 8];
+    if (getsockname(s->listener, (struct sockaddr *)&ss, &len) != 0) {
+        perror("echo_server: getsockname");
+        goto out;
+    }
+    format_addr((struct sockaddr *)&ss, len, bound, sizeof bound);
+    printf("listening %s\n", bound);
+
+    status = run(s);
+
+out:
+    /* Only after a failure is anything still open here. */
+    for (size_t i = 0; i < s->nconns; i++) {
+        struct conn *c = s->conns[i];
+        closenotify_shutdown_free(c->sd);
+        SSL_free(c->ssl);
+        if (c->fd >= 0)
+            close(c->fd);
+        free(c);
+    }
+    free(s->conns);
+    free(s->pfds);
+    if (s->listener >= 0)
+        close(s->listener);
+    SSL_CTX_free(s->ctx);
+    return status;
+}
