@@ -29,14 +29,16 @@
 #include <stdint.h>
 #include <openssl/ssl.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* The version of this header; closenotify_version() gives the library's. */
 #define CLOSENOTIFY_VERSION_MAJOR 0
 #define CLOSENOTIFY_VERSION_MINOR 1
 #define CLOSENOTIFY_VERSION_PATCH 0
 #define CLOSENOTIFY_VERSION "0.1.0"
-#ifdef __cplusplus
-extern "C" {
-#endif
+
 
 /*
  Reserved words at the end of `closenotify_policy`: room for knobs of later
@@ -638,8 +640,8 @@ closenotify_result closenotify_shutdown_report(const closenotify_shutdown *sd,
  */
 void closenotify_shutdown_free(closenotify_shutdown *sd);
 
-#endif  /* CLOSENOTIFY_H */
-
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
+
+#endif /* CLOSENOTIFY_H */

@@ -106,4 +106,11 @@ fi
 LD_LIBRARY_PATH="$lib" "$work/cn_test" errors >/dev/null || fail "cn_test errors (shared) failed"
 "$work/cn_test-static" errors >/dev/null || fail "cn_test errors (static) failed"
 say "cn_test errors passed, shared and static"
+# The examples load and parse their command line (exit 2 for a usage error).
+for prog in echo_server echo_server-static echo_client echo_client-static; do
+    rc=0
+    LD_LIBRARY_PATH="$lib" "$work/$prog" --bogus >/dev/null 2>&1 || rc=$?
+    [ "$rc" -eq 2 ] || fail "$prog --bogus exited $rc, not 2 (usage error)"
+done
+say "the C examples start, shared and static"
 echo "c-install-check: ok"

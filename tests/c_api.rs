@@ -236,6 +236,10 @@ fn cn_test(api: &str, scenario: &str, tls: Tls, peer: &External, extra: &[&str])
     let port = peer.port.to_string();
     let mut args = vec![api, scenario, port.as_str(), tls.arg()];
     args.extend_from_slice(extra);
+    let limit = upper_ms(100).to_string();
+    if api != "blocking" {
+        args.extend(["--step-limit-ms", &limit]);
+    }
     let ran = run_c(&programs().cn_test, &args);
     let mut r = ran.report();
     r.context = format!("{}\npeer: {}", r.context, peer.transcript());
@@ -355,6 +359,7 @@ fn a_blocking_fd_in_the_step_api_is_bounded_by_the_policy() {
 fn step_revents_costs_no_openssl_call_per_foreign_wakeup() {
     let tls = Tls::V13;
     let mut calls = Vec::new();
+    let limit = upper_ms(100).to_string();
     for api in ["step-revents", "step"] {
         let peer = python(tls, "silent");
         let port = peer.port.to_string();
@@ -367,6 +372,8 @@ fn step_revents_costs_no_openssl_call_per_foreign_wakeup() {
             "300",
             "--tick-ms",
             "10",
+            "--step-limit-ms",
+            &limit,
         ];
         let r = run_c(&programs().cn_test, &args).report();
         r.expect("outcome", "timed_out")

@@ -9,7 +9,7 @@ use std::path::Path;
 fn version_macros() -> String {
     let v = env!("CARGO_PKG_VERSION");
     format!(
-        "\n/* The version of this header; closenotify_version() gives the library's. */\n\
+        "/* The version of this header; closenotify_version() gives the library's. */\n\
          #define CLOSENOTIFY_VERSION_MAJOR {}\n\
          #define CLOSENOTIFY_VERSION_MINOR {}\n\
          #define CLOSENOTIFY_VERSION_PATCH {}\n\
@@ -25,8 +25,7 @@ fn header_is_up_to_date() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut config =
         cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml");
-    let guards = config.after_includes.take().unwrap_or_default();
-    config.after_includes = Some(version_macros() + &guards);
+    config.after_includes = Some(version_macros());
     let bindings = cbindgen::Builder::new()
         .with_crate(root)
         .with_config(config)
@@ -59,7 +58,7 @@ fn header_is_up_to_date() {
 
 /// The header compiles, warning-free and pedantic, in every C and C++ a project
 /// may use: C89 (with a compiler that provides `stdbool.h` and `stdint.h`, as GCC
-/// and Clang do), C99, C11, C17, C++98, C++11, C++17.
+/// and Clang do), C99, C11, C17, C++98, C++11, C++17; included twice too.
 #[test]
 fn header_compiles_in_every_c_and_cpp() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -70,8 +69,10 @@ fn header_compiles_in_every_c_and_cpp() {
         .expect("pkg-config (CI installs it)");
     assert!(ssl.status.success(), "pkg-config --cflags libssl failed");
     let ssl = String::from_utf8_lossy(&ssl.stdout).into_owned();
-    // A translation unit that uses every type, so that the compiler checks them.
+    // A translation unit that uses every type, so that the compiler checks them,
+    // and includes the header twice, as a program's own headers may.
     let unit = "#include <closenotify.h>\n\
+                #include <closenotify.h>\n\
                 int main(void) {\n\
                   closenotify_policy p; closenotify_report r; closenotify_shutdown *sd = 0;\n\
                   closenotify_policy_init(&p); (void)r; (void)sd;\n\

@@ -17,10 +17,11 @@
  * Exit status: 0 if the connection ended clean (or sent_only), 1 for any other
  * outcome or failure, 2 for a usage error.
  *
- * Build (from the crate root, after `cargo build`):
+ * Build, with the library installed by cargo-c (`cargo cinstall`, see
+ * docs/c-api.md):
  *
  *   cc -std=c11 -Wall -Wextra -Wpedantic -Werror examples/c/echo_client.c \
- *      -o echo_client $(PKG_CONFIG_PATH=target/debug pkg-config --cflags --libs closenotify)
+ *      -o echo_client $(pkg-config --cflags --libs closenotify)
  *
  * Every wait is bounded: a dead or silent server cannot hang this program.
  */

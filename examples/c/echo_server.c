@@ -47,14 +47,12 @@
  * Exit status: 0 after --max-conns connections were reported, 1 for a setup
  * failure (certificate, address), 2 for a usage error.
  *
- * Build, with the library installed by cargo-c (`cargo cinstall`):
+ * Build, with the library installed by cargo-c (`cargo cinstall`, see
+ * docs/c-api.md; closenotify.pc requires libssl and libcrypto, so their flags
+ * come with it):
  *
  *   cc -std=c11 -Wall -Wextra -Wpedantic -Werror examples/c/echo_server.c \
- *      -o echo_server $(pkg-config --cflags --libs closenotify libssl libcrypto)
- *
- * (libssl and libcrypto by name: this program calls OpenSSL itself, and
- * closenotify.pc lists them only as private requirements, whose libraries
- * `pkg-config --libs closenotify` leaves out.)
+ *      -o echo_server $(pkg-config --cflags --libs closenotify)
  *
  * Design
  *

@@ -15,6 +15,9 @@
  *                 --tick-ms N          step APIs: wake up at least every N ms,
  *                                      as a poll() loop shared with other
  *                                      sockets does
+ *                 --step-limit-ms N    step APIs: fail if one step takes
+ *                                      longer (default 100; a step never
+ *                                      blocks, but valgrind is slow)
  *   cn_test blocking-read|step-read SCENARIO PORT 1.2|1.3 [--limit N] [--abort]
  *       the peer's data after our close_notify delivered instead of discarded
  *       (closenotify_shutdown_blocking_read with a sink, or
@@ -308,6 +311,7 @@ struct step_options {
     int revents;     /* closenotify_shutdown_step_revents instead of _step */
     int blocking_fd; /* leave the socket blocking */
     int tick_ms;     /* wake up at least this often (0: only when asked) */
+    long long step_limit_ms; /* the longest one step may take */
 };
 
 static long long ms_since(const struct timespec *start)
@@ -359,8 +363,8 @@ static unsigned shutdown_step(struct conn *c, const closenotify_policy *policy,
         else
             CHECK_RC(closenotify_shutdown_step(sd, &wait, &timeout_ms), CLOSENOTIFY_OK);
         /* A step never blocks, whatever the socket's mode. */
-        if (ms_since(&before) > 100)
-            FAIL("a step took %lld ms", ms_since(&before));
+        if (ms_since(&before) > opt->step_limit_ms)
+            FAIL("a step took %lld ms (limit %lld)", ms_since(&before), opt->step_limit_ms);
         steps++;
         if (wait == CLOSENOTIFY_WAIT_DONE) {
             CHECK(timeout_ms == 0);
@@ -1080,6 +1084,7 @@ static int usage(void)
     fprintf(stderr,
             "usage: cn_test blocking|step|step-revents plain|peer-initiated|alert PORT "
             "1.2|1.3 [--peer-timeout-ms N] [--blocking-fd] [--tick-ms N]\n"
+            "            [--step-limit-ms N]\n"
             "       cn_test blocking-read|step-read plain PORT 1.2|1.3 [--limit N] "
             "[--abort]\n"
             "       cn_test stoptls PORT 1.2|1.3\n"
@@ -1138,7 +1143,7 @@ int main(int argc, char **argv)
     if (argc >= 5 && (strcmp(argv[1], "blocking") == 0 || strcmp(argv[1], "step") == 0 ||
                       strcmp(argv[1], "step-revents") == 0)) {
         int step = strcmp(argv[1], "blocking") != 0;
-        struct step_options opt = {strcmp(argv[1], "step-revents") == 0, 0, 0};
+        struct step_options opt = {strcmp(argv[1], "step-revents") == 0, 0, 0, 100};
         int version = parse_version(argv[4]);
         if (!parse_uint(argv[3], 65535, &port) || version == 0)
             return usage();
@@ -1152,6 +1157,10 @@ int main(int argc, char **argv)
             else if (strcmp(argv[i], "--tick-ms") == 0 && step && i + 1 < argc &&
                      parse_uint(argv[i + 1], 60000, &v) && v > 0) {
                 opt.tick_ms = (int)v;
+                i++;
+            } else if (strcmp(argv[i], "--step-limit-ms") == 0 && step && i + 1 < argc &&
+                       parse_uint(argv[i + 1], 600000, &v) && v > 0) {
+                opt.step_limit_ms = (long long)v;
                 i++;
             } else
                 return usage();
