@@ -43,6 +43,9 @@ cmp -s include/closenotify.h "$prefix/include/closenotify.h" ||
 # A SONAME, and the file it names.
 soname=$(readelf -d "$lib/libclosenotify.so" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
 [ -n "$soname" ] || fail "libclosenotify.so has no SONAME"
+major=$(sed -n 's/^version = "\([0-9]*\)\..*"/\1/p' Cargo.toml | head -1)
+[ "$soname" = "libclosenotify.so.$major" ] ||
+    fail "the SONAME is $soname, not libclosenotify.so.$major (libclosenotify.so.MAJOR)"
 [ -e "$lib/$soname" ] || fail "the SONAME $soname is not installed"
 say "SONAME $soname"
 
