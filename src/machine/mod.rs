@@ -337,7 +337,12 @@ impl<C: Connection> Shutdown<C> {
         }
         let status = self.conn.status();
         self.version = status.version;
-        if status.received {
+        // OpenSSL flags a received fatal alert as SSL_RECEIVED_SHUTDOWN too. With
+        // the alert the application consumed handed over, the flag stands for that
+        // alert: no close_notify can have come before it (OpenSSL reads nothing
+        // past a close_notify).
+        let alert_consumed = matches!(self.prior_error, Some(TlsError::PeerAlert(_)));
+        if status.received && !alert_consumed {
             self.initiator = Initiator::Peer;
             self.received = true;
         }
