@@ -342,6 +342,25 @@ fn tcp_end(tcp: &mut TcpStream) -> String {
     }
 }
 
+/// How a client's TLS write failed, as the name of its `io::ErrorKind`. OpenSSL
+/// 3.2+ queues the system error of a failed record write, so that rust-openssl
+/// reports it as an SSL error (`Other`) with the errno packed in its error
+/// stack rather than as an I/O error: the errno is taken from there.
+fn write_end(e: &io::Error) -> String {
+    // OpenSSL 3's ERR_SYSTEM_FLAG: the rest of the code is the errno.
+    const SYSTEM_FLAG: std::ffi::c_ulong = 1 << 31;
+    let errno = e.raw_os_error().or_else(|| {
+        let ssl = e.get_ref()?.downcast_ref::<openssl::ssl::Error>()?;
+        ssl.ssl_error()?
+            .errors()
+            .iter()
+            .find(|err| err.code() & SYSTEM_FLAG != 0)
+            .map(|err| (err.code() & !SYSTEM_FLAG) as i32)
+    });
+    let kind = errno.map_or(e.kind(), |n| io::Error::from_raw_os_error(n).kind());
+    format!("{kind:?}")
+}
+
 /// Runs one client to its end. `release`: when the test lets a client that
 /// holds its connection go.
 fn client(
@@ -377,7 +396,7 @@ fn client(
             loop {
                 match s.write(&chunk) {
                     Ok(n) => sent += n,
-                    Err(e) => break format!("{:?}", e.kind()),
+                    Err(e) => break write_end(&e),
                 }
                 if sent > 1 << 30 {
                     return Err(format!("{sent} bytes written and never blocked"));
