@@ -65,7 +65,7 @@ const ROWS: [Row; 13] = [
     Row::Peer(Behaviour::FatalAlert),
     Row::Peer(Behaviour::DataAfterCloseNotify),
     Row::DrainLimit,
-    Row::Peer(Behaviour::Garbage),
+    Row::Peer(Behaviour::GarbageRecord),
     Row::StopTls,
 ];
 
@@ -80,7 +80,8 @@ impl Row {
             Row::Peer(Behaviour::Resets) => "peer resets",
             Row::Peer(Behaviour::FatalAlert) => "peer sends alert",
             Row::Peer(Behaviour::DataAfterCloseNotify) => "data, then answer",
-            Row::Peer(Behaviour::Garbage) => "garbage from peer",
+            Row::Peer(Behaviour::GarbageRecord) => "garbage from peer",
+            Row::Peer(Behaviour::Garbage) => "text from peer",
             Row::SendOnly => "send-only policy",
             Row::Quiet => "quiet policy",
             Row::DrainLimit => "data past limit",

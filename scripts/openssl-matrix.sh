@@ -2,7 +2,9 @@
 # The OpenSSL version matrix: builds each OpenSSL version the crate supports into a
 # cached prefix outside the clone, then runs the whole `cargo test` (with the
 # tokio feature, so that its outcome tests run on every version too) and the
-# scenarios tour against it, and prints a per-version summary.
+# scenarios tour against it, checks that every version's tour reads the same as
+# the system OpenSSL's (outcomes, stages, sessions, alerts, details; elapsed
+# times aside), and prints a per-version summary.
 #
 #   scripts/openssl-matrix.sh                  # every version: build (cached), test
 #   scripts/openssl-matrix.sh --only 3.6       # one version (repeatable; a prefix
@@ -453,6 +455,38 @@ if [ "$build_only" = 0 ]; then
     done
 fi
 
+# The tour reads the same on every version: outcomes, stages, sessions, alerts
+# and details; only the elapsed column (characters 50-56) may differ. The
+# reference is the system OpenSSL's tour, from the default target directory
+# (what a plain `cargo test` built).
+tour_table() {
+    sed -n '/^scenario /,/^$/p' "$1" | cut -c1-49,57-
+}
+tours_differ=0
+if [ "$build_only" = 0 ]; then
+    reference=$repo/target/openssl-matrix/system-tour.log
+    say "The tour on the system OpenSSL (the reference; log: $reference)"
+    if (cd "$repo" && env -u OPENSSL_DIR -u OPENSSL_STATIC -u OPENSSL_LIB_DIR -u OPENSSL_INCLUDE_DIR \
+        CARGO_TERM_COLOR=never cargo run --quiet --example scenarios) >"$reference" 2>&1; then
+        for entry in "${selected[@]}"; do
+            read -r name _ <<<"$entry"
+            log=$repo/target/openssl-matrix/$name/scenarios.log
+            [ -s "$log" ] || continue
+            if diff <(tour_table "$reference") <(tour_table "$log") >"$log.diff"; then
+                echo "OpenSSL $name: the tour is identical to the system's (elapsed aside)"
+            else
+                echo "OpenSSL $name: THE TOUR DIFFERS from the system's:"
+                cat "$log.diff"
+                tours_differ=1
+            fi
+        done
+    else
+        echo "the system OpenSSL's tour failed:"
+        tail -n 30 "$reference"
+        tours_differ=1
+    fi
+fi
+
 say "Summary"
 # build_s: this run's OpenSSL build ("cached": built before, see build-seconds);
 # test_s: cargo test (compiling included) + the scenarios tour.
@@ -470,5 +504,6 @@ for entry in "${selected[@]}"; do
     printf '%-8s %-13s %8s %8s %8s  %s\n' "$name" "$r" "$b" \
         "${cargo_test_secs[$name]:--}" "${scenarios_secs[$name]:--}" "$prefix"
 done
+[ "$tours_differ" = 0 ] || { echo "the tours differ (above)"; failed=1; }
 echo "total: $(($(now) - total0)) s"
 exit $failed

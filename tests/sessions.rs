@@ -1,4 +1,4 @@
-//! Sessions (SPEC §3): resumable after `clean`/`sent_only`, removed from the cache
+//! Sessions: resumable after `clean`/`sent_only`, removed from the cache
 //! after anything else, on the client and on the server; observed through real
 //! resumption attempts.
 

@@ -1,4 +1,4 @@
-//! SIGPIPE (SPEC §2): a process with SIGPIPE at its default disposition survives a
+//! SIGPIPE: a process with SIGPIPE at its default disposition survives a
 //! shutdown against a peer that reset the connection, on a raw `SSL*` whose socket
 //! BIO writes with write(). The scenario runs in a child process (this test binary,
 //! re-executed), since the Rust test harness ignores SIGPIPE.

@@ -313,6 +313,23 @@ fn assert_expected(
             assert_eq!(r.detail, Some(detail), "{what}");
             assert_eq!(r.session_resumable, dropped, "{what}");
         }
+        Behaviour::GarbageRecord => {
+            assert_outcome(r, Outcome::ProtocolError, what);
+            let a = r
+                .alert
+                .unwrap_or_else(|| panic!("{what}: no alert in {r:?}"));
+            assert_eq!(
+                (a.alert, a.direction),
+                (Alert::BadRecordMac, AlertDirection::Sent),
+                "{what}"
+            );
+            assert_eq!(
+                r.detail,
+                Some("decryption failed or bad record mac"),
+                "{what}"
+            );
+            assert_eq!(r.session_resumable, dropped, "{what}");
+        }
     }
 }
 
@@ -399,9 +416,14 @@ fn garbage_protocol_error_protocol_version() {
 }
 
 #[test]
+fn a_garbage_record_protocol_error_bad_record_mac() {
+    same_as_blocking(Behaviour::GarbageRecord);
+}
+
+#[test]
 fn every_behaviour_is_covered() {
     // The tests above, one per behaviour: a new behaviour must get its own.
-    assert_eq!(Behaviour::ALL.len(), 9);
+    assert_eq!(Behaviour::ALL.len(), 10);
 }
 
 #[test]

@@ -327,12 +327,17 @@ pub enum Behaviour {
     FatalAlert,
     /// Sends application data after our close_notify, then answers.
     DataAfterCloseNotify,
-    /// Sends bytes that are not TLS.
+    /// Sends bytes that are not TLS (text, not even a record header). How OpenSSL
+    /// rejects them depends on its version: see `text_garbage_rejection` in the
+    /// tests.
     Garbage,
+    /// Sends a garbage record: a well-formed record header, a body that fails
+    /// authentication. Every OpenSSL version rejects it the same way.
+    GarbageRecord,
 }
 
 impl Behaviour {
-    pub const ALL: [Behaviour; 9] = [
+    pub const ALL: [Behaviour; 10] = [
         Behaviour::Answers,
         Behaviour::Initiates,
         Behaviour::Silent,
@@ -342,6 +347,7 @@ impl Behaviour {
         Behaviour::FatalAlert,
         Behaviour::DataAfterCloseNotify,
         Behaviour::Garbage,
+        Behaviour::GarbageRecord,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -355,6 +361,7 @@ impl Behaviour {
             Behaviour::FatalAlert => "peer sends fatal alert",
             Behaviour::DataAfterCloseNotify => "data after close_notify",
             Behaviour::Garbage => "peer sends garbage",
+            Behaviour::GarbageRecord => "peer sends a garbage record",
         }
     }
 
@@ -455,6 +462,11 @@ impl Behaviour {
             Behaviour::Garbage => {
                 let _ = read_until_close_notify(&mut p);
                 write_raw(&mut p, b"this is not TLS\n");
+                let _ = release.recv();
+            }
+            Behaviour::GarbageRecord => {
+                let _ = read_until_close_notify(&mut p);
+                write_raw(&mut p, &forged_record());
                 let _ = release.recv();
             }
             Behaviour::Initiates | Behaviour::NotReading | Behaviour::FatalAlert => {
