@@ -256,7 +256,8 @@ typedef int (*closenotify_sink)(void *ctx, const uint8_t *data, size_t len);
 
 /*
  The call is not valid now: a report requested before the step API said
- `CLOSENOTIFY_WAIT_DONE`.
+ `CLOSENOTIFY_WAIT_DONE`, or unsent data or an error handed over after the
+ first step.
  */
 #define CLOSENOTIFY_ERR_WRONG_STATE 3
 
@@ -495,6 +496,11 @@ closenotify_result closenotify_shutdown_blocking(SSL *ssl,
  sent until the first `closenotify_shutdown_step`. Free it with
  `closenotify_shutdown_free`.
 
+ Before the first step, hand it what you could not finish: the data of a write
+ that stopped half way (`closenotify_shutdown_set_unsent`), or the failure of
+ your last `SSL_read` or `SSL_write` (`closenotify_shutdown_set_error`; this call
+ leaves OpenSSL's error queue alone, for it to read).
+
  Ownership: the caller keeps `ssl` and `fd`, which must stay valid until the
  shutdown object is freed; neither is freed nor closed by the library.
 
@@ -519,6 +525,83 @@ closenotify_result closenotify_shutdown_new(SSL *ssl,
                                             int fd,
                                             const closenotify_policy *policy,
                                             closenotify_shutdown **out);
+
+/*
+ Hands the shutdown application data you could not finish writing: it is sent
+ before our close_notify, in the flush stage and under the policy's
+ `flush_timeout_ms` (a peer that does not read makes the flush time out, as
+ it would for close_notify alone). The `len` bytes at `data` are copied; a
+ second call replaces them, and `len` 0 removes them.
+
+ If your last `SSL_write` failed with `SSL_ERROR_WANT_WRITE`, OpenSSL holds
+ part of a record that must go out before anything else, and a retry must
+ carry the same bytes: `data` must then begin with the whole buffer of that
+ call (from the pointer you passed to it, not from where the record stopped),
+ followed by anything more you want sent. The write then completes. Without
+ it, close_notify cannot follow the half-written record (OpenSSL 1.1.1 and 3.0
+ fail with "bad write retry", 3.2 and later drop the alert) and the shutdown
+ ends `CLOSENOTIFY_OUTCOME_QUIET`.
+
+ Nothing is sent in `CLOSENOTIFY_MODE_QUIET`, after a failure handed over with
+ `closenotify_shutdown_set_error`, on a connection that cannot carry
+ close_notify (handshake unfinished), nor after your own `SSL_shutdown` (no
+ data may follow a close_notify).
+
+ Call it after `closenotify_shutdown_new`, before the first step.
+
+ Returns `CLOSENOTIFY_OK`, `CLOSENOTIFY_ERR_NULL_ARGUMENT` (`sd` NULL, or `data`
+ NULL with `len` not 0), `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (`len` too large to
+ copy) or `CLOSENOTIFY_ERR_WRONG_STATE` (the shutdown has started; nothing is
+ changed).
+
+ # Safety
+ `sd` is NULL or a live object from `closenotify_shutdown_new`, used by one
+ thread at a time; `data` is readable for `len` bytes (or NULL with `len` 0).
+ */
+closenotify_result closenotify_shutdown_set_unsent(closenotify_shutdown *sd,
+                                                   const void *data,
+                                                   size_t len);
+
+/*
+ Hands the shutdown the failure of your last `SSL_read` or `SSL_write` on this
+ connection: `ssl_error` is what `SSL_get_error` answered for that call, and
+ `sys_errno` the `errno` saved right after it (set `errno` to 0 before the
+ call; 0 for none, as with a plain EOF).
+
+ OpenSSL forbids `SSL_shutdown` after `SSL_ERROR_SYSCALL` or `SSL_ERROR_SSL`.
+ With either, the shutdown sends nothing and makes no OpenSSL I/O call (the
+ report's `ssl_calls` is 0): the first step answers `CLOSENOTIFY_WAIT_DONE`,
+ and the report names the failure:
+ `CLOSENOTIFY_OUTCOME_TRUNCATED` for an EOF without close_notify, `_RESET` with
+ `os_error` for a transport error, `_PEER_ALERT` with the alert the peer sent,
+ `_PROTOCOL_ERROR` with the alert our side raised (named for the connection's
+ TLS version) and OpenSSL's reason in `detail`.
+
+ For these two codes the reason is in OpenSSL's error queue (OpenSSL 3 reports
+ an EOF as `SSL_ERROR_SSL` with a reason there), which this call reads and
+ empties: call it on the thread of the failed call, before anything clears or
+ adds to the queue (`ERR_clear_error`, `ERR_print_errors`, another OpenSSL
+ call; `ERR_peek_error` is fine). On an emptied queue, `SSL_ERROR_SSL` is
+ reported as `_PROTOCOL_ERROR` ("SSL_ERROR_SSL with an empty error queue").
+
+ `SSL_ERROR_NONE`, `SSL_ERROR_ZERO_RETURN` (the peer's close_notify: no
+ failure) and every `SSL_ERROR_WANT_*` are accepted and ignored: the shutdown
+ runs as usual. A failure handed over later replaces an earlier one.
+
+ Call it after `closenotify_shutdown_new`, before the first step.
+
+ Returns `CLOSENOTIFY_OK`, `CLOSENOTIFY_ERR_NULL_ARGUMENT` (`sd` NULL),
+ `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (`ssl_error` is no `SSL_ERROR_*` code, or
+ `sys_errno` is negative) or `CLOSENOTIFY_ERR_WRONG_STATE` (the shutdown has
+ started; nothing is changed). A refused call leaves the error queue alone.
+
+ # Safety
+ `sd` is NULL or a live object from `closenotify_shutdown_new`, used by one
+ thread at a time.
+ */
+closenotify_result closenotify_shutdown_set_error(closenotify_shutdown *sd,
+                                                  int ssl_error,
+                                                  int sys_errno);
 
 /*
  Makes progress and says what to wait for next: `*wait` is

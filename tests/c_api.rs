@@ -233,6 +233,15 @@ fn python(tls: Tls, mode: &str) -> External {
 /// `cn_test API SCENARIO PORT VERSION [extra...]` against `peer`; its report,
 /// with the version and the API's own invariants checked.
 fn cn_test(api: &str, scenario: &str, tls: Tls, peer: &External, extra: &[&str]) -> Fields {
+    let r = cn_run(api, scenario, tls, peer, extra);
+    // Every retry follows a readiness event: a handful of calls, never a spin.
+    r.expect_range("ssl_calls", 1, 10);
+    r
+}
+
+/// As `cn_test`, without the bounds on OpenSSL calls (a failure handed over
+/// makes none).
+fn cn_run(api: &str, scenario: &str, tls: Tls, peer: &External, extra: &[&str]) -> Fields {
     let port = peer.port.to_string();
     let mut args = vec![api, scenario, port.as_str(), tls.arg()];
     args.extend_from_slice(extra);
@@ -244,8 +253,6 @@ fn cn_test(api: &str, scenario: &str, tls: Tls, peer: &External, extra: &[&str])
     let mut r = ran.report();
     r.context = format!("{}\npeer: {}", r.context, peer.transcript());
     r.expect("tls_version", tls.wire());
-    // Every retry follows a readiness event: a handful of calls, never a spin.
-    r.expect_range("ssl_calls", 1, 10);
     match api {
         "blocking" => r.expect("steps", "0"),
         _ => r.expect_range("steps", 1, 10),
@@ -502,6 +509,189 @@ fn a_reset_peer_does_not_kill_a_c_program_with_default_sigpipe() {
             .expect("tls_version", tls.wire())
             .expect_flags(&[("close_notify_sent", false), ("session_resumable", false)]);
         peer.expect_success();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A connection handed over: unsent data (closenotify_shutdown_set_unsent), the
+// failure of the application's last call (closenotify_shutdown_set_error).
+// ---------------------------------------------------------------------------
+
+/// The step APIs, the only ones that take a handover.
+const STEP_APIS: [&str; 2] = ["step", "step-revents"];
+
+/// `cn_test API unsent` against `peer.py sink`: cn_test fills the socket
+/// buffers until an SSL_write stalls half way through a record, and says so;
+/// then the peer is told to read. Returns cn_test's `stalled` line, its report
+/// and the peer's `received` line.
+fn unsent_run(api: &str, tls: Tls, handover: bool) -> (Fields, Fields, Fields) {
+    let mut peer = python(tls, "sink");
+    let port = peer.port.to_string();
+    // Bounds only: the peer reads as soon as it is told to.
+    let timeout = upper_ms(5000).to_string();
+    let limit = upper_ms(100).to_string();
+    let mut args = vec![
+        api,
+        "unsent",
+        &port,
+        tls.arg(),
+        "--flush-timeout-ms",
+        &timeout,
+        "--peer-timeout-ms",
+        &timeout,
+        "--step-limit-ms",
+        &limit,
+    ];
+    if !handover {
+        args.push("--no-handover");
+    }
+    let mut c = cbuild::spawn_c(&programs().cn_test, &args);
+    let stalled = c.wait_line("the stalled line", cbuild::run_limit(), |l| {
+        l.starts_with("stalled ")
+    });
+    // The socket buffers are full and a record is half written: the peer may
+    // read now.
+    peer.proc.write_stdin(b"go\n");
+    let (status, lines) = c.wait_exit(cbuild::run_limit());
+    let context = format!("{}\npeer: {}", c.transcript(), peer.transcript());
+    cbuild::assert_no_valgrind_errors(status, &context);
+    assert!(status.success(), "cn_test exited with {status}: {context}");
+    let report = lines
+        .iter()
+        .find(|l| l.starts_with("outcome="))
+        .unwrap_or_else(|| panic!("no report line: {context}"));
+    let received = peer
+        .proc
+        .wait_line("the received line", READY, |l| l.starts_with("received="));
+    peer.expect_success();
+    let stalled = Fields::parse(stalled.strip_prefix("stalled ").unwrap(), context.clone());
+    let received = Fields::parse(&received, context.clone());
+    let r = Fields::parse(report, context);
+    r.expect("tls_version", tls.wire());
+    (stalled, r, received)
+}
+
+/// The application's last SSL_write stopped half way through a record; the
+/// rest of its data, from the start of that call, is handed over. The peer
+/// receives every byte, in order, then our close_notify, which it answers.
+#[test]
+fn unsent_data_handed_over_is_sent_before_close_notify() {
+    for tls in BOTH {
+        for api in STEP_APIS {
+            let (stalled, r, received) = unsent_run(api, tls, true);
+            r.expect("outcome", "clean")
+                .expect("initiator", "0")
+                .expect("stage", "await_peer")
+                .expect("detail", "none")
+                .expect_flags(&[("close_notify_sent", true), ("close_notify_received", true)])
+                .expect_range("ssl_calls", 2, 1000);
+            let total = stalled.num("written") + stalled.num("unsent");
+            received
+                .expect("end", "close_notify")
+                .expect("received", &total.to_string())
+                .expect("sha256", stalled.str("sha256"));
+        }
+    }
+}
+
+/// The control: the same stalled write without the handover. OpenSSL cannot
+/// put close_notify behind the half-written record (3.0 and 1.1.1: "bad write
+/// retry"; 3.2+: the alert is dropped), so nothing more is sent: `quiet`, and
+/// the peer sees the stream end without close_notify, short of the data.
+#[test]
+fn unsent_data_not_handed_over_is_quiet() {
+    let detail = if cfg!(ossl320) {
+        "close_notify_dropped_by_OpenSSL_behind_a_half-finished_write"
+    } else {
+        "bad_write_retry"
+    };
+    for tls in BOTH {
+        let (stalled, r, received) = unsent_run("step-revents", tls, false);
+        r.expect("outcome", "quiet")
+            .expect("detail", detail)
+            .expect_flags(&[("close_notify_sent", false)]);
+        assert_ne!(received.str("end"), "close_notify", "{}", received.context);
+        let total = stalled.num("written") + stalled.num("unsent");
+        assert!(
+            received.num("received") < total,
+            "all {total} bytes arrived: {}",
+            received.context
+        );
+    }
+}
+
+/// What a failure handed over looks like, whatever it was: nothing sent, no
+/// OpenSSL I/O call, done in one step, and the session forgotten.
+fn handed_over(r: &Fields, outcome: &str, os_error: i32, alert: &str) -> bool {
+    r.str("outcome") == outcome
+        && r.num("os_error") == i64::from(os_error)
+        && r.str("alert_name") == alert
+        && r.str("ssl_calls") == "0"
+        && r.str("steps") == "1"
+        && r.str("stage") == "flush"
+        && !r.flag("close_notify_sent")
+        && !r.flag("close_notify_received")
+        && !r.flag("half_closed")
+        && !r.flag("session_resumable")
+}
+
+/// The application's SSL_read failed against `mode` of peer.py
+/// (`scenario`: `read-error`, or `alert-read-error` after a forged record);
+/// handed over, the report names that failure. Without the handover (the
+/// control) it does not.
+fn failed_read_is_reported(mode: &str, scenario: &str, outcome: &str, os_error: i32, alert: &str) {
+    for tls in BOTH {
+        for api in STEP_APIS {
+            let peer = python(tls, mode);
+            let r = cn_run(api, scenario, tls, &peer, &[]);
+            assert!(
+                handed_over(&r, outcome, os_error, alert),
+                "expected {outcome} (os_error {os_error}, alert {alert}) without a call: {}",
+                r.context
+            );
+        }
+        let peer = python(tls, mode);
+        let r = cn_run("step", scenario, tls, &peer, &["--no-handover"]);
+        assert!(
+            !handed_over(&r, outcome, os_error, alert),
+            "the control reported the failure it was not given: {}",
+            r.context
+        );
+    }
+}
+
+#[test]
+fn a_read_failed_with_a_reset_is_reported_reset() {
+    failed_read_is_reported("reset-now", "read-error", "reset", libc::ECONNRESET, "none");
+}
+
+#[test]
+fn a_read_failed_on_eof_without_close_notify_is_reported_truncated() {
+    failed_read_is_reported("truncate-now", "read-error", "truncated", 0, "none");
+}
+
+#[test]
+fn a_read_failed_on_a_fatal_alert_is_reported_peer_alert() {
+    failed_read_is_reported(
+        "alert",
+        "alert-read-error",
+        "peer_alert",
+        0,
+        "bad_record_mac",
+    );
+}
+
+/// SSL_ERROR_WANT_READ is no failure: handed over, it is ignored and the
+/// shutdown runs as usual.
+#[test]
+fn a_want_read_handed_over_is_ignored() {
+    for tls in BOTH {
+        for api in STEP_APIS {
+            let mut peer = python(tls, "answer");
+            let r = cn_test(api, "want-read", tls, &peer, &[]);
+            expect_clean_local(&r);
+            peer.expect_success();
+        }
     }
 }
 

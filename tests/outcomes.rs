@@ -767,6 +767,10 @@ fn an_error_the_application_saw_is_reported_not_quiet() {
             "{what}"
         );
         assert_eq!((r.ssl_calls, r.close_notify_sent), (0, false), "{what}");
+        // OpenSSL flags the consumed alert as SSL_RECEIVED_SHUTDOWN: it is no
+        // close_notify.
+        assert!(!r.close_notify_received, "{what}");
+        assert_eq!(r.initiator, closenotify::Initiator::Local, "{what}");
         go.send(()).unwrap();
         peer.join().unwrap();
 

@@ -37,8 +37,10 @@
  * server's own: `trigger`, why it began closing (`close_notify`: the client's
  * arrived; `idle`; `error`: its own read or write failed); `error`, what its own
  * I/O saw (`none`, `eof`, `os:ERRNO`, `tls:REASON`, `timeout`); `closing_ms`,
- * from that decision to the report, the echo it finished first included;
- * `bytes_in`/`bytes_out`, application bytes read and echoed. A connection whose
+ * from that decision to the report; `bytes_in`/`bytes_out`, application bytes
+ * read and echoed (the echo handed to closenotify counts once its close_notify,
+ * which follows it, went out: `bytes_out` is a lower bound when the flush timed
+ * out). A connection whose
  * handshake failed or timed out never reaches closenotify: its line is
  * `conn=N peer=ADDR outcome=handshake_failed trigger=handshake error=...`
  * (and, should it happen, `outcome=setup_failed` for a connection the server
@@ -57,11 +59,11 @@
  * Design
  *
  * Deadlines. Every connection has exactly one deadline at a time, on the
- * monotonic clock: its handshake's, its idle timeout's, the server's own flush
- * of unsent echo, or, once closenotify has it, now + `timeout_ms` as its last
- * step said. poll()'s timeout is the earliest of them, rounded up to whole
- * milliseconds, so that poll() never returns before a deadline (a step before
- * closenotify's own deadline would change nothing and cost a wake-up). After
+ * monotonic clock: its handshake's, its idle timeout's, or, once closenotify
+ * has it, now + `timeout_ms` as its last step said. poll()'s timeout is the
+ * earliest of them, rounded up to whole milliseconds, so that poll() never
+ * returns before a deadline (a step before closenotify's own deadline would
+ * change nothing and cost a wake-up). After
  * poll(), each connection is serviced: first what poll() reported for it (data
  * that arrived counts, even past the deadline), then its deadline, if that has
  * passed and progress did not move it. A closing connection is stepped with
@@ -77,20 +79,21 @@
  *
  * Echo still unsent when the shutdown begins (a client that stopped reading).
  * OpenSSL requires a write that returned WANT_WRITE to be retried with the same
- * arguments, and the C API has no way to hand the library that data: a
- * close_notify behind a half-written record fails ("bad write retry") on
- * OpenSSL 3.0 once the socket drains. So the server finishes the echo itself,
- * within the policy's flush timeout, and hands closenotify what is left of it.
- * When the flush timeout passes first, closenotify gets 1 ms: its flush stage
- * times out at once and, as the policy says, arms the reset (SO_LINGER {1, 0}),
- * so that close() frees the kernel of a client that does not read.
+ * bytes: a close_notify cannot follow the half-written record. The server hands
+ * closenotify the bytes of that write (closenotify_shutdown_set_unsent), which
+ * sends them before close_notify, within the policy's flush timeout. When the
+ * timeout passes first, closenotify arms the reset (SO_LINGER {1, 0}), as the
+ * policy says, so that close() frees the kernel of a client that does not
+ * read.
  *
  * A connection whose own SSL_read or SSL_write failed (SSL_ERROR_SYSCALL or
  * SSL_ERROR_SSL: EOF without close_notify, reset, alert) must not see
- * SSL_shutdown, OpenSSL says. The server hands it to closenotify in
- * CLOSENOTIFY_MODE_QUIET (the C API has no way to hand it the failure):
- * nothing is sent, the session leaves the cache, and the line says
- * outcome=quiet with the server's `error`.
+ * SSL_shutdown, OpenSSL says. The server hands closenotify that failure
+ * (closenotify_shutdown_set_error: SSL_get_error's code, the errno, and the
+ * error queue the call left, untouched until then): nothing is sent, the
+ * session leaves the cache, and the report names the failure (`truncated`,
+ * `reset` with its errno, `peer_alert`, `protocol_error`), as the server's own
+ * `error` does in its words.
  *
  * SIGPIPE. closenotify never raises it, but the echo's own SSL_write does
  * (EPIPE) on a connection the client closed and reset: OpenSSL's socket BIO
@@ -178,7 +181,6 @@ static int64_t ms_until(int64_t deadline, int64_t now)
 enum phase {
     PH_HANDSHAKE, /* SSL_accept until it succeeds */
     PH_ECHO,      /* read, write it back */
-    PH_FLUSH,     /* closing: the server finishes writing the echo */
     PH_CLOSING,   /* closenotify's step API */
 };
 
@@ -215,6 +217,12 @@ struct conn {
     int64_t close_start;
     enum trigger trigger;
     char error[80];
+    /* The failed SSL call behind `error`: SSL_get_error's answer and the errno
+     * right after it, for closenotify_shutdown_set_error. */
+    int ssl_error, sys_errno;
+    /* Echo handed to closenotify as unsent: counted as echoed once its
+     * close_notify, which follows it, is out. */
+    size_t handed_over;
     uint64_t bytes_in, bytes_out;
     /* Echo not yet written: buf[sent..len). A write that returned WANT_WRITE is
      * retried with exactly the same pointer and length, as OpenSSL requires. */
@@ -227,7 +235,7 @@ struct server {
     int listener; /* -1 once --max-conns connections were accepted */
     int accept_paused;
     closenotify_policy policy;
-    int64_t flush_ns, idle_ns, handshake_ns; /* idle_ns 0: no idle timeout */
+    int64_t idle_ns, handshake_ns; /* idle_ns 0: no idle timeout */
     unsigned long max_conns, accepted;
     struct conn **conns;
     size_t nconns, cap;
@@ -247,11 +255,15 @@ static void token(const char *s, char *out, size_t size)
 
 /*
  * What a failed SSL call says (`err` from SSL_get_error, the errno saved right
- * after the call, the error queue), as one token in c->error; empties the
- * error queue.
+ * after the call, the error queue), as one token in c->error; `err` and the
+ * errno are kept for closenotify. The error queue is left as it is: closenotify
+ * reads (and empties) it when the connection is handed over; a failed
+ * handshake empties it here.
  */
 static void describe_error(struct conn *c, int err, int saved_errno)
 {
+    c->ssl_error = err;
+    c->sys_errno = saved_errno;
     unsigned long e = ERR_peek_last_error();
     if (e == 0) {
         if (err == SSL_ERROR_SYSCALL && saved_errno != 0)
@@ -276,7 +288,6 @@ static void describe_error(struct conn *c, int err, int saved_errno)
         token(reason != NULL ? reason : "unknown", tok, sizeof tok);
         snprintf(c->error, sizeof c->error, "tls:%s", tok);
     }
-    ERR_clear_error();
 }
 
 /* After an SSL call returned `ret` <= 0 with `err`: WANT_READ or WANT_WRITE
@@ -307,6 +318,7 @@ static void conn_close(struct server *s, struct conn *c)
 
 static void handshake_failed(struct server *s, struct conn *c)
 {
+    ERR_clear_error();
     conn_close(s, c);
     printf("conn=%lu peer=%s outcome=handshake_failed trigger=handshake error=%s "
            "closing_ms=0 bytes_in=0 bytes_out=0\n",
@@ -322,6 +334,7 @@ static void api_failed(struct server *s, struct conn *c, const char *call,
     closenotify_last_error(msg, sizeof msg);
     fprintf(stderr, "echo_server: conn %lu: %s: %s: %s\n", c->id, call,
             closenotify_result_name(rc), msg);
+    ERR_clear_error(); /* a failure not handed over */
     closenotify_shutdown_free(c->sd);
     c->sd = NULL;
     conn_close(s, c);
@@ -344,6 +357,9 @@ static void finish(struct server *s, struct conn *c)
         return;
     }
     int64_t closing_ms = (now_ns() - c->close_start) / 1000000;
+    /* The unsent echo went out before close_notify did. */
+    if (r.close_notify_sent)
+        c->bytes_out += c->handed_over;
     /* The shutdown object first, then the SSL* it uses, then the fd. If a
      * timeout armed SO_LINGER {1, 0}, this close() sends the RST. */
     closenotify_shutdown_free(c->sd);
@@ -391,53 +407,40 @@ static void step(struct server *s, struct conn *c, short revents)
     c->deadline = now_ns() + ms_to_ns((uint64_t)timeout_ms);
 }
 
-/* Hands the connection to closenotify under `policy`, and takes the first
- * step (which sends close_notify, or answers the client's). */
-static void start_shutdown(struct server *s, struct conn *c,
-                           const closenotify_policy *policy)
+/*
+ * Hands the connection to closenotify and takes the first step. What the
+ * server could not finish is handed over with it: the failure of its own
+ * SSL_read or SSL_write (OpenSSL then forbids SSL_shutdown: nothing is sent,
+ * and the report names the failure), or else the echo still unsent, which
+ * goes out before close_notify under the policy's flush timeout. A write that
+ * returned WANT_WRITE is retried with the bytes of that call, buf[sent..len),
+ * as OpenSSL requires; closenotify copies them.
+ */
+static void begin_close(struct server *s, struct conn *c, enum trigger why)
 {
-    closenotify_result rc = closenotify_shutdown_new(c->ssl, c->fd, policy, &c->sd);
+    c->trigger = why;
+    c->close_start = now_ns(); /* not the loop's `now`: others ran since */
+    closenotify_result rc = closenotify_shutdown_new(c->ssl, c->fd, &s->policy, &c->sd);
     if (rc != CLOSENOTIFY_OK) {
         api_failed(s, c, "closenotify_shutdown_new", rc);
         return;
     }
     c->phase = PH_CLOSING;
-    step(s, c, 0);
-}
-
-/* The server's own I/O failed: nothing may be sent (see the header). */
-static void start_quiet(struct server *s, struct conn *c)
-{
-    closenotify_policy quiet = s->policy;
-    quiet.mode = CLOSENOTIFY_MODE_QUIET;
-    start_shutdown(s, c, &quiet);
-}
-
-/* The server's own flush of the echo is over (done, or out of time):
- * close_notify gets what is left of the flush timeout, at least 1 ms (0 is not
- * a valid flush timeout). */
-static void start_after_flush(struct server *s, struct conn *c)
-{
-    closenotify_policy p = s->policy;
-    int64_t left = ms_until(c->close_start + s->flush_ns, now_ns());
-    p.flush_timeout_ms = left < 1 ? 1 : (uint32_t)left;
-    start_shutdown(s, c, &p);
-}
-
-static void begin_close(struct server *s, struct conn *c, enum trigger why)
-{
-    c->trigger = why;
-    c->close_start = now_ns(); /* not the loop's `now`: others ran since */
     if (why == TR_ERROR) {
-        start_quiet(s, c);
+        rc = closenotify_shutdown_set_error(c->sd, c->ssl_error, c->sys_errno);
+        if (rc != CLOSENOTIFY_OK) {
+            api_failed(s, c, "closenotify_shutdown_set_error", rc);
+            return;
+        }
     } else if (c->sent < c->len) {
-        /* A write is pending: finish it first, within the flush timeout; poll()
-         * keeps waiting for what that write asked for. */
-        c->phase = PH_FLUSH;
-        c->deadline = c->close_start + s->flush_ns;
-    } else {
-        start_shutdown(s, c, &s->policy);
+        rc = closenotify_shutdown_set_unsent(c->sd, c->buf + c->sent, c->len - c->sent);
+        if (rc != CLOSENOTIFY_OK) {
+            api_failed(s, c, "closenotify_shutdown_set_unsent", rc);
+            return;
+        }
+        c->handed_over = c->len - c->sent;
     }
+    step(s, c, 0);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -531,16 +534,6 @@ static void handshake(struct server *s, struct conn *c)
     handshake_failed(s, c);
 }
 
-static void flush_echo(struct server *s, struct conn *c)
-{
-    int w = write_pending(c);
-    if (w < 0)
-        start_quiet(s, c);
-    else if (w > 0)
-        start_after_flush(s, c);
-    /* else still blocked: the deadline stays */
-}
-
 /* What poll() reported, then the deadline. */
 static void service(struct server *s, struct conn *c, int64_t now)
 {
@@ -558,9 +551,6 @@ static void service(struct server *s, struct conn *c, int64_t now)
         case PH_ECHO:
             echo(s, c);
             break;
-        case PH_FLUSH:
-            flush_echo(s, c);
-            break;
         case PH_CLOSING:
             /* The library checks its own deadline in the same step. */
             step(s, c, c->revents);
@@ -577,10 +567,6 @@ static void service(struct server *s, struct conn *c, int64_t now)
         break;
     case PH_ECHO:
         begin_close(s, c, TR_IDLE);
-        break;
-    case PH_FLUSH:
-        /* The echo did not get out in time: close_notify cannot either. */
-        start_after_flush(s, c);
         break;
     case PH_CLOSING:
         step(s, c, 0);
@@ -876,7 +862,6 @@ int main(int argc, char **argv)
     closenotify_policy_init(&s->policy);
     s->policy.flush_timeout_ms = (uint32_t)flush_ms;
     s->policy.peer_timeout_ms = (uint32_t)peer_ms;
-    s->flush_ns = ms_to_ns(flush_ms);
     s->idle_ns = ms_to_ns(idle_ms);
     s->handshake_ns = ms_to_ns(idle_ms > 0 && idle_ms < HANDSHAKE_TIMEOUT_MS
                                    ? idle_ms

@@ -11,6 +11,17 @@
 //! The caller keeps ownership of the `SSL*` and of the socket: nothing here frees
 //! or closes them.
 //!
+//! The calls: `closenotify_shutdown_blocking` (and `_blocking_read`) for blocking
+//! code; for event loops, `closenotify_shutdown_new`, then what the application
+//! could not finish, before the first step (`closenotify_shutdown_set_unsent`: the
+//! bytes of a write that stopped half way, as [`Shutdown::with_unsent`](crate::Shutdown::with_unsent);
+//! `closenotify_shutdown_set_error`: the failure of its last call, classified from
+//! `SSL_get_error`'s code, the errno and OpenSSL's error queue as the shutdown
+//! classifies its own, with the connection's TLS version, as
+//! [`Shutdown::after_error`](crate::Shutdown::after_error)), then
+//! `closenotify_shutdown_step` (`_step_revents`, `_step_read`) until done,
+//! `closenotify_shutdown_report` and `closenotify_shutdown_free`.
+//!
 //! ABI promise: names and numbers never change; structs only grow into their
 //! reserved space (`closenotify_policy` checks that a policy came from
 //! `closenotify_policy_init` and that its reserved words are zero, so a program
@@ -46,7 +57,8 @@ pub const CLOSENOTIFY_ERR_NULL_ARGUMENT: closenotify_result = closenotify_result
 /// mode, a zero or absurd timeout. `closenotify_last_error` says which.
 pub const CLOSENOTIFY_ERR_INVALID_ARGUMENT: closenotify_result = closenotify_result(2);
 /// The call is not valid now: a report requested before the step API said
-/// `CLOSENOTIFY_WAIT_DONE`.
+/// `CLOSENOTIFY_WAIT_DONE`, or unsent data or an error handed over after the
+/// first step.
 pub const CLOSENOTIFY_ERR_WRONG_STATE: closenotify_result = closenotify_result(3);
 /// closenotify panicked (a bug); the shutdown object must only be freed.
 pub const CLOSENOTIFY_ERR_PANIC: closenotify_result = closenotify_result(4);

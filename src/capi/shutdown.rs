@@ -3,7 +3,8 @@
 use std::ffi::{c_int, c_void};
 use std::time::Instant;
 
-use openssl_sys::SSL;
+use openssl::ssl::ErrorCode;
+use openssl_sys::{self as ffi, SSL};
 
 use super::{
     boundary, closenotify_policy, closenotify_report, closenotify_result, fail, to_c_report,
@@ -103,6 +104,11 @@ pub unsafe extern "C" fn closenotify_shutdown_blocking(
 /// sent until the first `closenotify_shutdown_step`. Free it with
 /// `closenotify_shutdown_free`.
 ///
+/// Before the first step, hand it what you could not finish: the data of a write
+/// that stopped half way (`closenotify_shutdown_set_unsent`), or the failure of
+/// your last `SSL_read` or `SSL_write` (`closenotify_shutdown_set_error`; this call
+/// leaves OpenSSL's error queue alone, for it to read).
+///
 /// Ownership: the caller keeps `ssl` and `fd`, which must stay valid until the
 /// shutdown object is freed; neither is freed nor closed by the library.
 ///
@@ -145,6 +151,168 @@ pub unsafe extern "C" fn closenotify_shutdown_new(
         unsafe { out.write(Box::into_raw(boxed)) };
         CLOSENOTIFY_OK
     })
+}
+
+/// Hands the shutdown application data you could not finish writing: it is sent
+/// before our close_notify, in the flush stage and under the policy's
+/// `flush_timeout_ms` (a peer that does not read makes the flush time out, as
+/// it would for close_notify alone). The `len` bytes at `data` are copied; a
+/// second call replaces them, and `len` 0 removes them.
+///
+/// If your last `SSL_write` failed with `SSL_ERROR_WANT_WRITE`, OpenSSL holds
+/// part of a record that must go out before anything else, and a retry must
+/// carry the same bytes: `data` must then begin with the whole buffer of that
+/// call (from the pointer you passed to it, not from where the record stopped),
+/// followed by anything more you want sent. The write then completes. Without
+/// it, close_notify cannot follow the half-written record (OpenSSL 1.1.1 and 3.0
+/// fail with "bad write retry", 3.2 and later drop the alert) and the shutdown
+/// ends `CLOSENOTIFY_OUTCOME_QUIET`.
+///
+/// Nothing is sent in `CLOSENOTIFY_MODE_QUIET`, after a failure handed over with
+/// `closenotify_shutdown_set_error`, on a connection that cannot carry
+/// close_notify (handshake unfinished), nor after your own `SSL_shutdown` (no
+/// data may follow a close_notify).
+///
+/// Call it after `closenotify_shutdown_new`, before the first step.
+///
+/// Returns `CLOSENOTIFY_OK`, `CLOSENOTIFY_ERR_NULL_ARGUMENT` (`sd` NULL, or `data`
+/// NULL with `len` not 0), `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (`len` too large to
+/// copy) or `CLOSENOTIFY_ERR_WRONG_STATE` (the shutdown has started; nothing is
+/// changed).
+///
+/// # Safety
+/// `sd` is NULL or a live object from `closenotify_shutdown_new`, used by one
+/// thread at a time; `data` is readable for `len` bytes (or NULL with `len` 0).
+#[no_mangle]
+pub unsafe extern "C" fn closenotify_shutdown_set_unsent(
+    sd: *mut closenotify_shutdown,
+    data: *const c_void,
+    len: usize,
+) -> closenotify_result {
+    boundary(CLOSENOTIFY_ERR_PANIC, || {
+        // SAFETY: NULL or a live shutdown object, per the contract.
+        let Some(sd) = (unsafe { sd.as_mut() }) else {
+            return fail(CLOSENOTIFY_ERR_NULL_ARGUMENT, "shutdown is NULL");
+        };
+        if data.is_null() && len > 0 {
+            return fail(
+                CLOSENOTIFY_ERR_NULL_ARGUMENT,
+                "data is NULL but len is not 0",
+            );
+        }
+        if let Err(code) = not_started(sd, "closenotify_shutdown_set_unsent") {
+            return code;
+        }
+        let mut copy = Vec::new();
+        if len > isize::MAX as usize || copy.try_reserve_exact(len).is_err() {
+            return fail(
+                CLOSENOTIFY_ERR_INVALID_ARGUMENT,
+                format!("cannot allocate {len} bytes for a copy of the unsent data"),
+            );
+        }
+        if len > 0 {
+            // SAFETY: non-NULL and readable for `len` bytes (at most isize::MAX,
+            // checked above), per the contract.
+            copy.extend_from_slice(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) });
+        }
+        sd.machine.set_unsent(copy);
+        CLOSENOTIFY_OK
+    })
+}
+
+/// Hands the shutdown the failure of your last `SSL_read` or `SSL_write` on this
+/// connection: `ssl_error` is what `SSL_get_error` answered for that call, and
+/// `sys_errno` the `errno` saved right after it (set `errno` to 0 before the
+/// call; 0 for none, as with a plain EOF).
+///
+/// OpenSSL forbids `SSL_shutdown` after `SSL_ERROR_SYSCALL` or `SSL_ERROR_SSL`.
+/// With either, the shutdown sends nothing and makes no OpenSSL I/O call (the
+/// report's `ssl_calls` is 0): the first step answers `CLOSENOTIFY_WAIT_DONE`,
+/// and the report names the failure:
+/// `CLOSENOTIFY_OUTCOME_TRUNCATED` for an EOF without close_notify, `_RESET` with
+/// `os_error` for a transport error, `_PEER_ALERT` with the alert the peer sent,
+/// `_PROTOCOL_ERROR` with the alert our side raised (named for the connection's
+/// TLS version) and OpenSSL's reason in `detail`.
+///
+/// For these two codes the reason is in OpenSSL's error queue (OpenSSL 3 reports
+/// an EOF as `SSL_ERROR_SSL` with a reason there), which this call reads and
+/// empties: call it on the thread of the failed call, before anything clears or
+/// adds to the queue (`ERR_clear_error`, `ERR_print_errors`, another OpenSSL
+/// call; `ERR_peek_error` is fine). On an emptied queue, `SSL_ERROR_SSL` is
+/// reported as `_PROTOCOL_ERROR` ("SSL_ERROR_SSL with an empty error queue").
+///
+/// `SSL_ERROR_NONE`, `SSL_ERROR_ZERO_RETURN` (the peer's close_notify: no
+/// failure) and every `SSL_ERROR_WANT_*` are accepted and ignored: the shutdown
+/// runs as usual. A failure handed over later replaces an earlier one.
+///
+/// Call it after `closenotify_shutdown_new`, before the first step.
+///
+/// Returns `CLOSENOTIFY_OK`, `CLOSENOTIFY_ERR_NULL_ARGUMENT` (`sd` NULL),
+/// `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (`ssl_error` is no `SSL_ERROR_*` code, or
+/// `sys_errno` is negative) or `CLOSENOTIFY_ERR_WRONG_STATE` (the shutdown has
+/// started; nothing is changed). A refused call leaves the error queue alone.
+///
+/// # Safety
+/// `sd` is NULL or a live object from `closenotify_shutdown_new`, used by one
+/// thread at a time.
+#[no_mangle]
+pub unsafe extern "C" fn closenotify_shutdown_set_error(
+    sd: *mut closenotify_shutdown,
+    ssl_error: c_int,
+    sys_errno: c_int,
+) -> closenotify_result {
+    boundary(CLOSENOTIFY_ERR_PANIC, || {
+        // SAFETY: NULL or a live shutdown object, per the contract.
+        let Some(sd) = (unsafe { sd.as_mut() }) else {
+            return fail(CLOSENOTIFY_ERR_NULL_ARGUMENT, "shutdown is NULL");
+        };
+        let failed = match ssl_error {
+            ffi::SSL_ERROR_SSL | ffi::SSL_ERROR_SYSCALL => true,
+            SSL_ERROR_NONE..=SSL_ERROR_LAST => false,
+            other => {
+                return fail(
+                    CLOSENOTIFY_ERR_INVALID_ARGUMENT,
+                    format!("ssl_error {other} is not an SSL_ERROR_* code: pass what SSL_get_error answered"),
+                )
+            }
+        };
+        if sys_errno < 0 {
+            return fail(
+                CLOSENOTIFY_ERR_INVALID_ARGUMENT,
+                format!("sys_errno {sys_errno} is negative: pass errno (0 for none)"),
+            );
+        }
+        if let Err(code) = not_started(sd, "closenotify_shutdown_set_error") {
+            return code;
+        }
+        if failed {
+            let err = sd
+                .machine
+                .get_ref()
+                .classify_failure(ErrorCode::from_raw(ssl_error), sys_errno);
+            sd.machine.set_prior_error(err);
+        }
+        CLOSENOTIFY_OK
+    })
+}
+
+/// `SSL_get_error`'s codes: `SSL_ERROR_NONE` (0) to `SSL_ERROR_WANT_RETRY_VERIFY`
+/// (12, OpenSSL 3.0+), the same numbers in every version.
+const SSL_ERROR_NONE: c_int = ffi::SSL_ERROR_NONE;
+const SSL_ERROR_LAST: c_int = 12;
+
+/// `CLOSENOTIFY_ERR_WRONG_STATE` (with its message) once the first step has run.
+fn not_started(sd: &closenotify_shutdown, call: &str) -> Result<(), closenotify_result> {
+    if sd.machine.is_started() {
+        return Err(fail(
+            CLOSENOTIFY_ERR_WRONG_STATE,
+            format!(
+                "{call}: the shutdown has started; call it after closenotify_shutdown_new, \
+                 before the first step"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Makes progress and says what to wait for next: `*wait` is

@@ -155,11 +155,17 @@ impl<C: Connection> Shutdown<C> {
     /// flush time out, as it would for close_notify alone. Ignored once the
     /// shutdown has started, and in quiet mode.
     pub fn with_unsent(mut self, data: Vec<u8>) -> Self {
+        self.set_unsent(data);
+        self
+    }
+
+    /// [`with_unsent`](Shutdown::with_unsent) in place (the C API's object owns
+    /// its machine).
+    pub(crate) fn set_unsent(&mut self, data: Vec<u8>) {
         if self.started.is_none() {
             self.unsent = data;
             self.unsent_written = 0;
         }
-        self
     }
 
     /// The error the application's last `SSL_read` or `SSL_write` on this
@@ -170,6 +176,12 @@ impl<C: Connection> Shutdown<C> {
     /// consumed, `protocol_error`. Retry requests and close_notify are not errors
     /// and are ignored. Ignored once the shutdown has started.
     pub fn after_error(mut self, err: TlsError) -> Self {
+        self.set_prior_error(err);
+        self
+    }
+
+    /// [`after_error`](Shutdown::after_error) in place.
+    pub(crate) fn set_prior_error(&mut self, err: TlsError) {
         let is_failure = !matches!(
             err,
             TlsError::WantRead | TlsError::WantWrite | TlsError::CloseNotify
@@ -177,7 +189,13 @@ impl<C: Connection> Shutdown<C> {
         if self.started.is_none() && is_failure {
             self.prior_error = Some(err);
         }
-        self
+    }
+
+    /// The first [`poll`](Shutdown::poll) has run: the builder methods are ignored
+    /// from now on.
+    #[cfg(feature = "capi")]
+    pub(crate) fn is_started(&self) -> bool {
+        self.started.is_some()
     }
 
     /// Bounds what [`poll_read`](Shutdown::poll_read) delivers: once more than
@@ -337,7 +355,12 @@ impl<C: Connection> Shutdown<C> {
         }
         let status = self.conn.status();
         self.version = status.version;
-        if status.received {
+        // OpenSSL flags a received fatal alert as SSL_RECEIVED_SHUTDOWN too. With
+        // the alert the application consumed handed over, the flag stands for that
+        // alert: no close_notify can have come before it (OpenSSL reads nothing
+        // past a close_notify).
+        let alert_consumed = matches!(self.prior_error, Some(TlsError::PeerAlert(_)));
+        if status.received && !alert_consumed {
             self.initiator = Initiator::Peer;
             self.received = true;
         }

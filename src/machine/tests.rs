@@ -514,11 +514,15 @@ fn after_error_reports_the_applications_error_and_sends_nothing() {
     let t0 = Instant::now();
     let mut conn = Script::usable();
     conn.status.as_mut().unwrap().usable = false; // OpenSSL's fatal state
+                                                  // OpenSSL sets SSL_RECEIVED_SHUTDOWN on a fatal alert as on a close_notify.
+    conn.status.as_mut().unwrap().received = true;
     let mut sd = Shutdown::new(conn, &policy()).after_error(TlsError::PeerAlert(42));
     let r = done(sd.poll(t0, Ready::NONE));
     assert_eq!(r.outcome, Outcome::PeerAlert);
     assert_eq!(r.alert.map(|a| a.alert), Some(Alert::BadCertificate));
     assert_eq!((r.ssl_calls, r.close_notify_sent), (0, false));
+    assert!(!r.close_notify_received, "the flag was the alert's");
+    assert_eq!(r.initiator, Initiator::Local);
     assert!(sd.get_ref().quiet);
 
     let mut sd = Shutdown::new(Script::usable(), &policy()).after_error(TlsError::Eof);

@@ -123,6 +123,23 @@ impl RawConnection {
         (ret, err)
     }
 
+    /// Classifies the failure of the application's own last `SSL_read` or
+    /// `SSL_write` on this connection the way the shutdown classifies its own
+    /// calls: `code` is `SSL_get_error`'s answer, `errno` the errno saved right
+    /// after the call, and the error queue that call left on this thread is read
+    /// (and emptied) here. Unlike `TlsError::from(&openssl::ssl::Error)`, the
+    /// negotiated TLS version is known, so the alerts that depend on it are exact.
+    #[cfg(feature = "capi")]
+    pub(crate) fn classify_failure(&self, code: ErrorCode, errno: i32) -> TlsError {
+        let stack = ErrorStack::get();
+        classify(
+            code,
+            Some(&stack),
+            Some(errno),
+            on_ssl::is_tls13(self.ssl()),
+        )
+    }
+
     /// One `SSL_read_ex` into `len` writable bytes at `buf`.
     fn read_into(&mut self, buf: *mut u8, len: usize) -> Result<usize, TlsError> {
         let mut n = 0usize;

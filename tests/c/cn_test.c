@@ -9,7 +9,19 @@
  *                 peer-initiated  SSL_read until the peer's close_notify first
  *                 alert           forge a TLS record under the TLS layer, wait
  *                                 for the peer's answer (a fatal alert)
+ *               step APIs only, a connection handed over (see `struct handover`):
+ *                 unsent          SSL_write until WANT_WRITE leaves a record half
+ *                                 written, print `stalled written=W unsent=U
+ *                                 sha256=H`, hand the failed call's buffer and
+ *                                 more to closenotify_shutdown_set_unsent
+ *                 read-error      SSL_read until it fails (the peer closed or
+ *                                 reset), hand the failure to
+ *                                 closenotify_shutdown_set_error
+ *                 alert-read-error as alert, then the same SSL_read failure
+ *                 want-read       SSL_read until WANT_READ, handed over (ignored)
  *       OPTIONS:  --peer-timeout-ms N  the policy's peer timeout (default 1000)
+ *                 --flush-timeout-ms N the policy's flush timeout (default 1000)
+ *                 --no-handover        prepare the handover, do not make it
  *                 --blocking-fd        step APIs: leave the socket blocking, as
  *                                      a careless caller would
  *                 --tick-ms N          step APIs: wake up at least every N ms,
@@ -52,6 +64,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +74,7 @@
 #include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 
 #include <closenotify.h>
@@ -154,18 +168,26 @@ static void print_report(const closenotify_report *r, unsigned steps)
     /* Reserved words are written as zero. */
     for (unsigned i = 0; i < CLOSENOTIFY_REPORT_RESERVED; i++)
         CHECK(r->reserved[i] == 0);
+    /* The detail as one token: spaces as '_'. */
+    char detail[128];
+    size_t i = 0;
+    const char *d = r->detail != NULL ? r->detail : "none";
+    for (; d[i] != '\0' && i + 1 < sizeof detail; i++)
+        detail[i] = d[i] == ' ' ? '_' : d[i];
+    detail[i] = '\0';
     printf("outcome=%s initiator=%u stage=%s alert=%d alert_name=%s os_error=%d "
            "close_notify_sent=%d close_notify_received=%d half_closed=%d "
            "session_resumable=%d discarded_bytes=%" PRIu64 " elapsed_ms=%" PRIu64
            " ssl_calls=%u tls_version=0x%04x transport_reusable=%d linger_bytes=%" PRId64
-           " steps=%u\n",
+           " steps=%u detail=%s\n",
            closenotify_outcome_name(r->outcome), (unsigned)r->initiator,
            closenotify_stage_name(r->stage), r->alert,
            closenotify_alert_name(r->alert), r->os_error,
            r->close_notify_sent ? 1 : 0, r->close_notify_received ? 1 : 0,
            r->half_closed ? 1 : 0, r->session_resumable ? 1 : 0,
            r->discarded_bytes, r->elapsed_ms, (unsigned)r->ssl_calls,
-           (unsigned)r->tls_version, r->transport_reusable ? 1 : 0, r->linger_bytes, steps);
+           (unsigned)r->tls_version, r->transport_reusable ? 1 : 0, r->linger_bytes, steps,
+           detail);
     fflush(stdout);
 }
 
@@ -314,6 +336,16 @@ struct step_options {
     long long step_limit_ms; /* the longest one step may take */
 };
 
+/* What the application hands the shutdown before its first step: data it could
+ * not finish writing, and the failure of its last SSL_read/SSL_write. */
+struct handover {
+    unsigned char *unsent; /* scribbled over once handed over: it is copied */
+    size_t unsent_len;
+    int has_error;
+    int ssl_error; /* SSL_get_error() of the failed call */
+    int sys_errno; /* errno right after it */
+};
+
 static long long ms_since(const struct timespec *start)
 {
     struct timespec now;
@@ -323,7 +355,8 @@ static long long ms_since(const struct timespec *start)
 }
 
 static unsigned shutdown_step(struct conn *c, const closenotify_policy *policy,
-                              const struct step_options *opt, closenotify_report *out)
+                              const struct step_options *opt, const struct handover *h,
+                              closenotify_report *out)
 {
     /* An event loop's sockets are non-blocking; a careless caller's may not be.
      * Either way the library leaves the mode as it found it. */
@@ -343,6 +376,16 @@ static unsigned shutdown_step(struct conn *c, const closenotify_policy *policy,
     CHECK_RC(closenotify_shutdown_report(sd, &r), CLOSENOTIFY_ERR_WRONG_STATE);
     CHECK(is_sentinel(&r));
     CHECK_LAST_ERROR("not finished");
+
+    if (h != NULL && h->unsent != NULL) {
+        CHECK_RC(closenotify_shutdown_set_unsent(sd, h->unsent, h->unsent_len),
+                 CLOSENOTIFY_OK);
+        /* The library has its own copy: ours may change or go now. */
+        memset(h->unsent, 0xEE, h->unsent_len);
+    }
+    if (h != NULL && h->has_error)
+        CHECK_RC(closenotify_shutdown_set_error(sd, h->ssl_error, h->sys_errno),
+                 CLOSENOTIFY_OK);
 
     /* No step loop may outlive the policy's bounds by much, nor spin. */
     int budget_ms = (int)(policy->flush_timeout_ms + policy->peer_timeout_ms +
@@ -366,6 +409,17 @@ static unsigned shutdown_step(struct conn *c, const closenotify_policy *policy,
         if (ms_since(&before) > opt->step_limit_ms)
             FAIL("a step took %lld ms (limit %lld)", ms_since(&before), opt->step_limit_ms);
         steps++;
+        if (steps == 1) {
+            /* Started: nothing more can be handed over, and a refused call
+             * changes nothing (nor reads OpenSSL's error queue). */
+            unsigned char byte = 'x';
+            CHECK_RC(closenotify_shutdown_set_unsent(sd, &byte, 1),
+                     CLOSENOTIFY_ERR_WRONG_STATE);
+            CHECK_LAST_ERROR("before the first step");
+            CHECK_RC(closenotify_shutdown_set_error(sd, SSL_ERROR_SYSCALL, ECONNRESET),
+                     CLOSENOTIFY_ERR_WRONG_STATE);
+            CHECK_LAST_ERROR("closenotify_shutdown_set_error: the shutdown has started");
+        }
         if (wait == CLOSENOTIFY_WAIT_DONE) {
             CHECK(timeout_ms == 0);
             break;
@@ -449,20 +503,154 @@ static void read_until_close_notify(SSL *ssl)
     }
 }
 
+/* ----------------------- handing a connection over ----------------------- */
+
+/* The `unsent` scenario's calls: not a multiple of a record's 16384 bytes, so
+ * that the stalled call has records written, one half written and some not
+ * begun. */
+#define CHUNK 100003
+/* More than loopback's socket buffers can ever hold. */
+#define NEVER_STALLS ((uint64_t)256 << 20)
+
+/* Byte `from + i` of the stream the `unsent` scenario writes. */
+static void fill(unsigned char *buf, uint64_t from, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        buf[i] = (unsigned char)(((from + i) * 2654435761u) >> 13);
+}
+
+/*
+ * SSL_write on the non-blocking socket, CHUNK bytes a call, until the peer
+ * (which does not read yet) makes OpenSSL answer WANT_WRITE with a record half
+ * in the kernel. Returns a buffer of 2 * CHUNK bytes: the whole buffer of that
+ * failed call, as OpenSSL's retry rule requires, then one chunk more. Prints
+ * `stalled written=W unsent=U sha256=H`: the bytes of the calls that
+ * succeeded, the size of the buffer, and the SHA-256 of all W + U bytes, which
+ * the peer must receive in order.
+ */
+static unsigned char *write_until_stalled(struct conn *c)
+{
+    int flags = fcntl(c->fd, F_GETFL);
+    CHECK(flags != -1 && fcntl(c->fd, F_SETFL, flags | O_NONBLOCK) == 0);
+    unsigned char *buf = malloc(2 * CHUNK);
+    CHECK(buf != NULL);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    CHECK(md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1);
+    uint64_t written = 0;
+    for (;;) {
+        fill(buf, written, CHUNK);
+        ERR_clear_error();
+        int n = SSL_write(c->ssl, buf, CHUNK);
+        if (n <= 0) {
+            int err = SSL_get_error(c->ssl, n);
+            if (err != SSL_ERROR_WANT_WRITE)
+                FAIL("SSL_write after %" PRIu64 " bytes: SSL_get_error %d", written, err);
+            break;
+        }
+        /* SSL_MODE_ENABLE_PARTIAL_WRITE is off: a call writes all or fails. */
+        CHECK(n == CHUNK);
+        CHECK(EVP_DigestUpdate(md, buf, CHUNK) == 1);
+        written += CHUNK;
+        if (written > NEVER_STALLS)
+            FAIL("%" PRIu64 " bytes written and SSL_write never stalled", written);
+    }
+    fill(buf + CHUNK, written + CHUNK, CHUNK);
+    CHECK(EVP_DigestUpdate(md, buf, 2 * CHUNK) == 1);
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int dlen = 0;
+    CHECK(EVP_DigestFinal_ex(md, digest, &dlen) == 1);
+    EVP_MD_CTX_free(md);
+    char hex[2 * EVP_MAX_MD_SIZE + 1];
+    for (unsigned int i = 0; i < dlen; i++)
+        snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+    printf("stalled written=%" PRIu64 " unsent=%d sha256=%s\n", written, 2 * CHUNK, hex);
+    fflush(stdout);
+    return buf;
+}
+
+/*
+ * One SSL_read on the blocking socket (SO_RCVTIMEO bounds it), which must fail:
+ * TLS 1.3 tickets are processed inside it. Stores SSL_get_error's answer and the
+ * errno saved right after the call in `h`, and leaves OpenSSL's error queue as
+ * the call left it, for closenotify_shutdown_set_error.
+ */
+static void read_failure(struct conn *c, struct handover *h)
+{
+    char buf[4096];
+    ERR_clear_error();
+    errno = 0;
+    int n = SSL_read(c->ssl, buf, sizeof buf);
+    int saved = errno;
+    if (n > 0)
+        FAIL("SSL_read: %d bytes of application data, expected a failure", n);
+    int err = SSL_get_error(c->ssl, n);
+    if (err != SSL_ERROR_SYSCALL && err != SSL_ERROR_SSL)
+        FAIL("SSL_read: SSL_get_error %d (errno %d), expected SSL_ERROR_SYSCALL or "
+             "SSL_ERROR_SSL",
+             err, saved);
+    printf("read_failed ssl_error=%d errno=%d\n", err, saved);
+    h->has_error = 1;
+    h->ssl_error = err;
+    h->sys_errno = saved;
+}
+
+/* SSL_read on the non-blocking socket until it answers WANT_READ (TLS 1.3
+ * tickets, if any, are processed first): no failure, but what an event loop
+ * holds when it decides to close. */
+static void read_until_want(struct conn *c, struct handover *h)
+{
+    int flags = fcntl(c->fd, F_GETFL);
+    CHECK(flags != -1 && fcntl(c->fd, F_SETFL, flags | O_NONBLOCK) == 0);
+    char buf[4096];
+    ERR_clear_error();
+    errno = 0;
+    int n = SSL_read(c->ssl, buf, sizeof buf);
+    int saved = errno;
+    if (n > 0)
+        FAIL("SSL_read: %d bytes of application data, expected WANT_READ", n);
+    int err = SSL_get_error(c->ssl, n);
+    if (err != SSL_ERROR_WANT_READ)
+        FAIL("SSL_read: SSL_get_error %d (errno %d), expected SSL_ERROR_WANT_READ", err,
+             saved);
+    h->has_error = 1;
+    h->ssl_error = err;
+    h->sys_errno = saved;
+}
+
+struct scenario_options {
+    unsigned flush_timeout_ms;
+    unsigned peer_timeout_ms;
+    int no_handover; /* prepare the handover, then do not make it */
+};
+
 static int run_scenario(int step, const struct step_options *opt, const char *scenario,
-                        int port, int version, unsigned peer_timeout_ms)
+                        int port, int version, const struct scenario_options *so)
 {
     closenotify_policy policy;
     closenotify_policy_init(&policy);
-    policy.flush_timeout_ms = 1000;
-    policy.peer_timeout_ms = peer_timeout_ms;
+    policy.flush_timeout_ms = so->flush_timeout_ms;
+    policy.peer_timeout_ms = so->peer_timeout_ms;
 
     struct conn c;
     conn_open(&c, port, version);
+    struct handover h;
+    memset(&h, 0, sizeof h);
+    unsigned char *unsent = NULL;
     if (strcmp(scenario, "peer-initiated") == 0)
         read_until_close_notify(c.ssl);
     else if (strcmp(scenario, "alert") == 0)
         send_forged_record(c.fd);
+    else if (strcmp(scenario, "unsent") == 0) {
+        unsent = write_until_stalled(&c);
+        h.unsent = unsent;
+        h.unsent_len = 2 * CHUNK;
+    } else if (strcmp(scenario, "read-error") == 0)
+        read_failure(&c, &h);
+    else if (strcmp(scenario, "alert-read-error") == 0) {
+        send_forged_record(c.fd);
+        read_failure(&c, &h);
+    } else if (strcmp(scenario, "want-read") == 0)
+        read_until_want(&c, &h);
     else
         CHECK(strcmp(scenario, "plain") == 0);
 
@@ -470,11 +658,12 @@ static int run_scenario(int step, const struct step_options *opt, const char *sc
     unsigned steps = 0;
     sigpipe(SIG_DFL);
     if (step)
-        steps = shutdown_step(&c, &policy, opt, &r);
+        steps = shutdown_step(&c, &policy, opt, so->no_handover ? NULL : &h, &r);
     else
         shutdown_blocking(&c, &policy, &r);
     CHECK(r.tls_version == version);
     print_report(&r, steps);
+    free(unsent);
     conn_close(&c);
     return 0;
 }
@@ -868,6 +1057,107 @@ static void expect_refused(SSL *ssl, int fd, const closenotify_policy *policy,
 #define EXPECT_REFUSED(ssl, fd, policy, code, needle)                          \
     expect_refused((ssl), (fd), (policy), (code), (needle), __LINE__)
 
+/*
+ * closenotify_shutdown_set_unsent and _set_error: every result code, on a new
+ * SSL on `fd` whose handshake never ran (its own SSL: a finished shutdown is
+ * kept with the SSL, and the caller's SSL must not see this one's).
+ */
+static void check_handover(SSL_CTX *ctx, int fd, const closenotify_policy *policy)
+{
+    SSL *ssl = SSL_new(ctx);
+    CHECK(ssl != NULL);
+    CHECK(SSL_set_fd(ssl, fd) == 1);
+    unsigned char bytes[3] = {'a', 'b', 'c'};
+
+    /* CLOSENOTIFY_ERR_NULL_ARGUMENT */
+    CHECK_RC(closenotify_shutdown_set_unsent(NULL, bytes, sizeof bytes),
+             CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_LAST_ERROR("shutdown is NULL");
+    CHECK_RC(closenotify_shutdown_set_error(NULL, SSL_ERROR_SYSCALL, 0),
+             CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_LAST_ERROR("shutdown is NULL");
+    closenotify_shutdown *sd = NULL;
+    CHECK_RC(closenotify_shutdown_new(ssl, fd, policy, &sd), CLOSENOTIFY_OK);
+    CHECK_RC(closenotify_shutdown_set_unsent(sd, NULL, 1), CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_LAST_ERROR("data is NULL");
+
+    /* Unsent data: none (NULL with length 0), some, or more than memory. */
+    CHECK_RC(closenotify_shutdown_set_unsent(sd, NULL, 0), CLOSENOTIFY_OK);
+    CHECK_RC(closenotify_shutdown_set_unsent(sd, bytes, sizeof bytes), CLOSENOTIFY_OK);
+    CHECK_RC(closenotify_shutdown_set_unsent(sd, bytes, SIZE_MAX),
+             CLOSENOTIFY_ERR_INVALID_ARGUMENT);
+    CHECK_LAST_ERROR("cannot allocate");
+
+    /* ssl_error is one of SSL_get_error's answers, sys_errno an errno. */
+    CHECK_RC(closenotify_shutdown_set_error(sd, 13, 0), CLOSENOTIFY_ERR_INVALID_ARGUMENT);
+    CHECK_LAST_ERROR("ssl_error 13 is not an SSL_ERROR_* code");
+    CHECK_RC(closenotify_shutdown_set_error(sd, -1, 0), CLOSENOTIFY_ERR_INVALID_ARGUMENT);
+    CHECK_LAST_ERROR("ssl_error -1");
+    CHECK_RC(closenotify_shutdown_set_error(sd, SSL_ERROR_SYSCALL, -1),
+             CLOSENOTIFY_ERR_INVALID_ARGUMENT);
+    CHECK_LAST_ERROR("sys_errno -1 is negative");
+
+    /* A refused call, and the codes that are no failure, leave OpenSSL's error
+     * queue alone. Something to leave: opening a missing file queues a system
+     * error (ENOENT). */
+    ERR_clear_error();
+    CHECK(BIO_new_file("/nonexistent/closenotify-cn_test", "r") == NULL);
+    unsigned long queued = ERR_peek_error();
+    CHECK(queued != 0);
+    CHECK_RC(closenotify_shutdown_set_error(sd, 99, 0), CLOSENOTIFY_ERR_INVALID_ARGUMENT);
+    static const int no_failure[] = {
+        SSL_ERROR_NONE,         SSL_ERROR_WANT_READ,    SSL_ERROR_WANT_WRITE,
+        SSL_ERROR_WANT_X509_LOOKUP, SSL_ERROR_ZERO_RETURN, SSL_ERROR_WANT_CONNECT,
+        SSL_ERROR_WANT_ACCEPT,  SSL_ERROR_WANT_ASYNC,   SSL_ERROR_WANT_ASYNC_JOB,
+        SSL_ERROR_WANT_CLIENT_HELLO_CB,
+        12 /* SSL_ERROR_WANT_RETRY_VERIFY, OpenSSL 3.0 and later */};
+    for (size_t i = 0; i < sizeof no_failure / sizeof *no_failure; i++)
+        CHECK_RC(closenotify_shutdown_set_error(sd, no_failure[i], EAGAIN), CLOSENOTIFY_OK);
+    CHECK(ERR_peek_error() == queued);
+
+    /* A failure is read from the queue, which is emptied: here SSL_ERROR_SSL
+     * with that system error, so `reset` with ENOENT. Nothing is sent (the
+     * unsent bytes included), and no OpenSSL I/O call is made. */
+    CHECK_RC(closenotify_shutdown_set_error(sd, SSL_ERROR_SSL, 0), CLOSENOTIFY_OK);
+    CHECK(ERR_peek_error() == 0);
+    closenotify_wait wait = 0xdead;
+    int timeout_ms = -1;
+    CHECK_RC(closenotify_shutdown_step(sd, &wait, &timeout_ms), CLOSENOTIFY_OK);
+    CHECK(wait == CLOSENOTIFY_WAIT_DONE);
+    closenotify_report r = sentinel_report();
+    CHECK_RC(closenotify_shutdown_report(sd, &r), CLOSENOTIFY_OK);
+    CHECK(r.outcome == CLOSENOTIFY_OUTCOME_RESET);
+    CHECK(r.os_error == ENOENT);
+    CHECK(r.ssl_calls == 0 && !r.close_notify_sent);
+
+    /* Started: refused, and nothing changes. Arguments are checked first. */
+    CHECK_RC(closenotify_shutdown_set_unsent(sd, bytes, sizeof bytes),
+             CLOSENOTIFY_ERR_WRONG_STATE);
+    CHECK_LAST_ERROR("closenotify_shutdown_set_unsent: the shutdown has started");
+    CHECK_RC(closenotify_shutdown_set_unsent(sd, NULL, 0), CLOSENOTIFY_ERR_WRONG_STATE);
+    CHECK_RC(closenotify_shutdown_set_error(sd, SSL_ERROR_WANT_READ, 0),
+             CLOSENOTIFY_ERR_WRONG_STATE);
+    CHECK_LAST_ERROR("before the first step");
+    CHECK_RC(closenotify_shutdown_set_unsent(sd, NULL, 1), CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_RC(closenotify_shutdown_set_error(sd, 13, 0), CLOSENOTIFY_ERR_INVALID_ARGUMENT);
+    closenotify_report again = sentinel_report();
+    CHECK_RC(closenotify_shutdown_report(sd, &again), CLOSENOTIFY_OK);
+    CHECK(report_eq(&r, &again));
+    closenotify_shutdown_free(sd);
+
+    /* Handed over, then freed without a step: the copy goes with the object
+     * (valgrind's leak check). */
+    SSL *other = SSL_new(ctx);
+    CHECK(other != NULL);
+    CHECK(SSL_set_fd(other, fd) == 1);
+    sd = NULL;
+    CHECK_RC(closenotify_shutdown_new(other, fd, policy, &sd), CLOSENOTIFY_OK);
+    CHECK_RC(closenotify_shutdown_set_unsent(sd, bytes, sizeof bytes), CLOSENOTIFY_OK);
+    closenotify_shutdown_free(sd);
+    SSL_free(other);
+    SSL_free(ssl);
+}
+
 static int run_errors(void)
 {
     sigpipe(SIG_DFL);
@@ -1027,6 +1317,8 @@ static int run_errors(void)
     CHECK_RC(closenotify_shutdown_new(ssl, sp[0], &bad, &sd), CLOSENOTIFY_OK);
     closenotify_shutdown_free(sd); /* never stepped: nothing was sent */
 
+    check_handover(ctx, sp[0], &good);
+
     /* ---- the step API: NULL outputs, CLOSENOTIFY_ERR_WRONG_STATE ---- */
     sd = NULL;
     CHECK_RC(closenotify_shutdown_new(ssl, sp[0], NULL /* defaults */, &sd),
@@ -1083,8 +1375,11 @@ static int usage(void)
 {
     fprintf(stderr,
             "usage: cn_test blocking|step|step-revents plain|peer-initiated|alert PORT "
-            "1.2|1.3 [--peer-timeout-ms N] [--blocking-fd] [--tick-ms N]\n"
-            "            [--step-limit-ms N]\n"
+            "1.2|1.3 [--peer-timeout-ms N] [--flush-timeout-ms N]\n"
+            "            [--blocking-fd] [--tick-ms N] [--step-limit-ms N]\n"
+            "       cn_test step|step-revents unsent|read-error|alert-read-error|want-read "
+            "PORT 1.2|1.3 [--no-handover]\n"
+            "            [same options]\n"
             "       cn_test blocking-read|step-read plain PORT 1.2|1.3 [--limit N] "
             "[--abort]\n"
             "       cn_test stoptls PORT 1.2|1.3\n"
@@ -1104,9 +1399,19 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
     return 1;
 }
 
+/* Scenarios of the shutdown subcommands; `handover`: only the step API can take
+ * the handover they prepare. */
+static const struct {
+    const char *name;
+    int handover;
+} SCENARIOS[] = {
+    {"plain", 0},      {"peer-initiated", 0},   {"alert", 0},     {"unsent", 1},
+    {"read-error", 1}, {"alert-read-error", 1}, {"want-read", 1},
+};
+
 int main(int argc, char **argv)
 {
-    unsigned long port, peer_timeout = 1000;
+    unsigned long port, peer_timeout = 1000, flush_timeout = 1000;
     if (argc == 2 && strcmp(argv[1], "errors") == 0)
         return run_errors();
     if (argc == 4 && strcmp(argv[1], "stoptls") == 0) {
@@ -1144,6 +1449,7 @@ int main(int argc, char **argv)
                       strcmp(argv[1], "step-revents") == 0)) {
         int step = strcmp(argv[1], "blocking") != 0;
         struct step_options opt = {strcmp(argv[1], "step-revents") == 0, 0, 0, 100};
+        struct scenario_options so = {0, 0, 0};
         int version = parse_version(argv[4]);
         if (!parse_uint(argv[3], 65535, &port) || version == 0)
             return usage();
@@ -1152,6 +1458,11 @@ int main(int argc, char **argv)
             if (strcmp(argv[i], "--peer-timeout-ms") == 0 && i + 1 < argc &&
                 parse_uint(argv[i + 1], 0xffffffffUL, &peer_timeout))
                 i++;
+            else if (strcmp(argv[i], "--flush-timeout-ms") == 0 && i + 1 < argc &&
+                     parse_uint(argv[i + 1], 0xffffffffUL, &flush_timeout))
+                i++;
+            else if (strcmp(argv[i], "--no-handover") == 0 && step)
+                so.no_handover = 1;
             else if (strcmp(argv[i], "--blocking-fd") == 0 && step)
                 opt.blocking_fd = 1;
             else if (strcmp(argv[i], "--tick-ms") == 0 && step && i + 1 < argc &&
@@ -1165,11 +1476,15 @@ int main(int argc, char **argv)
             } else
                 return usage();
         }
-        if (strcmp(argv[2], "plain") != 0 && strcmp(argv[2], "peer-initiated") != 0 &&
-            strcmp(argv[2], "alert") != 0)
+        int known = 0;
+        for (size_t k = 0; k < sizeof SCENARIOS / sizeof *SCENARIOS; k++)
+            if (strcmp(argv[2], SCENARIOS[k].name) == 0)
+                known = step || !SCENARIOS[k].handover;
+        if (!known)
             return usage();
-        return run_scenario(step, &opt, argv[2], (int)port, version,
-                            (unsigned)peer_timeout);
+        so.flush_timeout_ms = (unsigned)flush_timeout;
+        so.peer_timeout_ms = (unsigned)peer_timeout;
+        return run_scenario(step, &opt, argv[2], (int)port, version, &so);
     }
     return usage();
 }

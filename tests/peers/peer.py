@@ -16,13 +16,20 @@ or, from the end of the handshake on:
   alert     read until OpenSSL rejects a record (the test forges one): it has
             then sent a fatal alert; sleep until killed                  -> peer_alert
   reset-now SO_LINGER {1, 0}, then close: an RST right after the handshake
+  truncate-now  close the TCP socket without close_notify right after the
+            handshake
   echo      echo every byte until the test's close_notify, then answer   -> clean
+  sink      read nothing until a line arrives on stdin (the test has filled
+            the socket buffers), then read to the test's close_notify or EOF;
+            print `received=N sha256=H end=close_notify|eof|reset`, and answer
+            a close_notify                                               -> clean
 
 The first line on stdout is the listening port. Errors go to stderr and make the
 exit status non-zero, so that the test can tell a peer bug from a library bug.
 """
 
 import argparse
+import hashlib
 import os
 import socket
 import ssl
@@ -61,6 +68,35 @@ def reset(conn):
     conn.close()
 
 
+def sink(conn):
+    """Waits for the go on stdin, then reads everything; the count and SHA-256
+    of the bytes, and how the stream ended, go to stdout."""
+    if not sys.stdin.readline():
+        raise SystemExit("stdin closed before the go")
+    digest = hashlib.sha256()
+    got = 0
+    try:
+        while True:
+            chunk = conn.recv(1 << 20)
+            if not chunk:
+                end = "close_notify"
+                break
+            digest.update(chunk)
+            got += len(chunk)
+    except ssl.SSLEOFError:
+        end = "eof"
+    except ConnectionResetError:
+        end = "reset"
+    print(f"received={got} sha256={digest.hexdigest()} end={end}", flush=True)
+    log(f"received {got} bytes, then {end}")
+    if end == "close_notify":
+        raw = conn.unwrap()
+        log("close_notify sent")
+        wait_eof(raw)
+        raw.close()
+    log("done")
+
+
 def sleep_forever():
     while True:
         time.sleep(3600)
@@ -79,7 +115,9 @@ def main():
             "initiate",
             "alert",
             "reset-now",
+            "truncate-now",
             "echo",
+            "sink",
         ],
     )
     ap.add_argument("--cert", required=True)
@@ -101,7 +139,12 @@ def main():
     tcp, _ = listener.accept()
     listener.close()
     tcp.settimeout(10)  # never hang a CI run if the test dies
-    conn = ctx.wrap_socket(tcp, server_side=True)  # handshake happens here
+    # sink tells close_notify from a bare EOF: recv() raises SSLEOFError for the
+    # latter instead of returning b'' (which the default suppress_ragged_eofs
+    # makes it answer for both).
+    conn = ctx.wrap_socket(
+        tcp, server_side=True, suppress_ragged_eofs=args.mode != "sink"
+    )  # handshake happens here
     log(f"handshake done: {conn.version()}")
 
     if args.mode == "silent":
@@ -110,6 +153,14 @@ def main():
     elif args.mode == "reset-now":
         reset(conn)
         log("reset sent")
+        return
+    elif args.mode == "truncate-now":
+        # Python never sends close_notify implicitly: close() is a bare TCP FIN.
+        conn.close()
+        log("closed without close_notify")
+        return
+    elif args.mode == "sink":
+        sink(conn)
         return
     elif args.mode == "initiate":
         # unwrap() calls SSL_shutdown until the test's close_notify answers ours.
