@@ -569,12 +569,11 @@ static unsigned char *write_until_stalled(struct conn *c)
 }
 
 /*
- * One SSL_read on the blocking socket (SO_RCVTIMEO bounds it), which must fail:
- * TLS 1.3 tickets are processed inside it. Stores SSL_get_error's answer and the
+ * One SSL_read that must not return data. Stores SSL_get_error's answer and the
  * errno saved right after the call in `h`, and leaves OpenSSL's error queue as
- * the call left it, for closenotify_shutdown_set_error.
+ * the call left it, for closenotify_shutdown_set_error. Returns the answer.
  */
-static void read_failure(struct conn *c, struct handover *h)
+static int read_once(struct conn *c, struct handover *h, const char *expected)
 {
     char buf[4096];
     ERR_clear_error();
@@ -582,16 +581,25 @@ static void read_failure(struct conn *c, struct handover *h)
     int n = SSL_read(c->ssl, buf, sizeof buf);
     int saved = errno;
     if (n > 0)
-        FAIL("SSL_read: %d bytes of application data, expected a failure", n);
-    int err = SSL_get_error(c->ssl, n);
-    if (err != SSL_ERROR_SYSCALL && err != SSL_ERROR_SSL)
-        FAIL("SSL_read: SSL_get_error %d (errno %d), expected SSL_ERROR_SYSCALL or "
-             "SSL_ERROR_SSL",
-             err, saved);
-    printf("read_failed ssl_error=%d errno=%d\n", err, saved);
+        FAIL("SSL_read: %d bytes of application data, expected %s", n, expected);
     h->has_error = 1;
-    h->ssl_error = err;
+    h->ssl_error = SSL_get_error(c->ssl, n);
     h->sys_errno = saved;
+    return h->ssl_error;
+}
+
+/*
+ * One SSL_read on the blocking socket (SO_RCVTIMEO bounds it), which must fail:
+ * TLS 1.3 tickets are processed inside it.
+ */
+static void read_failure(struct conn *c, struct handover *h)
+{
+    const char *expected = "SSL_ERROR_SYSCALL or SSL_ERROR_SSL";
+    int err = read_once(c, h, expected);
+    if (err != SSL_ERROR_SYSCALL && err != SSL_ERROR_SSL)
+        FAIL("SSL_read: SSL_get_error %d (errno %d), expected %s", err, h->sys_errno,
+             expected);
+    printf("read_failed ssl_error=%d errno=%d\n", err, h->sys_errno);
 }
 
 /* SSL_read on the non-blocking socket until it answers WANT_READ (TLS 1.3
@@ -601,20 +609,10 @@ static void read_until_want(struct conn *c, struct handover *h)
 {
     int flags = fcntl(c->fd, F_GETFL);
     CHECK(flags != -1 && fcntl(c->fd, F_SETFL, flags | O_NONBLOCK) == 0);
-    char buf[4096];
-    ERR_clear_error();
-    errno = 0;
-    int n = SSL_read(c->ssl, buf, sizeof buf);
-    int saved = errno;
-    if (n > 0)
-        FAIL("SSL_read: %d bytes of application data, expected WANT_READ", n);
-    int err = SSL_get_error(c->ssl, n);
+    int err = read_once(c, h, "SSL_ERROR_WANT_READ");
     if (err != SSL_ERROR_WANT_READ)
         FAIL("SSL_read: SSL_get_error %d (errno %d), expected SSL_ERROR_WANT_READ", err,
-             saved);
-    h->has_error = 1;
-    h->ssl_error = err;
-    h->sys_errno = saved;
+             h->sys_errno);
 }
 
 struct scenario_options {
