@@ -345,8 +345,6 @@ where
     S: AsyncRead + AsyncWrite + AsFd + Unpin,
 {
     sd: Shutdown<TokioConnection<'a, S>>,
-    /// The machine has been polled once; it starts without waiting.
-    started: bool,
 }
 
 impl<'a, S> Driver<'a, S>
@@ -358,7 +356,6 @@ where
         // so the machine tries one read before waiting (which registers the wake-up).
         Driver {
             sd: Shutdown::new(TokioConnection::new(stream), policy),
-            started: false,
         }
     }
 
@@ -396,18 +393,14 @@ where
 
     /// The task runs: hands its waker to the stream's I/O, and says what the
     /// machine may do, as `poll(2)` would: try its I/O when the stream's I/O woke
-    /// the task (or on the first call); when only the timer (or an unrelated
-    /// wake-up) did, only check the deadline, without an OpenSSL call.
+    /// the task; when only the timer (or an unrelated wake-up) did, only check the
+    /// deadline, without an OpenSSL call. (The machine's first poll starts the
+    /// shutdown whatever the readiness.)
     fn wake_up(&mut self, cx: &Context<'_>) -> (std::time::Instant, Ready) {
         let conn = self.sd.get_mut();
         conn.io.set_task(cx.waker());
         let io = conn.io.woken.swap(false, Ordering::AcqRel);
-        let ready = if io || !self.started {
-            Ready::ALL
-        } else {
-            Ready::NONE
-        };
-        self.started = true;
+        let ready = if io { Ready::ALL } else { Ready::NONE };
         // tokio's clock, the timer's: once the timer has fired, the machine sees
         // its deadline passed too, whatever clock tokio runs on.
         (TokioInstant::now().into_std(), ready)
@@ -586,8 +579,7 @@ where
     /// read both for close_notify and for an EOF without it; the `SSL`'s flags tell
     /// them apart.
     fn read_into(&mut self, buf: &mut ReadBuf<'_>) -> Result<usize, TlsError> {
-        on_ssl::clear_errors();
-        let result = match self.poll(|s, cx| s.poll_read(cx, buf)) {
+        on_ssl::with_clean_queue(|| match self.poll(|s, cx| s.poll_read(cx, buf)) {
             Poll::Pending => Err(TlsError::WantRead),
             Poll::Ready(Ok(())) => match buf.filled().len() {
                 0 if on_ssl::received_close_notify(self.ssl()) => Err(TlsError::CloseNotify),
@@ -595,9 +587,7 @@ where
                 n => Ok(n),
             },
             Poll::Ready(Err(err)) => Err(classify_io(&err, on_ssl::is_tls13(self.ssl()))),
-        };
-        on_ssl::clear_errors();
-        result
+        })
     }
 }
 
@@ -636,17 +626,14 @@ where
     fn seal(&mut self) {
         // rust-openssl (under tokio-openssl) finds its stream through the read
         // BIO, which stays; only OpenSSL's own writes go to the sink.
-        on_ssl::seal(self.ssl_mut())
+        on_ssl::seal(self.ssl_mut());
     }
     fn end(&mut self) {
         let fd = self.stream.get_ref().as_fd().as_raw_fd();
         on_ssl::end(self.ssl_mut(), fd)
     }
     fn shutdown(&mut self) -> Result<ShutdownResult, TlsError> {
-        on_ssl::clear_errors();
-        let result = self.poll_shutdown();
-        on_ssl::clear_errors();
-        result
+        on_ssl::with_clean_queue(|| self.poll_shutdown())
     }
     fn flush_close_notify(&mut self) -> Result<(), TlsError> {
         let ssl = self.ssl().as_ptr();
@@ -661,14 +648,11 @@ where
     }
     fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
         on_ssl::accept_moving_write_buffer(self.ssl());
-        on_ssl::clear_errors();
-        let result = match self.poll(|s, cx| s.poll_write(cx, buf)) {
+        on_ssl::with_clean_queue(|| match self.poll(|s, cx| s.poll_write(cx, buf)) {
             Poll::Pending => Err(TlsError::WantWrite),
             Poll::Ready(Ok(n)) => Ok(n),
             Poll::Ready(Err(err)) => Err(classify_io(&err, on_ssl::is_tls13(self.ssl()))),
-        };
-        on_ssl::clear_errors();
-        result
+        })
     }
     fn has_pending(&self) -> bool {
         on_ssl::has_pending(self.ssl())

@@ -473,27 +473,33 @@ impl<C: Connection> Shutdown<C> {
         if self.received {
             return self.linger_or_finish(now, Outcome::Clean);
         }
-        match self.policy.mode() {
-            Mode::SendOnly | Mode::Quiet => self.linger_or_finish(now, Outcome::SentOnly),
-            Mode::Bidirectional | Mode::StopTls => {
-                self.enter(Stage::AwaitPeer);
-                self.conn.seal();
-                let deadline = now + self.policy.peer_timeout();
-                if self.speculative_read || self.conn.has_pending() {
-                    self.await_peer(now, deadline, out)
-                } else {
-                    self.state = State::AwaitPeer {
-                        deadline,
-                        interest: Interest::Read,
-                        data_pending: false,
-                    };
-                    Progress::Wait(Wait {
-                        interest: Interest::Read,
-                        deadline,
-                    })
-                }
-            }
+        if !self.policy.mode().awaits_peer() {
+            return self.linger_or_finish(now, Outcome::SentOnly);
         }
+        self.enter(Stage::AwaitPeer);
+        self.conn.seal();
+        let deadline = now + self.policy.peer_timeout();
+        if self.speculative_read || self.conn.has_pending() {
+            self.await_peer(now, deadline, out)
+        } else {
+            self.wait_for_peer(deadline, Interest::Read, false)
+        }
+    }
+
+    /// Waits in the await_peer stage. `data_pending`: data was delivered and more
+    /// may be buffered, so the next call reads without waiting for readiness.
+    fn wait_for_peer(
+        &mut self,
+        deadline: Instant,
+        interest: Interest,
+        data_pending: bool,
+    ) -> Progress {
+        self.state = State::AwaitPeer {
+            deadline,
+            interest,
+            data_pending,
+        };
+        Progress::Wait(Wait { interest, deadline })
     }
 
     fn await_peer(
@@ -515,15 +521,7 @@ impl<C: Connection> Shutdown<C> {
                     ..
                 }
             );
-            self.state = State::AwaitPeer {
-                deadline,
-                interest: Interest::Read,
-                data_pending,
-            };
-            return Progress::Wait(Wait {
-                interest: Interest::Read,
-                deadline,
-            });
+            return self.wait_for_peer(deadline, Interest::Read, data_pending);
         }
         // One retry on buffered bytes per wake-up: OpenSSL may consume a record
         // (a TLS 1.3 ticket, a KeyUpdate) and still answer WANT_READ. A partial
@@ -545,15 +543,7 @@ impl<C: Connection> Shutdown<C> {
                     {
                         return self.finish(now, Outcome::DrainLimit);
                     }
-                    self.state = State::AwaitPeer {
-                        deadline,
-                        interest: Interest::Read,
-                        data_pending: true,
-                    };
-                    return Progress::Wait(Wait {
-                        interest: Interest::Read,
-                        deadline,
-                    });
+                    return self.wait_for_peer(deadline, Interest::Read, true);
                 }
                 Ok((n, false)) => {
                     self.discarded += n as u64;
@@ -579,12 +569,7 @@ impl<C: Connection> Shutdown<C> {
                     } else {
                         Interest::Write
                     };
-                    self.state = State::AwaitPeer {
-                        deadline,
-                        interest,
-                        data_pending: false,
-                    };
-                    return Progress::Wait(Wait { interest, deadline });
+                    return self.wait_for_peer(deadline, interest, false);
                 }
                 Err(err) => return self.failed(now, err),
             }

@@ -109,21 +109,30 @@ pub(crate) mod on_ssl {
     ///   as with tokio, and the fd's mode is left alone).
     pub fn begin(ssl: &mut SslRef, fd: Option<RawFd>) {
         #[cfg(ossl300)]
-        {
-            // SAFETY: `ssl` is valid; the option calls only read/modify a bit field.
-            let had = unsafe { SSL_get_options(ssl.as_ptr()) } & IGNORE_UNEXPECTED_EOF != 0;
+        // SAFETY: `ssl` is valid; the option calls only read/modify a bit field.
+        let suspended = unsafe {
+            let had = SSL_get_options(ssl.as_ptr()) & IGNORE_UNEXPECTED_EOF != 0;
             if had {
-                // SAFETY: as above.
-                unsafe { SSL_clear_options(ssl.as_ptr(), IGNORE_UNEXPECTED_EOF) };
-                with_saved(ssl, |s| s.suspended_ignore_eof = true);
+                SSL_clear_options(ssl.as_ptr(), IGNORE_UNEXPECTED_EOF);
             }
-        }
-        let Some(fd) = fd else { return };
-        match socket::set_nonblocking(fd) {
-            Ok(true) => with_saved(ssl, |s| s.was_blocking = true),
-            Ok(false) => {}
+            had
+        };
+        #[cfg(not(ossl300))]
+        let suspended = false;
+        let was_blocking = match fd.map(|fd| (fd, socket::set_nonblocking(fd))) {
+            Some((_, Ok(was_blocking))) => was_blocking,
             // A broken fd: the first OpenSSL call reports it.
-            Err(err) => log::debug!("closenotify: cannot make fd {fd} non-blocking: {err}"),
+            Some((fd, Err(err))) => {
+                log::debug!("closenotify: cannot make fd {fd} non-blocking: {err}");
+                false
+            }
+            None => false,
+        };
+        if suspended || was_blocking {
+            with_saved(ssl, |s| {
+                s.suspended_ignore_eof |= suspended;
+                s.was_blocking |= was_blocking;
+            });
         }
     }
 
@@ -148,8 +157,8 @@ pub(crate) mod on_ssl {
     /// read; after our `shutdown(SHUT_WR)` that write would fail with EPIPE and
     /// turn a clean close into a reset, and without the half-close it would put a
     /// message on the wire after our close_notify, which TLS forbids. The read
-    /// side is untouched.
-    pub fn seal(ssl: &mut SslRef) {
+    /// side is untouched. Returns whether the sink is in place.
+    pub fn seal(ssl: &mut SslRef) -> bool {
         // SAFETY: `ssl` is valid. The original write BIO gets one more reference
         // before SSL_set0_wbio drops the SSL's, so it stays alive (and its fd
         // open) until `end` hands it back; the sink is a fresh BIO whose only
@@ -159,17 +168,18 @@ pub(crate) mod on_ssl {
             let ptr = ssl.as_ptr();
             let wbio = SSL_get_wbio(ptr);
             if wbio.is_null() || BIO_up_ref(wbio) != 1 {
-                return;
+                return false;
             }
             let sink = ffi::BIO_new(BIO_s_null());
             if sink.is_null() {
                 ffi::BIO_free_all(wbio);
-                return;
+                return false;
             }
             SSL_set0_wbio(ptr, sink);
             wbio
         };
         with_saved(ssl, |s| s.sealed_wbio = wbio as usize);
+        true
     }
 
     /// Undoes `begin` and `seal`.
@@ -331,6 +341,16 @@ pub(crate) mod on_ssl {
         // SAFETY: ERR_clear_error only touches this thread's error queue.
         unsafe { ffi::ERR_clear_error() };
     }
+
+    /// Runs one OpenSSL call (and the classification of its failure) between two
+    /// [`clear_errors`]: no stale entry misleads it, and none of its own entries
+    /// outlives it to mislead the application's next call.
+    pub fn with_clean_queue<T>(call: impl FnOnce() -> T) -> T {
+        clear_errors();
+        let result = call();
+        clear_errors();
+        result
+    }
 }
 
 /// Size of the buffer application data is read into and discarded: one record.
@@ -348,18 +368,14 @@ impl<S: Read + Write + AsFd> Connection for SslStream<S> {
         on_ssl::keep_transport(stream_ssl_mut(self))
     }
     fn seal(&mut self) {
-        on_ssl::seal(stream_ssl_mut(self))
+        on_ssl::seal(stream_ssl_mut(self));
     }
     fn end(&mut self) {
         let fd = self.get_ref().as_fd().as_raw_fd();
         on_ssl::end(stream_ssl_mut(self), fd)
     }
     fn shutdown(&mut self) -> Result<ShutdownResult, TlsError> {
-        on_ssl::clear_errors();
-        let result = SslStream::shutdown(self)
-            .map_err(|e| classify_stream(&e, on_ssl::is_tls13(self.ssl())));
-        on_ssl::clear_errors();
-        result
+        stream_call(self, SslStream::shutdown)
     }
     fn flush_close_notify(&mut self) -> Result<(), TlsError> {
         let ssl = self.ssl().as_ptr();
@@ -367,29 +383,14 @@ impl<S: Read + Write + AsFd> Connection for SslStream<S> {
     }
     fn read_discard(&mut self) -> Result<usize, TlsError> {
         let mut buf = [MaybeUninit::<u8>::uninit(); DISCARD_BUF];
-        on_ssl::clear_errors();
-        let result = self
-            .ssl_read_uninit(&mut buf)
-            .map_err(|e| classify_stream(&e, on_ssl::is_tls13(self.ssl())));
-        on_ssl::clear_errors();
-        result
+        stream_call(self, |s| s.ssl_read_uninit(&mut buf))
     }
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
-        on_ssl::clear_errors();
-        let result = self
-            .ssl_read(buf)
-            .map_err(|e| classify_stream(&e, on_ssl::is_tls13(self.ssl())));
-        on_ssl::clear_errors();
-        result
+        stream_call(self, |s| s.ssl_read(buf))
     }
     fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
         on_ssl::accept_moving_write_buffer(self.ssl());
-        on_ssl::clear_errors();
-        let result = self
-            .ssl_write(buf)
-            .map_err(|e| classify_stream(&e, on_ssl::is_tls13(self.ssl())));
-        on_ssl::clear_errors();
-        result
+        stream_call(self, |s| s.ssl_write(buf))
     }
     fn has_pending(&self) -> bool {
         on_ssl::has_pending(self.ssl())
@@ -447,6 +448,17 @@ pub(crate) fn free_buffers<S>(stream: &mut SslStream<S>) {
     // returns 0 and keeps them when data is pending).
     unsafe { SSL_free_buffers(ssl.as_ptr()) };
     on_ssl::clear_errors();
+}
+
+/// One rust-openssl call on `stream`, on a clean error queue, its failure
+/// classified.
+fn stream_call<S, T>(
+    stream: &mut SslStream<S>,
+    call: impl FnOnce(&mut SslStream<S>) -> Result<T, openssl::ssl::Error>,
+) -> Result<T, TlsError> {
+    on_ssl::with_clean_queue(|| {
+        call(stream).map_err(|e| classify_stream(&e, on_ssl::is_tls13(stream.ssl())))
+    })
 }
 
 /// `&mut SslRef` of a stream; rust-openssl only hands out `&SslRef`.

@@ -26,16 +26,20 @@ use crate::socket;
 /// socket. The `SSL` must read and write through OpenSSL's own socket (or fd) BIO
 /// on exactly that socket (`SSL_set_fd`); [`RawConnection::new`] checks it.
 ///
-/// Every OpenSSL call runs with `SIGPIPE` blocked on the calling thread, and a
-/// `SIGPIPE` it raised is consumed before the mask is restored, so a host program
-/// with the default disposition survives a peer that reset the connection even
-/// though OpenSSL's socket BIO writes with `write()`. The socket is switched to
+/// Every OpenSSL call that can write to the socket runs with `SIGPIPE` blocked on
+/// the calling thread, and a `SIGPIPE` it raised is consumed before the mask is
+/// restored, so a host program with the default disposition survives a peer that
+/// reset the connection even though OpenSSL's socket BIO writes with `write()`.
+/// (Once our close_notify is out, OpenSSL's writes go to a sink: the reads that
+/// wait for the peer's need no guard.) The socket is switched to
 /// non-blocking mode while a [`Shutdown`](crate::Shutdown) runs on it, and back
 /// when the shutdown ends or is dropped.
 #[derive(Debug)]
 pub struct RawConnection {
     ssl: NonNull<ffi::SSL>,
     fd: RawFd,
+    /// OpenSSL's writes go to a sink (`seal`): no call can write to the socket.
+    sealed: bool,
 }
 
 impl RawConnection {
@@ -65,7 +69,11 @@ impl RawConnection {
             .map_err(|e| Error::InvalidArgument(format!("fd {fd} is not a stream socket: {e}")))?;
         // SAFETY: the caller guarantees `ssl` is a valid SSL.
         unsafe { check_bios(ssl.as_ptr(), fd) }.map_err(Error::InvalidArgument)?;
-        Ok(RawConnection { ssl, fd })
+        Ok(RawConnection {
+            ssl,
+            fd,
+            sealed: false,
+        })
     }
 
     /// The socket.
@@ -99,28 +107,25 @@ impl RawConnection {
         f: impl FnOnce(*mut ffi::SSL) -> c_int,
     ) -> (c_int, Option<TlsError>) {
         let ssl = self.ssl.as_ptr();
-        on_ssl::clear_errors();
-        let guard = SigpipeGuard::new();
-        errno::clear();
-        let ret = f(ssl);
-        let errno = errno::get();
-        drop(guard);
-        let err = if ret > 0 {
-            None
-        } else {
+        on_ssl::with_clean_queue(|| {
+            // A sealed SSL writes nothing to the socket: no SIGPIPE to guard against.
+            let guard = (sends || !self.sealed).then(SigpipeGuard::new);
+            errno::clear();
+            let ret = f(ssl);
+            let errno = errno::get();
+            drop(guard);
+            if ret > 0 {
+                return (ret, None);
+            }
             // SAFETY: `ssl` is valid (see `new`); SSL_get_error reads its state and
-            // this thread's error queue, which ErrorStack::get then drains.
+            // this thread's error queue, which `classify_failure` then drains.
             let code = ErrorCode::from_raw(unsafe { ffi::SSL_get_error(ssl, ret) });
-            let stack = ErrorStack::get();
-            // SAFETY: as above.
-            let tls13 = unsafe { ffi::SSL_version(ssl) } == ffi::TLS1_3_VERSION;
-            Some(match classify(code, Some(&stack), Some(errno), tls13) {
+            let err = match self.classify_failure(code, errno) {
                 TlsError::CloseNotify if sends && errno != 0 => TlsError::Os(errno),
                 other => other,
-            })
-        };
-        on_ssl::clear_errors();
-        (ret, err)
+            };
+            (ret, Some(err))
+        })
     }
 
     /// Classifies the failure of the application's own last `SSL_read` or
@@ -129,7 +134,6 @@ impl RawConnection {
     /// after the call, and the error queue that call left on this thread is read
     /// (and emptied) here. Unlike `TlsError::from(&openssl::ssl::Error)`, the
     /// negotiated TLS version is known, so the alerts that depend on it are exact.
-    #[cfg(feature = "capi")]
     pub(crate) fn classify_failure(&self, code: ErrorCode, errno: i32) -> TlsError {
         let stack = ErrorStack::get();
         classify(
@@ -209,11 +213,12 @@ impl Connection for RawConnection {
         on_ssl::keep_transport(self.ssl_mut())
     }
     fn seal(&mut self) {
-        on_ssl::seal(self.ssl_mut())
+        self.sealed = on_ssl::seal(self.ssl_mut());
     }
     fn end(&mut self) {
         let fd = self.fd;
-        on_ssl::end(self.ssl_mut(), fd)
+        on_ssl::end(self.ssl_mut(), fd);
+        self.sealed = false;
     }
     fn shutdown(&mut self) -> Result<ShutdownResult, TlsError> {
         // SAFETY: the pointer is the valid SSL of `new`'s contract.
