@@ -281,6 +281,18 @@ impl TlsVersion {
         }
     }
 
+    /// The wire code (`0x0303` for TLS 1.2): the inverse of
+    /// [`from_wire`](TlsVersion::from_wire).
+    pub fn wire(self) -> u16 {
+        match self {
+            TlsVersion::Tls1_0 => 0x0301,
+            TlsVersion::Tls1_1 => 0x0302,
+            TlsVersion::Tls1_2 => 0x0303,
+            TlsVersion::Tls1_3 => 0x0304,
+            TlsVersion::Other(other) => other,
+        }
+    }
+
     /// OpenSSL's name: `TLSv1`, `TLSv1.1`, `TLSv1.2`, `TLSv1.3`, `unknown`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -35,8 +35,9 @@ mod report;
 mod shutdown;
 
 use std::cell::RefCell;
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Mutex;
 
 use crate::report::Alert;
 
@@ -148,7 +149,7 @@ pub extern "C" fn closenotify_stage_name(stage: closenotify_stage) -> *const c_c
 pub extern "C" fn closenotify_alert_name(alert: c_int) -> *const c_char {
     boundary(UNKNOWN.as_ptr(), || match alert {
         -1 => c"none".as_ptr(),
-        0..=255 => alert_names()[alert as usize].as_ptr(),
+        0..=255 => static_cstr(Alert::from_code(alert as u8).name()),
         _ => UNKNOWN.as_ptr(),
     })
 }
@@ -199,15 +200,19 @@ pub unsafe extern "C" fn closenotify_last_error(buf: *mut c_char, len: usize) ->
 
 const UNKNOWN: &CStr = c"unknown";
 
-/// NUL-terminated alert names for every code, built once from [`Alert::name`] and
-/// alive for the rest of the process.
-fn alert_names() -> &'static [std::ffi::CString] {
-    static NAMES: std::sync::OnceLock<Vec<std::ffi::CString>> = std::sync::OnceLock::new();
-    NAMES.get_or_init(|| {
-        (0..=255u8)
-            .map(|code| std::ffi::CString::new(Alert::from_code(code).name()).unwrap_or_default())
-            .collect()
-    })
+/// A NUL-terminated copy of a static string (an alert's name, a reason text of
+/// OpenSSL or of this crate: a small fixed set), made once per distinct string
+/// and kept for the rest of the process.
+fn static_cstr(text: &'static str) -> *const c_char {
+    static CACHE: Mutex<Vec<(&'static str, &'static CStr)>> = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, c)) = cache.iter().find(|(s, _)| *s == text) {
+        return c.as_ptr();
+    }
+    let owned = CString::new(text.replace('\0', " ")).unwrap_or_default();
+    let leaked: &'static CStr = Box::leak(owned.into_boxed_c_str());
+    cache.push((text, leaked));
+    leaked.as_ptr()
 }
 
 #[cfg(test)]

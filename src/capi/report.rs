@@ -1,9 +1,9 @@
 //! `closenotify_report`: a [`Report`] as C reads it.
 
-use std::ffi::{c_char, c_int, CStr, CString};
-use std::sync::Mutex;
+use std::ffi::{c_char, c_int};
 
-use crate::report::{Initiator, Outcome, Report, Stage, TlsVersion};
+use super::static_cstr;
+use crate::report::{Initiator, Outcome, Report, Stage};
 
 /// How the connection ended (the names of `closenotify_outcome_name`).
 #[repr(transparent)]
@@ -133,35 +133,13 @@ pub(super) fn to_c_report(r: &Report) -> closenotify_report {
         session_resumable: r.session_resumable,
         discarded_bytes: r.discarded_bytes,
         elapsed_ms: r.elapsed.as_millis().min(u64::MAX as u128) as u64,
-        tls_version: match r.tls_version {
-            None => 0,
-            Some(TlsVersion::Tls1_0) => 0x0301,
-            Some(TlsVersion::Tls1_1) => 0x0302,
-            Some(TlsVersion::Tls1_2) => 0x0303,
-            Some(TlsVersion::Tls1_3) => 0x0304,
-            Some(TlsVersion::Other(v)) => c_int::from(v),
-        },
+        tls_version: r.tls_version.map_or(0, |v| c_int::from(v.wire())),
         ssl_calls: r.ssl_calls,
         transport_reusable: r.transport_reusable,
         linger_bytes: r
             .linger_bytes
             .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
-        detail: r.detail.map_or(std::ptr::null(), detail_ptr),
+        detail: r.detail.map_or(std::ptr::null(), static_cstr),
         reserved: [0; CLOSENOTIFY_REPORT_RESERVED],
     }
-}
-
-/// A NUL-terminated copy of `detail`, made once per distinct string (the reason
-/// texts of OpenSSL and of this crate, a small fixed set) and kept for the rest
-/// of the process.
-fn detail_ptr(detail: &'static str) -> *const c_char {
-    static CACHE: Mutex<Vec<(&'static str, &'static CStr)>> = Mutex::new(Vec::new());
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, c)) = cache.iter().find(|(s, _)| *s == detail) {
-        return c.as_ptr();
-    }
-    let owned = CString::new(detail.replace('\0', " ")).unwrap_or_default();
-    let leaked: &'static CStr = Box::leak(owned.into_boxed_c_str());
-    cache.push((detail, leaked));
-    leaked.as_ptr()
 }

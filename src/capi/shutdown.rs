@@ -204,7 +204,8 @@ pub unsafe extern "C" fn closenotify_shutdown_set_unsent(
             return code;
         }
         let mut copy = Vec::new();
-        if len > isize::MAX as usize || copy.try_reserve_exact(len).is_err() {
+        // try_reserve_exact also refuses more than isize::MAX bytes.
+        if copy.try_reserve_exact(len).is_err() {
             return fail(
                 CLOSENOTIFY_ERR_INVALID_ARGUMENT,
                 format!("cannot allocate {len} bytes for a copy of the unsent data"),
@@ -212,7 +213,7 @@ pub unsafe extern "C" fn closenotify_shutdown_set_unsent(
         }
         if len > 0 {
             // SAFETY: non-NULL and readable for `len` bytes (at most isize::MAX,
-            // checked above), per the contract.
+            // the reservation above), per the contract.
             copy.extend_from_slice(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) });
         }
         sd.machine.set_unsent(copy);
@@ -268,7 +269,7 @@ pub unsafe extern "C" fn closenotify_shutdown_set_error(
         };
         let failed = match ssl_error {
             ffi::SSL_ERROR_SSL | ffi::SSL_ERROR_SYSCALL => true,
-            SSL_ERROR_NONE..=SSL_ERROR_LAST => false,
+            ffi::SSL_ERROR_NONE..=SSL_ERROR_LAST => false,
             other => {
                 return fail(
                     CLOSENOTIFY_ERR_INVALID_ARGUMENT,
@@ -296,9 +297,9 @@ pub unsafe extern "C" fn closenotify_shutdown_set_error(
     })
 }
 
-/// `SSL_get_error`'s codes: `SSL_ERROR_NONE` (0) to `SSL_ERROR_WANT_RETRY_VERIFY`
-/// (12, OpenSSL 3.0+), the same numbers in every version.
-const SSL_ERROR_NONE: c_int = ffi::SSL_ERROR_NONE;
+/// The last of `SSL_get_error`'s codes, which run from `SSL_ERROR_NONE` (0) to
+/// `SSL_ERROR_WANT_RETRY_VERIFY` (12, OpenSSL 3.0+), the same numbers in every
+/// version.
 const SSL_ERROR_LAST: c_int = 12;
 
 /// `CLOSENOTIFY_ERR_WRONG_STATE` (with its message) once the first step has run.
