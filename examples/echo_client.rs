@@ -53,13 +53,12 @@ use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use closenotify::{
     into_transport, shutdown_blocking, shutdown_blocking_read, Mode, Policy, Report,
 };
-use common::cli::{self, Args};
-use common::client::{split_host_port, wait_for_hangup, ClientOptions, Close};
+use common::cli;
+use common::client::{split_host_port, wait_for_hangup, ClientOptions, Close, IO_TIMEOUT};
 use common::line;
 use openssl::ssl::{HandshakeError, MidHandshakeSslStream, SslStream, SslVerifyMode};
 use openssl::x509::{X509Ref, X509VerifyResult};
@@ -69,10 +68,6 @@ const USAGE: &str = "usage: echo_client --connect HOST:PORT [--message TEXT] \
 [--servername NAME] [--ca FILE | --insecure] [--proxy HOST:PORT] [--starttls] \
 [--stoptls | --close bidirectional|send-only|quiet|abrupt|reset|never] \
 [--flush-timeout-ms N] [--peer-timeout-ms N] [--tls12] [--json]";
-
-/// How long the client waits for the server (and the proxy) to connect, answer,
-/// handshake and echo.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The exit status when the server's certificate is rejected.
 const EXIT_CERTIFICATE: u8 = 3;
@@ -84,45 +79,39 @@ struct Options {
 }
 
 fn parse_options() -> Result<Options, String> {
-    let mut args = Args::from_env();
-    let mut o = Options {
-        common: ClientOptions::default(),
-        proxy: None,
-        starttls: false,
-    };
-    let mut stoptls = false;
-    while let Some(flag) = args.next_flag()? {
-        if o.common.parse(&flag, &mut args)? {
-            continue;
-        }
-        match flag.as_str() {
+    let (mut proxy, mut starttls, mut stoptls) = (None, false, false);
+    let mut common = ClientOptions::from_args(|flag, args| {
+        match flag {
             "--proxy" => {
-                let v = args.value(&flag)?;
+                let v = args.value(flag)?;
                 if split_host_port(&v).is_none() {
                     return Err(format!("invalid --proxy '{v}' (HOST:PORT)"));
                 }
-                o.proxy = Some(v);
+                proxy = Some(v);
             }
             "--starttls" => {
-                args.switch(&flag)?;
-                o.starttls = true;
+                args.switch(flag)?;
+                starttls = true;
             }
             "--stoptls" => {
-                args.switch(&flag)?;
+                args.switch(flag)?;
                 stoptls = true;
             }
-            "--help" | "-h" => return Err(String::new()),
-            other => return Err(format!("unknown option '{other}'")),
+            _ => return Ok(false),
         }
-    }
-    o.common.check()?;
+        Ok(true)
+    })?;
     if stoptls {
-        if o.common.close_given {
+        if common.close_given {
             return Err("--stoptls ends TLS its own way: it excludes --close".into());
         }
-        o.common.close = Close::Shutdown(Mode::StopTls);
+        common.close = Close::Shutdown(Mode::StopTls);
     }
-    Ok(o)
+    Ok(Options {
+        common,
+        proxy,
+        starttls,
+    })
 }
 
 /// Why the client failed before it could end the connection its way.
@@ -420,9 +409,7 @@ fn run(options: &Options, policy: &Policy) -> Result<bool, Failure> {
             Ok(common.print_end(None, echoed, vec![], ""))
         }
         Close::Reset => {
-            socket2::SockRef::from(stream.get_ref())
-                .set_linger(Some(Duration::ZERO))
-                .map_err(|e| e.to_string())?;
+            common::try_reset_on_drop(stream.get_ref()).map_err(|e| e.to_string())?;
             drop(stream); // RST
             Ok(common.print_end(None, echoed, vec![], ""))
         }

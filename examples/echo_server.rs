@@ -510,6 +510,7 @@ impl Server {
     /// Readiness on a connection (or a deadline, with `Ready::NONE`): make all
     /// the progress possible.
     fn handle(&mut self, index: usize, now: Instant, ready: Ready) {
+        let line_limit = self.within(LINE_TIMEOUT);
         let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
             return; // an event for a connection handed over meanwhile
         };
@@ -535,11 +536,9 @@ impl Server {
                     }
                     Err(e) => break Next::HandshakeFailed(describe(&e)),
                 },
-                Phase::Echoing => match (conn.pump(now), &self.stoptls) {
-                    // The client's close_notify, answered with a STOPTLS.
-                    (Next::Close(None), Some(policy)) => conn.begin_stop_tls(policy),
-                    (next, _) => break next,
-                },
+                // The client's close_notify: `hand_over` answers it with a STOPTLS
+                // under --stoptls.
+                Phase::Echoing => break conn.pump(now),
                 Phase::StoppingTls => {
                     let Link::Stopping(shutdown) = &mut conn.link else {
                         unreachable!("a STOPTLS without its shutdown")
@@ -556,10 +555,7 @@ impl Server {
                             }
                             conn.phase = Phase::Plaintext;
                             conn.plain = Plain::sending(line::SERVER_BYE);
-                            let limit = self
-                                .idle_timeout
-                                .map_or(LINE_TIMEOUT, |i| i.min(LINE_TIMEOUT));
-                            conn.wake = Some(now + limit);
+                            conn.wake = Some(now + line_limit);
                         }
                     }
                 }

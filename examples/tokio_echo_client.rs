@@ -32,12 +32,11 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use closenotify::tokio::HalfClose;
 use closenotify::{Mode, Policy, Report};
-use common::cli::{self, Args};
-use common::client::{wait_for_hangup, ClientOptions, Close};
+use common::cli;
+use common::client::{wait_for_hangup, ClientOptions, Close, IO_TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -46,25 +45,10 @@ const USAGE: &str = "usage: tokio_echo_client --connect ADDR [--message TEXT] \
 [--close bidirectional|send-only|quiet|abrupt|reset|never] \
 [--flush-timeout-ms N] [--peer-timeout-ms N] [--tls12] [--json]";
 
-/// How long the client waits for the server to connect, handshake and echo.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
 type Stream = tokio_openssl::SslStream<tokio::net::TcpStream>;
 
 fn parse_options() -> Result<ClientOptions, String> {
-    let mut args = Args::from_env();
-    let mut o = ClientOptions::default();
-    while let Some(flag) = args.next_flag()? {
-        if o.parse(&flag, &mut args)? {
-            continue;
-        }
-        match flag.as_str() {
-            "--help" | "-h" => return Err(String::new()),
-            other => return Err(format!("unknown option '{other}'")),
-        }
-    }
-    o.check()?;
-    Ok(o)
+    ClientOptions::from_args(|_, _| Ok(false))
 }
 
 fn main() -> ExitCode {
@@ -155,9 +139,7 @@ async fn run(options: &ClientOptions, policy: &Policy) -> Result<bool, String> {
             Ok(options.print_end(None, echoed, vec![], ""))
         }
         Close::Reset => {
-            socket2::SockRef::from(stream.get_ref())
-                .set_linger(Some(Duration::ZERO))
-                .map_err(|e| e.to_string())?;
+            common::try_reset_on_drop(stream.get_ref()).map_err(|e| e.to_string())?;
             drop(stream); // RST
             Ok(options.print_end(None, echoed, vec![], ""))
         }

@@ -83,7 +83,32 @@ impl Default for ClientOptions {
     }
 }
 
+/// How long a client waits for the server (and the proxy) to connect, answer,
+/// handshake and echo.
+pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl ClientOptions {
+    /// Reads the command line: the common options, then `own` for the program's
+    /// own flags (`Ok(true)`: taken), `--help` and unknown options as errors (an
+    /// empty message for `--help`), and the checks once every option is read.
+    pub fn from_args(
+        mut own: impl FnMut(&str, &mut Args) -> Result<bool, String>,
+    ) -> Result<ClientOptions, String> {
+        let mut args = Args::from_env();
+        let mut o = ClientOptions::default();
+        while let Some(flag) = args.next_flag()? {
+            if o.parse(&flag, &mut args)? || own(&flag, &mut args)? {
+                continue;
+            }
+            match flag.as_str() {
+                "--help" | "-h" => return Err(String::new()),
+                other => return Err(format!("unknown option '{other}'")),
+            }
+        }
+        o.check()?;
+        Ok(o)
+    }
+
     /// Takes `flag` (and its value from `args`) if it is a common option:
     /// `Ok(true)` when it was one, `Ok(false)` when the caller must handle it.
     pub fn parse(&mut self, flag: &str, args: &mut Args) -> Result<bool, String> {

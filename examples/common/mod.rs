@@ -205,9 +205,12 @@ pub fn answer(mut s: SslStream<TcpStream>) {
 
 /// Makes the final close() of `tcp` send an RST.
 pub fn reset_on_drop(tcp: &TcpStream) {
-    socket2::SockRef::from(tcp)
-        .set_linger(Some(Duration::ZERO))
-        .expect("SO_LINGER");
+    try_reset_on_drop(tcp).expect("SO_LINGER");
+}
+
+/// Makes the final close() of the socket `sock` send an RST (SO_LINGER 0).
+pub fn try_reset_on_drop(sock: &impl AsFd) -> io::Result<()> {
+    socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO))
 }
 
 /// Writes raw bytes under the TLS layer, as a broken or hostile peer would.
