@@ -14,7 +14,6 @@ cd "$(dirname "$0")/.."
 n=${1:-1000}
 command -v strace >/dev/null || { echo "strace is required (apt-get install strace)" >&2; exit 1; }
 
-cargo bench --features tokio --bench shutdown --no-run >/dev/null 2>&1
 bin=$(cargo bench --features tokio --bench shutdown --no-run --message-format=json 2>/dev/null |
       python3 -c 'import json,sys
 for l in sys.stdin:

@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use openssl::ssl::{ShutdownResult, Ssl, SslContext, SslStream};
 
-use util::cbuild::{self, assert_no_valgrind_errors, run_c, spawn_c, upper_ms, valgrind_mode};
+use util::cbuild::{
+    self, assert_no_valgrind_errors, run_c, run_limit, spawn_c, upper_ms, valgrind_mode,
+};
 use util::process::{Pems, Proc};
 use util::{read_until_close_notify, reset_on_drop, wait_eof, Contexts, Tls};
 
@@ -60,16 +62,6 @@ fn echo_server() -> &'static Path {
     match compiled {
         Ok(p) => p,
         Err(e) => panic!("{e}"),
-    }
-}
-
-/// How long anything the server must do may take before the test gives up
-/// (generous: the assertions on time are elsewhere).
-fn patience() -> Duration {
-    if valgrind_mode() {
-        Duration::from_secs(120)
-    } else {
-        Duration::from_secs(20)
     }
 }
 
@@ -114,7 +106,7 @@ impl Server {
         ];
         args.extend_from_slice(extra);
         let mut proc = spawn_c(echo_server(), &args);
-        let line = proc.next_line("the listening line", patience());
+        let line = proc.next_line("the listening line", run_limit());
         let addr = line
             .strip_prefix("listening ")
             .and_then(|a| a.parse().ok())
@@ -151,7 +143,7 @@ impl Server {
 
     /// Waits for the exit: status 0, and valgrind clean in valgrind mode.
     fn expect_clean_exit(&mut self) {
-        let (status, _) = self.proc.wait_exit(patience());
+        let (status, _) = self.proc.wait_exit(run_limit());
         let transcript = self.proc.transcript();
         assert_no_valgrind_errors(status, &transcript);
         assert!(status.success(), "exited with {status}: {transcript}");
@@ -418,7 +410,7 @@ fn client(
                 Kind::Silent => {
                     // Held until every report is in, then: the server's
                     // close_notify must be waiting for us.
-                    let _ = release.recv_timeout(2 * patience());
+                    let _ = release.recv_timeout(2 * run_limit());
                     expect_close_notify(&mut s)?;
                     "close_notify".into()
                 }
@@ -686,7 +678,7 @@ fn mixed_misbehaving_clients_each_reported_once_within_policy() {
     }
 
     // Every connection reported once: one line each, distinct ids.
-    let deadline = start + patience();
+    let deadline = start + run_limit();
     let mut lines: HashMap<u16, Line> = HashMap::new();
     let mut ids = HashSet::new();
     for _ in 0..clients {
@@ -762,7 +754,7 @@ fn mixed_misbehaving_clients_each_reported_once_within_policy() {
         held,
     )
     .unwrap_or_else(|e| panic!("last client: {e}"));
-    let r = server.report(patience());
+    let r = server.report(run_limit());
     assert_eq!(r.port(), seen.port, "{:?}", r.text);
     assert_eq!(r.num("conn"), clients as u64 + 1, "{:?}", r.text);
     check(&seen, &r, &server.proc.transcript());
@@ -795,7 +787,7 @@ fn tls12_caps_the_version_and_max_conns_ends_the_server() {
         held,
     )
     .unwrap_or_else(|e| panic!("client: {e}"));
-    let r = server.report(patience());
+    let r = server.report(run_limit());
     check(&seen, &r, &server.proc.transcript());
     server.expect_clean_exit();
 }

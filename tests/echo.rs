@@ -33,8 +33,12 @@ use std::time::{Duration, Instant};
 
 use openssl::ssl::{ErrorCode, ShutdownResult, Ssl, SslStream};
 use serde_json::{json, Value};
+use util::cbuild::profile_dir;
 use util::process::{self, Job, Pems, Proc, Ran};
-use util::{read_until_close_notify, reset_on_drop, wait_eof, Contexts, Tls, BOTH};
+use util::{
+    expect_line, read_until_close_notify, reset_on_drop, stop_tls_policy, wait_eof, Contexts, Tls,
+    BOTH,
+};
 
 /// The bound of every wait for a process, a line or a socket.
 const WAIT: Duration = Duration::from_secs(10);
@@ -49,15 +53,6 @@ fn serial() -> MutexGuard<'static, ()> {
 // ---------------------------------------------------------------------------
 // Processes.
 // ---------------------------------------------------------------------------
-
-/// `target/<profile>`, from this test's own path (`target/<profile>/deps/echo-HASH`).
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()))
-}
 
 /// Builds the examples once per test binary, with this binary's profile and
 /// target directory: `cargo test` builds them too, but `cargo test --test echo`
@@ -1753,27 +1748,6 @@ fn lifecycle_client(args: &[&str], msg: &str, tls: Tls) -> Ran {
         all.push("--tls12".into());
     }
     run("echo_client", &all, b"", WAIT)
-}
-
-/// A STOPTLS policy for the tests' own peers.
-fn stop_tls_policy() -> closenotify::Policy {
-    closenotify::Policy::builder()
-        .mode(closenotify::Mode::StopTls)
-        .flush_timeout(Duration::from_secs(2))
-        .peer_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap()
-}
-
-/// Reads one line byte by byte (nothing past its newline) and compares it.
-#[track_caller]
-fn expect_line(tcp: &mut TcpStream, want: &[u8], what: &str) {
-    let got = util::line::read_line(tcp).unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        String::from_utf8_lossy(want),
-        "{what}"
-    );
 }
 
 /// What the test proxy saw of one request.

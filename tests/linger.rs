@@ -40,13 +40,18 @@ fn response() -> Vec<u8> {
 fn slow_client(mut c: SslStream<TcpStream>) -> (Vec<u8>, String) {
     c.write_all(b"request\n").unwrap();
     c.write_all(&[b'x'; 1000]).unwrap(); // never read: an RST at close
+    read_slowly(&mut c)
+}
+
+/// Reads slowly until the end, so that the sender's send queue fills up behind
+/// us. Returns what arrived and how the stream ended.
+fn read_slowly(c: &mut SslStream<TcpStream>) -> (Vec<u8>, String) {
     c.get_ref()
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut got = Vec::with_capacity(RESPONSE);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        // Slowly: the server's send queue fills up behind us.
         std::thread::sleep(Duration::from_millis(5));
         match c.ssl_read(&mut buf) {
             Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -212,19 +217,7 @@ fn linger_on_a_raw_ssl_delivers_every_byte() {
     let reader = spawn_peer(peer, |mut s| {
         let mut req = [0u8; 8];
         s.ssl_read(&mut req).unwrap();
-        s.get_ref()
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            std::thread::sleep(Duration::from_millis(5));
-            match s.ssl_read(&mut buf) {
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) if e.code() == ErrorCode::ZERO_RETURN => return got,
-                Err(_) => return got,
-            }
-        }
+        read_slowly(&mut s).0
     });
     let ssl = foreign_types::ForeignType::as_ptr(&raw.ssl);
     let data = response();

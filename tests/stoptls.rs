@@ -29,32 +29,6 @@ fn read_until_close_notify_any<S: Read + Write>(s: &mut SslStream<S>) {
 }
 const AFTER_TEST: &[u8] = b"plain from test\n";
 
-fn stop_tls() -> Policy {
-    Policy::builder()
-        .mode(Mode::StopTls)
-        .flush_timeout(ms(2000))
-        .peer_timeout(ms(2000))
-        .build()
-        .unwrap()
-}
-
-/// One line, byte by byte: what follows the newline belongs to the next protocol.
-fn read_line(tcp: &mut TcpStream) -> Vec<u8> {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while line.last() != Some(&b'\n') {
-        assert_eq!(tcp.read(&mut b).unwrap(), 1, "EOF after {line:?}");
-        line.push(b[0]);
-    }
-    line
-}
-
-#[track_caller]
-fn expect_line(tcp: &mut TcpStream, want: &[u8]) {
-    let got = read_line(tcp);
-    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
-}
-
 /// Who ends TLS, as stoptls.py spells it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Close {
@@ -111,13 +85,13 @@ fn our_side(ctx: &Contexts, role: Role, mut tcp: TcpStream, close: Close, data: 
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     match role {
         Role::Client => {
-            expect_line(&mut tcp, b"220 ready\r\n");
+            expect_line(&mut tcp, b"220 ready\r\n", "the greeting");
             tcp.write_all(b"STARTTLS\r\n").unwrap();
-            expect_line(&mut tcp, b"220 go\r\n");
+            expect_line(&mut tcp, b"220 go\r\n", "the answer to STARTTLS");
         }
         Role::Server => {
             tcp.write_all(b"220 ready\r\n").unwrap();
-            expect_line(&mut tcp, b"STARTTLS\r\n");
+            expect_line(&mut tcp, b"STARTTLS\r\n", "the STARTTLS command");
             tcp.write_all(b"220 go\r\n").unwrap();
         }
     }
@@ -143,7 +117,7 @@ fn our_side(ctx: &Contexts, role: Role, mut tcp: TcpStream, close: Close, data: 
     if close == Close::Python {
         assert!(read_until_close_notify(&mut tls).unwrap().is_empty());
     }
-    let r = shutdown_blocking(&mut tls, &stop_tls());
+    let r = shutdown_blocking(&mut tls, &stop_tls_policy());
     let mut plain = into_transport(tls).unwrap_or_else(|_| panic!("not reusable: {r:?}"));
     plain.write_all(AFTER_TEST).unwrap();
     let mut got = vec![0u8; AFTER_PY.len()];
@@ -238,7 +212,7 @@ fn late_tickets_from_an_openssl_server_stop_tls_clean() {
         p.get_mut().read_exact(&mut got).unwrap();
         got
     });
-    let r = shutdown_blocking(&mut ours, &stop_tls());
+    let r = shutdown_blocking(&mut ours, &stop_tls_policy());
     assert_stopped(&r, Close::Test, "late ticket");
     assert!(r.session_resumable);
     let mut plain = into_transport(ours).expect("reusable");
@@ -287,7 +261,7 @@ fn read_ahead_is_off_for_the_shutdown() {
         let _ = p.shutdown();
         p.get_mut().uncork_with(AFTER_PY);
     });
-    let r = shutdown_blocking(&mut ours, &stop_tls());
+    let r = shutdown_blocking(&mut ours, &stop_tls_policy());
     assert_stopped(&r, Close::Test, "read-ahead on");
     // SAFETY: a valid SSL; SSL_get_read_ahead reads a flag.
     let ahead =
@@ -318,7 +292,7 @@ fn plaintext_swallowed_before_the_shutdown_is_reported() {
     });
     // ...and the application's read, with read-ahead on, takes both.
     assert!(read_until_close_notify(&mut ours).unwrap().is_empty());
-    let r = shutdown_blocking(&mut ours, &stop_tls());
+    let r = shutdown_blocking(&mut ours, &stop_tls_policy());
     assert_outcome(&r, Outcome::Clean, "swallowed");
     assert!(!r.transport_reusable, "{r:?}");
     assert_eq!(
@@ -332,7 +306,7 @@ fn plaintext_swallowed_before_the_shutdown_is_reported() {
 
 /// Only a successful STOPTLS hands the transport back.
 #[test]
-fn into_transport_refuses_anything_but_a_successful_stop_tls() {
+fn into_transport_refuses_anything_but_a_successful_stop_tls_policy() {
     let ctx = Contexts::new(Tls::V12);
     // No shutdown yet.
     let Pair { ours, peer } = ctx.pair(Role::Client);
@@ -352,7 +326,7 @@ fn into_transport_refuses_anything_but_a_successful_stop_tls() {
     let peer = spawn_peer(peer, move |_p| {
         let _ = held.recv();
     });
-    let p = stop_tls()
+    let p = stop_tls_policy()
         .to_builder()
         .peer_timeout(ms(200))
         .build()
@@ -454,7 +428,7 @@ fn an_owned_shutdown_gives_the_stream_back_for_the_transport() {
         p.get_mut().write_all(AFTER_PY).unwrap();
     });
     let fd = std::os::fd::AsRawFd::as_raw_fd(ours.get_ref());
-    let mut sd = Shutdown::new(ours, &stop_tls());
+    let mut sd = Shutdown::new(ours, &stop_tls_policy());
     let mut ready = Ready::NONE;
     let r = loop {
         match sd.poll(std::time::Instant::now(), ready) {

@@ -68,19 +68,6 @@ fn cases() -> Vec<(Tls, Role, Flavor)> {
         .collect()
 }
 
-fn contexts(tls: Tls) -> Contexts {
-    Contexts::new(tls)
-}
-
-/// The same contexts, for a task that must own them.
-fn clone(ctx: &Contexts) -> Contexts {
-    Contexts {
-        tls: ctx.tls,
-        server: ctx.server.clone(),
-        client: ctx.client.clone(),
-    }
-}
-
 // --- our side of a behaviour, on tokio -----------------------------------------------------
 
 /// `Behaviour::start`'s part on our side (`OurPart`), played on the tokio stream.
@@ -154,7 +141,7 @@ fn tokio_case(
     behaviour: Behaviour,
     policy: &Policy,
 ) -> Seen {
-    let (ctx, policy) = (clone(ctx), policy.clone());
+    let (ctx, policy) = (ctx.clone(), policy.clone());
     let (seen, peer) = on_runtime(flavor, async move {
         let (mut ours, peer) = ctx.pair_tokio(role).await;
         let (release, held) = mpsc::channel();
@@ -349,7 +336,7 @@ fn policy_for(behaviour: Behaviour) -> Policy {
 fn same_as_blocking(behaviour: Behaviour) {
     let policy = policy_for(behaviour);
     for (tls, role) in matrix() {
-        let ctx = contexts(tls);
+        let ctx = Contexts::new(tls);
         let what = format!("{} {tls:?} as {role:?}", behaviour.describe());
         let blocking = blocking_case(&ctx, role, behaviour, &policy);
         assert_expected(
@@ -422,7 +409,22 @@ fn a_garbage_record_protocol_error_bad_record_mac() {
 
 #[test]
 fn every_behaviour_is_covered() {
-    // The tests above, one per behaviour: a new behaviour must get its own.
+    // The tests above, one per behaviour: a new behaviour fails to compile here
+    // until it gets its own.
+    for b in Behaviour::ALL {
+        let _test: fn() = match b {
+            Behaviour::Answers => the_peer_answers_clean,
+            Behaviour::Initiates => the_peer_initiates_clean_peer,
+            Behaviour::Silent => a_silent_peer_times_out_in_await_peer,
+            Behaviour::NotReading => a_peer_not_reading_times_out_in_flush_and_resets,
+            Behaviour::Truncates => a_truncating_peer_truncated,
+            Behaviour::Resets => a_resetting_peer_reset_econnreset,
+            Behaviour::FatalAlert => a_fatal_alert_peer_alert_bad_record_mac,
+            Behaviour::DataAfterCloseNotify => data_after_close_notify_is_discarded_clean,
+            Behaviour::Garbage => garbage_protocol_error_protocol_version,
+            Behaviour::GarbageRecord => a_garbage_record_protocol_error_bad_record_mac,
+        };
+    }
     assert_eq!(Behaviour::ALL.len(), 10);
 }
 
@@ -436,7 +438,7 @@ fn data_past_the_drain_limit_drain_limit() {
         .unwrap();
     let behaviour = Behaviour::DataAfterCloseNotify;
     for (tls, role) in matrix() {
-        let ctx = contexts(tls);
+        let ctx = Contexts::new(tls);
         let what = format!("{tls:?} as {role:?}");
         let blocking = blocking_case(&ctx, role, behaviour, &p);
         for flavor in FLAVORS {
@@ -467,7 +469,7 @@ fn the_linger_stage_waits_for_the_send_queue_on_the_timer() {
         .build()
         .unwrap();
     for (tls, role) in matrix() {
-        let ctx = contexts(tls);
+        let ctx = Contexts::new(tls);
         let what = format!("{tls:?} as {role:?}");
         let blocking = blocking_case(&ctx, role, Behaviour::Answers, &p);
         for flavor in FLAVORS {
@@ -488,7 +490,7 @@ fn send_only_half_closes_without_a_round_trip() {
     let p = Policy::builder().mode(Mode::SendOnly).build().unwrap();
     for (tls, role, flavor) in cases() {
         let what = format!("{tls:?} as {role:?} on {flavor:?}");
-        let (ctx, p) = (clone(&contexts(tls)), p.clone());
+        let (ctx, p) = (Contexts::new(tls), p.clone());
         let (r, peer) = on_runtime(flavor, async move {
             let (mut ours, peer) = ctx.pair_tokio(role).await;
             let (go, wait) = mpsc::channel::<()>();
@@ -531,7 +533,7 @@ fn quiet_sends_nothing_and_accepts_any_half_close() {
             .unwrap();
         for (tls, role, flavor) in cases() {
             let what = format!("{tls:?} as {role:?} on {flavor:?}");
-            let (ctx, p) = (clone(&contexts(tls)), p.clone());
+            let (ctx, p) = (Contexts::new(tls), p.clone());
             let (r, peer) = on_runtime(flavor, async move {
                 let (mut ours, peer) = ctx.pair_tokio(role).await;
                 let peer = spawn_peer(peer, |mut p| {
@@ -563,7 +565,7 @@ fn quiet_sends_nothing_and_accepts_any_half_close() {
 fn a_peer_that_reset_before_we_start_reset_in_flush() {
     for (tls, role, flavor) in cases() {
         let what = format!("{tls:?} as {role:?} on {flavor:?}");
-        let ctx = clone(&contexts(tls));
+        let ctx = Contexts::new(tls);
         let r = on_runtime(flavor, async move {
             let (mut ours, peer) = ctx.pair_tokio(role).await;
             reset_on_drop(peer.get_ref());
@@ -620,7 +622,7 @@ fn ignore_unexpected_eof_still_reports_truncated() {
 fn a_second_shutdown_returns_the_same_report() {
     for (tls, role, flavor) in cases() {
         let what = format!("{tls:?} as {role:?} on {flavor:?}");
-        let ctx = clone(&contexts(tls));
+        let ctx = Contexts::new(tls);
         let (first, second, blocking) = on_runtime(flavor, async move {
             let (ours, peer) = ctx.pair_tokio(role).await;
             let mut ours = ours;
@@ -654,7 +656,7 @@ fn body() -> Vec<u8> {
 fn half_close_delivers_the_peers_data_until_its_close_notify() {
     for (tls, role, flavor) in cases() {
         let what = format!("{tls:?} as {role:?} on {flavor:?}");
-        let ctx = clone(&contexts(tls));
+        let ctx = Contexts::new(tls);
         let (got, report) = on_runtime(flavor, async move {
             let (mut ours, peer) = ctx.pair_tokio(role).await;
             // The peer answers what it has to say after our close_notify: 100 KB,
@@ -688,7 +690,7 @@ fn half_close_delivers_the_peers_data_until_its_close_notify() {
 fn half_close_reports_a_truncated_answer_as_an_error() {
     for (tls, role, flavor) in cases() {
         let what = format!("{tls:?} as {role:?} on {flavor:?}");
-        let ctx = clone(&contexts(tls));
+        let ctx = Contexts::new(tls);
         let (got, err, report) = on_runtime(flavor, async move {
             let (mut ours, peer) = ctx.pair_tokio(role).await;
             let peer = spawn_peer(peer, |mut p| {
@@ -717,7 +719,7 @@ fn half_close_reports_a_truncated_answer_as_an_error() {
 #[test]
 fn half_close_finish_discards_the_rest() {
     for flavor in FLAVORS {
-        let ctx = clone(&contexts(Tls::V13));
+        let ctx = Contexts::new(Tls::V13);
         let (first, report) = on_runtime(flavor, async move {
             let (mut ours, peer) = ctx.pair_tokio(Role::Client).await;
             let peer = spawn_peer(peer, |mut p| {
@@ -781,7 +783,7 @@ fn a_future_never_polled_does_nothing_and_is_send() {
     fn assert_send<T: Send>(_: &T) {}
     let rt = runtime(Flavor::CurrentThread);
     rt.block_on(async {
-        let ctx = contexts(Tls::V13);
+        let ctx = Contexts::new(Tls::V13);
         let (mut ours, peer) = ctx.pair_tokio(Role::Client).await;
         let p = Policy::default();
         let future = shutdown(&mut ours, &p);
@@ -867,7 +869,7 @@ fn cancelled_while_awaiting_the_peer_then_resumed_clean() {
 fn cancelled_in_flush_then_resumed_only_flushes() {
     for (tls, role) in matrix() {
         let what = format!("{tls:?} as {role:?}");
-        let ctx = contexts(tls);
+        let ctx = Contexts::new(tls);
         let rt = runtime(Flavor::CurrentThread);
         rt.block_on(async {
             let (mut ours, peer) = ctx.pair_tokio(role).await;
@@ -899,7 +901,7 @@ fn half_close_false_is_refused_before_anything_happens() {
     let no_half_close = Policy::builder().half_close(false).build().unwrap();
     for (tls, role, flavor) in cases() {
         let what = format!("{tls:?} as {role:?} on {flavor:?}");
-        let (ctx, no_half_close) = (clone(&contexts(tls)), no_half_close.clone());
+        let (ctx, no_half_close) = (Contexts::new(tls), no_half_close.clone());
         on_runtime(flavor, async move {
             let (mut ours, peer) = ctx.pair_tokio(role).await;
             let peer = spawn_peer(peer, answer);
@@ -1036,7 +1038,7 @@ async fn pipe_pair<T: Send + 'static>(
 fn a_stream_that_is_not_a_socket_refuses_socket_policies_and_closes_clean() {
     for (tls, flavor) in BOTH.iter().flat_map(|&t| FLAVORS.map(|f| (t, f))) {
         let what = format!("{tls:?} on {flavor:?}");
-        let ctx = clone(&contexts(tls));
+        let ctx = Contexts::new(tls);
         let (r, peer) = on_runtime(flavor, async move {
             let (mut ours, peer) = pipe_pair(&ctx, |mut p| {
                 // Reads our close_notify, answers, then reads EOF: our half-close.
@@ -1153,7 +1155,7 @@ fn the_inner_half_close_pending_or_failing_is_reported_as_it_went() {
     for inner in [InnerShutdown::PendingOnce, InnerShutdown::Fails] {
         for (tls, role, flavor) in cases() {
             let what = format!("{inner:?} {tls:?} as {role:?} on {flavor:?}");
-            let ctx = clone(&contexts(tls));
+            let ctx = Contexts::new(tls);
             let (r, polls, peer) = on_runtime(flavor, async move {
                 let (mut ours, peer) = ctx
                     .pair_tokio_with(role, |tcp| Inner {
@@ -1224,7 +1226,7 @@ fn key_updates_while_we_await_the_peer_end_clean() {
                     let what = format!(
                         "as {role:?}, {updates} updates, requested {requested}, on {flavor:?}"
                     );
-                    let ctx = clone(&contexts(Tls::V13));
+                    let ctx = Contexts::new(Tls::V13);
                     let (r, restored, after) = on_runtime(flavor, async move {
                         let (mut ours, peer) = ctx.pair_tokio(role).await;
                         let peer = spawn_peer(peer, updating_peer(updates, requested));

@@ -61,7 +61,8 @@ pub fn identity() -> &'static (X509, PKey<Private>) {
 }
 
 /// A server and a client context pinned to one version, with session caches on
-/// both sides, so that resumption can be observed.
+/// both sides, so that resumption can be observed. A clone shares the contexts.
+#[derive(Clone)]
 pub struct Contexts {
     pub tls: Tls,
     pub server: SslContext,

@@ -35,7 +35,8 @@ pub fn valgrind_mode() -> bool {
     std::env::var("CLOSENOTIFY_VALGRIND").is_ok_and(|v| v == "1")
 }
 
-/// Longest a C program may run before the test kills it.
+/// Longest a C program may run, or take over one thing a test waits for, before
+/// the test gives up (generous: the assertions on time are elsewhere).
 pub fn run_limit() -> Duration {
     if valgrind_mode() {
         Duration::from_secs(120)

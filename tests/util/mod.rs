@@ -342,3 +342,24 @@ impl RawClient {
         unsafe { closenotify::RawConnection::new(self.ssl.as_ptr(), self.tcp.as_raw_fd()).unwrap() }
     }
 }
+
+/// A STOPTLS policy for the tests' own peers.
+pub fn stop_tls_policy() -> closenotify::Policy {
+    closenotify::Policy::builder()
+        .mode(closenotify::Mode::StopTls)
+        .flush_timeout(Duration::from_secs(2))
+        .peer_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
+/// Reads one line byte by byte (nothing past its newline) and compares it.
+#[track_caller]
+pub fn expect_line(tcp: &mut TcpStream, want: &[u8], what: &str) {
+    let got = line::read_line(tcp).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(want),
+        "{what}"
+    );
+}
