@@ -61,8 +61,8 @@ const LINGER_MAX_CHECK: Duration = Duration::from_millis(50);
 /// One connection being shut down: the state machine flush -> half-close ->
 /// await_peer -> linger.
 ///
-/// It never sleeps and never reads the clock: every [`poll`](Shutdown::poll) takes
-/// `now` and what the socket reported, and answers [`Progress::Wait`] (wait for
+/// It never sleeps, and its deadlines come only from the `now` it is given: every
+/// [`poll`](Shutdown::poll) takes `now` and what the socket reported, and answers [`Progress::Wait`] (wait for
 /// READ or WRITE readiness, or only for time, at the latest until a deadline) or
 /// [`Progress::Done`] with the [`Report`]. The adapters own the clock and the
 /// waiting: [`shutdown_blocking`](crate::shutdown_blocking), or your event loop.
@@ -75,7 +75,9 @@ pub struct Shutdown<C: Connection> {
     conn: Held<C>,
     policy: Policy,
     state: State,
-    /// The `now` of the first call, and the monotonic clock at that moment.
+    /// The `now` of the first call, and the monotonic clock at that moment, from
+    /// which [`Report::elapsed`] is measured: the time that really passed, even
+    /// when a caller's `now` is stale. (Deadlines come only from `now`.)
     started: Option<(Instant, Instant)>,
     initiator: Initiator,
     stage: Stage,
@@ -823,7 +825,7 @@ impl<C: Connection> Drop for Held<C> {
 }
 
 /// The states that call this always have a wait; keep the type checker honest
-/// without a panic path (and without reading the clock).
+/// without a panic path (and with the caller's `now` as the deadline).
 #[cold]
 fn unreachable_wait(now: Instant) -> Progress {
     debug_assert!(false, "state without a wait");

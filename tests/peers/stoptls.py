@@ -72,9 +72,10 @@ def context(args, server):
 
 
 def same_write_close(raw, ctx, server):
-    """TLS over memory BIOs on `raw`: handshake, data, then the test's
-    close_notify, answered with our close_notify plus our first plaintext bytes
-    in one send."""
+    """TLS over memory BIOs on `raw`, handshaken: returns the SSL object, the
+    pump that runs an operation to completion over `raw`, and the BIOs, with
+    which the caller answers the test's close_notify with ours plus the first
+    plaintext bytes in one send."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(incoming, outgoing, server_side=server)
 
