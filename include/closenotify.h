@@ -50,7 +50,7 @@ extern "C" {
  Reserved words at the end of `closenotify_report`: room for fields of later
  versions, written as zero.
  */
-#define CLOSENOTIFY_REPORT_RESERVED 4
+#define CLOSENOTIFY_REPORT_RESERVED 3
 
 /*
  A shutdown in progress, for the step API. Opaque.
@@ -220,6 +220,14 @@ typedef struct {
    is static.
    */
   const char *detail;
+  /*
+   Application bytes received after our close_notify and handed to the
+   caller (`closenotify_shutdown_step_read`, the sink of
+   `closenotify_shutdown_blocking_read`), whatever the outcome: on
+   `timed_out`, what arrived before the deadline. (Added in 0.2, in what was
+   the first reserved word.)
+   */
+  uint64_t delivered_bytes;
   /*
    Zero; later versions put new fields here.
    */
@@ -654,9 +662,12 @@ closenotify_result closenotify_shutdown_step_revents(closenotify_shutdown *sd,
  how many) instead of being discarded: the TLS half-close, where we are done
  sending and read the peer's answer until its close_notify. When `*nread` is
  not 0, consume the bytes and call again at once, whatever poll() says: more
- may already be buffered. With `len` 0 nothing is read. The whole wait, data
- included, is bounded by the policy's `peer_timeout_ms`; delivered bytes are
- not counted in the report's `discarded_bytes`.
+ may already be buffered; `*nread` can be non-zero with `CLOSENOTIFY_WAIT_DONE`
+ too (the step that crossed the limit or the deadline). With `len` 0 nothing
+ is read. The whole wait, data included, is bounded by the policy's
+ `peer_timeout_ms`, however fast the peer sends: a peer still streaming at the
+ deadline ends the shutdown `timed_out` in stage `await_peer`. Delivered bytes
+ are the report's `delivered_bytes`, not its `discarded_bytes`.
 
  Returns `CLOSENOTIFY_OK` or `CLOSENOTIFY_ERR_NULL_ARGUMENT` (`sd`, `nread`,
  `wait` or `timeout_ms` NULL, or `buf` NULL with `len` not 0); the outputs are

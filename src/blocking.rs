@@ -42,7 +42,10 @@ pub fn shutdown_blocking<S: Read + Write + AsFd>(
 /// peer sends until its own close_notify is delivered). This is the blocking
 /// counterpart of [`Shutdown::poll_read`].
 ///
-/// Bounded by the policy (the whole answer must arrive within `peer_timeout`) and
+/// Bounded by the policy (the whole answer must arrive within `peer_timeout`,
+/// however fast the peer streams and however slowly `out` takes it: a peer still
+/// sending at the deadline ends it with `timed_out` in stage `await_peer`, and
+/// [`Report::delivered_bytes`] counts what `out` received) and
 /// by `limit`: past `limit` bytes, the shutdown ends with
 /// [`Outcome::DrainLimit`](crate::Outcome::DrainLimit) and exactly `limit` bytes
 /// have been written to `out`. `report.outcome == Outcome::Clean` means `out`

@@ -60,6 +60,8 @@ pub struct Closer<T = ()> {
     slots: Vec<Slot<T>>,
     free: Vec<usize>,
     deadlines: DeadlineQueue<(usize, u32)>,
+    /// `handle_timeouts`' list of what is due (kept for its allocation).
+    due: Vec<(Instant, (usize, u32))>,
     reports: VecDeque<(T, Report)>,
     pending: usize,
 }
@@ -72,9 +74,10 @@ struct Slot<T> {
 struct Entry<T> {
     shutdown: Shutdown<Stream>,
     tag: T,
-    /// The deadline of the wait in progress (entries in the queue with another
-    /// deadline are stale).
-    deadline: Instant,
+    /// The deadline of the wait in progress as it stands in the queue (`None`
+    /// before the first wait, and once `handle_timeouts` popped it); queue
+    /// entries with another deadline are stale.
+    deadline: Option<Instant>,
 }
 
 /// A connection the Closer could not take, handed back untouched.
@@ -177,6 +180,7 @@ impl<T> Closer<T> {
             slots: Vec::new(),
             free: Vec::new(),
             deadlines: DeadlineQueue::new(),
+            due: Vec::new(),
             reports: VecDeque::new(),
             pending: 0,
         }
@@ -246,7 +250,7 @@ impl<T> Closer<T> {
         self.slots[index].entry = Some(Entry {
             shutdown,
             tag,
-            deadline: now,
+            deadline: None,
         });
         self.drive(index, Ready::NONE, now);
         // Waiting now: hand OpenSSL's record buffers back until the peer's alert
@@ -297,16 +301,26 @@ impl<T> Closer<T> {
 
     /// Times out the shutdowns whose deadline is at or before `now`.
     pub fn handle_timeouts(&mut self, now: Instant) {
-        while let Some((deadline, (index, generation))) = self.deadlines.pop_expired(now) {
-            let live = self.slots[index].generation == generation
-                && self.slots[index]
-                    .entry
-                    .as_ref()
-                    .is_some_and(|e| e.deadline == deadline);
-            if live {
+        // Only what was due when the call began: a shutdown that asks to be
+        // called again at once (it read its budget of data) waits for the next
+        // call and its fresh `now`.
+        let mut due = std::mem::take(&mut self.due);
+        while let Some((deadline, key)) = self.deadlines.pop_expired(now) {
+            due.push((deadline, key));
+        }
+        for (deadline, (index, generation)) in due.drain(..) {
+            let slot = &mut self.slots[index];
+            let Some(entry) = slot.entry.as_mut() else {
+                continue;
+            };
+            if slot.generation == generation && entry.deadline == Some(deadline) {
+                // Its queue entry is used up: a wait with the same deadline is
+                // queued again.
+                entry.deadline = None;
                 self.drive(index, Ready::NONE, now);
             }
         }
+        self.due = due;
     }
 
     /// The earliest deadline of a pending shutdown (it may belong to one that has
@@ -327,8 +341,8 @@ impl<T> Closer<T> {
         };
         match entry.shutdown.poll(now, ready) {
             Progress::Wait(wait) => {
-                if wait.deadline != entry.deadline {
-                    entry.deadline = wait.deadline;
+                if entry.deadline != Some(wait.deadline) {
+                    entry.deadline = Some(wait.deadline);
                     self.deadlines.push(wait.deadline, (index, slot.generation));
                 }
             }

@@ -336,6 +336,11 @@ pub struct Report {
     pub os_error: Option<i32>,
     /// Application bytes received and discarded after our close_notify.
     pub discarded_bytes: u64,
+    /// Application bytes received after our close_notify and handed to the caller
+    /// (by [`Shutdown::poll_read`](crate::Shutdown::poll_read) and the readers built
+    /// on it), up to the end of the shutdown, whatever the outcome: on `timed_out`,
+    /// what arrived before the deadline.
+    pub delivered_bytes: u64,
     /// Time from the first call to the final report: the spread of the `now`
     /// values given to [`Shutdown::poll`](crate::Shutdown::poll), or the time that
     /// really passed if that is more.

@@ -177,7 +177,8 @@ where
 /// application data, byte for byte, and ends when the shutdown does:
 /// - with `Ok(0)` (end of file) when the connection ended in order (`clean`; or
 ///   `sent_only` and `quiet` in those modes, where nothing is read);
-/// - with an error for every other outcome, of the kind
+/// - with an error for every other outcome (a peer still sending when
+///   `peer_timeout` runs out, however fast it streams, is `TimedOut`), of the kind
 ///   [`Report::result`]'s error converts to (`UnexpectedEof` for a truncation,
 ///   `TimedOut`, `ConnectionReset`, `InvalidData`), so that a truncated answer is
 ///   never mistaken for a complete one.

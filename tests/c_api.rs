@@ -809,6 +809,42 @@ fn blocking_read_and_step_read_deliver_the_peers_answer() {
     }
 }
 
+/// A peer that streams for 3 s against a 300 ms peer timeout: both read calls end
+/// at the deadline, for a fast and a slow consumer, with what they delivered in
+/// the report.
+#[test]
+fn blocking_read_and_step_read_end_at_the_deadline_while_the_peer_streams() {
+    for tls in BOTH {
+        for api in ["blocking-read", "step-read"] {
+            for consume in ["0", "3"] {
+                let peer = python(tls, "stream");
+                let port = peer.port.to_string();
+                let ran = run_c(
+                    &programs().cn_test,
+                    &[
+                        api,
+                        "plain",
+                        &port,
+                        tls.arg(),
+                        "--peer-timeout-ms",
+                        "300",
+                        "--consume-ms",
+                        consume,
+                    ],
+                );
+                let r = ran.report();
+                r.expect("outcome", "timed_out")
+                    .expect("stage", "await_peer")
+                    .expect_range("elapsed_ms", 300, upper_ms(900) as i64);
+                let (got, _) = delivered(&ran);
+                assert!(got > 0, "{api} {tls:?} {consume} ms: {}", ran.context());
+                r.expect("delivered_bytes", &got.to_string());
+                drop(peer);
+            }
+        }
+    }
+}
+
 #[test]
 fn blocking_read_stops_at_its_limit_and_when_the_sink_refuses() {
     let tls = Tls::V13;

@@ -686,6 +686,58 @@ fn half_close_delivers_the_peers_data_until_its_close_notify() {
     }
 }
 
+/// A peer that streams for 3 s against a 300 ms peer timeout: `HalfClose` ends at
+/// the deadline with `TimedOut`, for a reader that takes the data as fast as it
+/// comes and for one that does 30 ms of async work per chunk.
+#[test]
+fn half_close_ends_at_the_deadline_while_the_peer_streams() {
+    for (tls, role, flavor) in cases() {
+        for work in [Duration::ZERO, ms(30)] {
+            let what = format!("{tls:?} as {role:?} on {flavor:?}, {work:?} per chunk");
+            let ctx = Contexts::new(tls);
+            let (got, err, report, took) = on_runtime(flavor, async move {
+                let (mut ours, peer) = ctx.pair_tokio(role).await;
+                let peer = streaming_peer(peer);
+                let p = Policy::builder()
+                    .peer_timeout(ms(300))
+                    .drain_limit(1 << 40)
+                    .build()
+                    .unwrap();
+                let started = Instant::now();
+                let mut closing = HalfClose::new(&mut ours, &p).unwrap();
+                let mut got = 0u64;
+                let mut buf = vec![0u8; 16 * 1024];
+                let err = loop {
+                    match closing.read(&mut buf).await {
+                        Ok(0) => panic!("an orderly end while the peer streams"),
+                        Ok(n) => got += n as u64,
+                        Err(err) => break err,
+                    }
+                    if !work.is_zero() {
+                        tokio::time::sleep(work).await;
+                    }
+                };
+                let took = started.elapsed();
+                let report = closing.report().expect("done");
+                drop(closing);
+                drop(ours);
+                tokio::task::spawn_blocking(move || peer.join().unwrap())
+                    .await
+                    .unwrap();
+                (got, err, report, took)
+            });
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{what}: {err}");
+            assert_outcome(&report, Outcome::TimedOut, &what);
+            assert_eq!(report.stage, Stage::AwaitPeer, "{what}");
+            assert_eq!(report.delivered_bytes, got, "{what}");
+            assert!(got > 0, "{what}");
+            assert!(report.elapsed >= ms(300), "{what}: {:?}", report.elapsed);
+            assert!(report.elapsed < ms(900), "{what}: {:?}", report.elapsed);
+            assert!(took < ms(900), "{what}: returned after {took:?}");
+        }
+    }
+}
+
 #[test]
 fn half_close_reports_a_truncated_answer_as_an_error() {
     for (tls, role, flavor) in cases() {

@@ -52,7 +52,7 @@ pub const CLOSENOTIFY_STAGE_LINGER: closenotify_stage = closenotify_stage(3);
 
 /// Reserved words at the end of `closenotify_report`: room for fields of later
 /// versions, written as zero.
-pub const CLOSENOTIFY_REPORT_RESERVED: usize = 4;
+pub const CLOSENOTIFY_REPORT_RESERVED: usize = 3;
 
 /// How a connection ended. Written whole by the library (the reserved words as
 /// zero); a later version fills them with new fields, so the size never changes.
@@ -98,6 +98,12 @@ pub struct closenotify_report {
     /// why a shutdown was `quiet` ("bad write retry"); NULL if none. The string
     /// is static.
     pub detail: *const c_char,
+    /// Application bytes received after our close_notify and handed to the
+    /// caller (`closenotify_shutdown_step_read`, the sink of
+    /// `closenotify_shutdown_blocking_read`), whatever the outcome: on
+    /// `timed_out`, what arrived before the deadline. (Added in 0.2, in what was
+    /// the first reserved word.)
+    pub delivered_bytes: u64,
     /// Zero; later versions put new fields here.
     pub reserved: [u64; CLOSENOTIFY_REPORT_RESERVED],
 }
@@ -140,6 +146,7 @@ pub(super) fn to_c_report(r: &Report) -> closenotify_report {
             .linger_bytes
             .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
         detail: r.detail.map_or(std::ptr::null(), static_cstr),
+        delivered_bytes: r.delivered_bytes,
         reserved: [0; CLOSENOTIFY_REPORT_RESERVED],
     }
 }

@@ -441,9 +441,12 @@ fn ready_from_revents(revents: c_int) -> Ready {
 /// how many) instead of being discarded: the TLS half-close, where we are done
 /// sending and read the peer's answer until its close_notify. When `*nread` is
 /// not 0, consume the bytes and call again at once, whatever poll() says: more
-/// may already be buffered. With `len` 0 nothing is read. The whole wait, data
-/// included, is bounded by the policy's `peer_timeout_ms`; delivered bytes are
-/// not counted in the report's `discarded_bytes`.
+/// may already be buffered; `*nread` can be non-zero with `CLOSENOTIFY_WAIT_DONE`
+/// too (the step that crossed the limit or the deadline). With `len` 0 nothing
+/// is read. The whole wait, data included, is bounded by the policy's
+/// `peer_timeout_ms`, however fast the peer sends: a peer still streaming at the
+/// deadline ends the shutdown `timed_out` in stage `await_peer`. Delivered bytes
+/// are the report's `delivered_bytes`, not its `discarded_bytes`.
 ///
 /// Returns `CLOSENOTIFY_OK` or `CLOSENOTIFY_ERR_NULL_ARGUMENT` (`sd`, `nread`,
 /// `wait` or `timeout_ms` NULL, or `buf` NULL with `len` not 0); the outputs are

@@ -58,6 +58,10 @@ enum State {
 const LINGER_FIRST_CHECK: Duration = Duration::from_millis(1);
 const LINGER_MAX_CHECK: Duration = Duration::from_millis(50);
 
+/// Most application bytes one call discards before it hands control back (four
+/// full records): the caller's next call brings a fresh `now`.
+const DISCARD_PER_CALL: u64 = 64 * 1024;
+
 /// One connection being shut down: the state machine flush -> half-close ->
 /// await_peer -> linger.
 ///
@@ -233,7 +237,11 @@ impl<C: Connection> Shutdown<C> {
     ///
     /// Application data that arrives after our close_notify is discarded (and
     /// counted) up to the drain limit; use [`poll_read`](Shutdown::poll_read) to
-    /// receive it instead.
+    /// receive it instead. Data does not extend the wait: the peer's close_notify
+    /// must arrive within `peer_timeout`. A call discards at most 64 KiB before it
+    /// returns a [`Wait`] whose deadline is the `now` it was given (call again at
+    /// once, whatever the socket reports), so that a fast peer cannot keep one call
+    /// going.
     pub fn poll(&mut self, now: Instant, ready: Ready) -> Progress {
         self.step(now, ready, None)
     }
@@ -244,12 +252,18 @@ impl<C: Connection> Shutdown<C> {
     /// close_notify. Returns how many bytes were written to `buf`.
     ///
     /// When it returns `n > 0`, consume the bytes and call again at once, whatever
-    /// the socket reports: more may already be buffered. Delivered bytes do not
-    /// count against the drain limit and are not in
-    /// [`Report::discarded_bytes`]; [`with_read_limit`](Shutdown::with_read_limit)
-    /// bounds them. An empty `buf` reads nothing (the call only checks the
-    /// deadline). The whole wait for the peer's close_notify, data included, is
-    /// bounded by the policy's `peer_timeout`.
+    /// the socket reports: more may already be buffered. The bytes can come with
+    /// [`Progress::Done`] (the call that crossed the read limit or the deadline):
+    /// consume them too. Delivered bytes do not count against the drain limit;
+    /// they are [`Report::delivered_bytes`], and
+    /// [`with_read_limit`](Shutdown::with_read_limit) bounds them. An empty `buf`
+    /// reads nothing (the call only checks the deadline).
+    ///
+    /// The whole wait for the peer's close_notify, data included, is bounded by
+    /// the policy's `peer_timeout`, however fast the peer streams: the first call
+    /// at or after the deadline reads once more (the close_notify may be there),
+    /// and if that read brings data instead, it returns the data with the report,
+    /// `timed_out` in stage `await_peer`.
     pub fn poll_read(&mut self, now: Instant, ready: Ready, buf: &mut [u8]) -> (usize, Progress) {
         let progress = self.step(now, ready, Some(buf));
         (std::mem::take(&mut self.delivered), progress)
@@ -510,10 +524,15 @@ impl<C: Connection> Shutdown<C> {
         deadline: Instant,
         mut out: Option<&mut [u8]>,
     ) -> Progress {
+        // Past the deadline one read is still tried, in case the peer's
+        // close_notify is already here; application data then ends the stage:
+        // the whole answer must arrive within `peer_timeout`, however fast it
+        // streams (the data of that last read still counts, and is delivered).
+        let late = now >= deadline;
         if out.as_deref().is_some_and(<[u8]>::is_empty) {
             // `poll_read` with no room: read nothing (reading would have to discard
             // what the caller asked to receive), keep waiting.
-            if now >= deadline {
+            if late {
                 return self.timed_out(now);
             }
             let data_pending = matches!(
@@ -529,6 +548,11 @@ impl<C: Connection> Shutdown<C> {
         // (a TLS 1.3 ticket, a KeyUpdate) and still answer WANT_READ. A partial
         // record is also "pending" and needs the socket; one retry tells them apart.
         let mut retried_pending = false;
+        // Bytes discarded by this call: past `DISCARD_PER_CALL` the machine hands
+        // control back (with a wait that is due at once), so that a peer that
+        // streams as fast as we read cannot keep one call going: the next call
+        // brings a fresh `now` for the deadline check.
+        let mut discarded_here = 0u64;
         loop {
             self.calls += 1;
             let read = match out.as_deref_mut() {
@@ -545,12 +569,30 @@ impl<C: Connection> Shutdown<C> {
                     {
                         return self.finish(now, Outcome::DrainLimit);
                     }
+                    if late {
+                        return self.timed_out(now);
+                    }
                     return self.wait_for_peer(deadline, Interest::Read, true);
                 }
                 Ok((n, false)) => {
                     self.discarded += n as u64;
                     if self.discarded > self.policy.drain_limit() {
                         return self.finish(now, Outcome::DrainLimit);
+                    }
+                    if late {
+                        return self.timed_out(now);
+                    }
+                    discarded_here += n as u64;
+                    if discarded_here >= DISCARD_PER_CALL {
+                        self.state = State::AwaitPeer {
+                            deadline,
+                            interest: Interest::Read,
+                            data_pending: true,
+                        };
+                        return Progress::Wait(Wait {
+                            interest: Interest::Read,
+                            deadline: now,
+                        });
                     }
                     retried_pending = false;
                 }
@@ -563,7 +605,7 @@ impl<C: Connection> Shutdown<C> {
                         retried_pending = true;
                         continue;
                     }
-                    if now >= deadline {
+                    if late {
                         return self.timed_out(now);
                     }
                     let interest = if want == TlsError::WantRead {
@@ -746,6 +788,7 @@ impl<C: Connection> Shutdown<C> {
             tls_version: self.version,
             detail: self.detail,
             linger_bytes: self.linger_bytes,
+            delivered_bytes: self.delivered_total,
             transport_reusable,
             ssl_calls: self.calls,
         };

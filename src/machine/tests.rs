@@ -579,3 +579,63 @@ fn into_inner_hands_the_connection_back_restored_once() {
     let conn = Shutdown::new(Script::usable(), &policy()).into_inner();
     assert_eq!((conn.began, conn.ended), (0, 0));
 }
+
+/// A peer that streams faster than we read never finds the socket empty: the
+/// deadline must still end the stage, and the report says what was delivered.
+#[test]
+fn poll_read_of_an_endless_stream_ends_at_the_peer_deadline() {
+    let t0 = Instant::now();
+    let mut conn = Script::usable().shutdown(Ok(ShutdownResult::Sent));
+    conn.fallback_read = Some(Ok(8));
+    let mut sd = Shutdown::new(conn, &policy());
+    let mut buf = [0u8; 8];
+    let mut delivered = 0;
+    let mut t = t0;
+    let report = loop {
+        let (n, p) = sd.poll_read(t, Ready::NONE, &mut buf);
+        delivered += n as u64;
+        match p {
+            Progress::Done(r) => break r,
+            Progress::Wait(w) => assert_eq!(w.deadline, t0 + ms(300)),
+        }
+        assert!(t < t0 + ms(300), "read on past the deadline");
+        t += ms(7); // the consumer's work per chunk
+    };
+    assert_eq!(report.outcome, Outcome::TimedOut);
+    assert_eq!(report.stage, Stage::AwaitPeer);
+    assert_eq!(
+        report.elapsed,
+        ms(301),
+        "the first call at or after the deadline"
+    );
+    assert_eq!(report.delivered_bytes, delivered);
+    assert_eq!(delivered, 44 * 8, "43 calls before the deadline, one at it");
+    assert_eq!(report.discarded_bytes, 0);
+}
+
+#[test]
+fn a_discarding_call_hands_back_control_after_its_budget() {
+    let t0 = Instant::now();
+    let p = Policy::builder()
+        .peer_timeout(ms(300))
+        .drain_limit(1 << 30)
+        .build()
+        .unwrap();
+    let mut conn = Script::usable().shutdown(Ok(ShutdownResult::Sent));
+    conn.fallback_read = Some(Ok(16 * 1024));
+    let mut sd = Shutdown::new(conn, &p);
+    // The first call reads its budget (four records), then asks to be called
+    // again at once: a wait due at the `now` it was given.
+    let w = wait(sd.poll(t0, Ready::NONE));
+    assert_eq!(w.deadline, t0);
+    assert_eq!(sd.get_ref().read_bytes, 64 * 1024);
+    // Called again with no readiness, it reads on.
+    let w = wait(sd.poll(t0 + ms(100), Ready::NONE));
+    assert_eq!(w.deadline, t0 + ms(100));
+    assert_eq!(sd.get_ref().read_bytes, 128 * 1024);
+    // At the deadline, the data that still comes ends the stage.
+    let r = done(sd.poll(t0 + ms(300), Ready::NONE));
+    assert_eq!((r.outcome, r.stage), (Outcome::TimedOut, Stage::AwaitPeer));
+    assert_eq!(r.discarded_bytes, 128 * 1024 + 16 * 1024);
+    assert_eq!(r.elapsed, ms(300));
+}

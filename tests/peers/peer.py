@@ -8,6 +8,9 @@ the handshake and then behaves as MODE says once the test's close_notify arrives
   truncate  close the TCP socket without close_notify                    -> truncated
   reset     SO_LINGER {1, 0}, then close: the kernel sends an RST        -> reset
   data      send --data-bytes of application data, then answer           -> clean
+  stream    send application data as fast as the socket takes it for
+            --stream-seconds, then answer (the test's timeout ends it first:
+            its close is not an error here)                           -> timed_out
 
 or, from the end of the handshake on:
 
@@ -112,6 +115,7 @@ def main():
             "truncate",
             "reset",
             "data",
+            "stream",
             "initiate",
             "alert",
             "reset-now",
@@ -124,6 +128,7 @@ def main():
     ap.add_argument("--key", required=True)
     ap.add_argument("--tls", choices=sorted(VERSIONS), required=True)
     ap.add_argument("--data-bytes", type=int, default=5000)
+    ap.add_argument("--stream-seconds", type=float, default=3.0)
     args = ap.parse_args()
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -200,6 +205,20 @@ def main():
         raise SystemExit(f"unexpected {got} bytes of application data before close_notify")
     log("close_notify received")
 
+    if args.mode == "stream":
+        chunk = b"s" * 16384
+        sent = 0
+        until = time.monotonic() + args.stream_seconds
+        try:
+            while time.monotonic() < until:
+                conn.sendall(chunk)
+                sent += len(chunk)
+            conn.unwrap()
+        except (OSError, ssl.SSLError) as e:
+            log(f"streamed {sent} bytes, then the test closed: {e}")
+            return
+        log(f"streamed {sent} bytes for {args.stream_seconds} s, then close_notify")
+        return
     if args.mode == "truncate":
         # Python never sends close_notify implicitly: close() is a bare TCP FIN.
         conn.close()

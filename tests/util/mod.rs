@@ -7,11 +7,11 @@
 pub mod cbuild;
 pub mod process;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use closenotify::{Outcome, Policy, Report};
 use foreign_types::{ForeignType, ForeignTypeRef};
@@ -163,6 +163,28 @@ pub fn updating_peer(
         let _ = tcp.read_to_end(&mut after);
         after
     }
+}
+
+/// How long `streaming_peer` streams.
+pub const STREAM_FOR: Duration = Duration::from_secs(3);
+
+/// The peer: reads our close_notify, then writes application data as fast as the
+/// socket takes it for `STREAM_FOR` (3 s) (or until we are gone), then answers.
+pub fn streaming_peer(p: SslStream<TcpStream>) -> JoinHandle<()> {
+    spawn_peer(p, |mut p| {
+        if read_until_close_notify(&mut p).is_err() {
+            return;
+        }
+        let _ = p.get_ref().set_write_timeout(Some(ms(5000)));
+        let chunk = vec![b's'; 16 * 1024];
+        let start = Instant::now();
+        while start.elapsed() < STREAM_FOR {
+            if p.write_all(&chunk).is_err() {
+                return; // we closed: what the test wants
+            }
+        }
+        let _ = p.shutdown();
+    })
 }
 
 /// Drives a `Shutdown` with poll(2), as a simple event loop would.
