@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use openssl::ssl::SslStream;
 
-use crate::machine::{Connection, Progress, Ready, Shutdown};
+use crate::machine::{Connection, Progress, Ready};
 use crate::ossl::RawConnection;
 use crate::policy::Policy;
 use crate::report::Report;
+use crate::shutdown::Shutdown;
 use crate::socket;
 
 /// Shuts `stream` down under `policy`, waiting with `poll(2)`, and returns how the
@@ -117,9 +118,17 @@ fn wait(fd: RawFd, progress: &Progress) -> Ready {
     socket::wait(sock, wait.interest, wait.timeout(Instant::now()))
 }
 
+/// `poll(2)` reports what is already waiting, and the clock is ours.
+fn level_readiness<C: Connection>(sd: &mut Shutdown<C>) {
+    if let Some(setup) = sd.setup() {
+        setup.level_readiness = true;
+    }
+    sd.adapter_clock();
+}
+
 /// Runs the machine to its report, waiting on `fd` with `poll(2)` in between.
 fn drive<C: Connection>(mut sd: Shutdown<C>, fd: RawFd) -> Report {
-    sd.readiness_is_level();
+    level_readiness(&mut sd);
     let mut ready = Ready::NONE;
     loop {
         let progress = sd.poll(Instant::now(), ready);
@@ -138,7 +147,7 @@ fn drive_read<C: Connection, W: Write + ?Sized>(
     limit: u64,
 ) -> io::Result<Report> {
     let mut sd = sd.with_read_limit(limit);
-    sd.readiness_is_level();
+    level_readiness(&mut sd);
     let mut buf = vec![0u8; 16 * 1024];
     let mut written = 0u64;
     let mut ready = Ready::NONE;

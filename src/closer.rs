@@ -12,10 +12,11 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use openssl::ssl::SslStream;
 
 use crate::deadline::DeadlineQueue;
-use crate::machine::{Progress, Ready, Shutdown};
+use crate::machine::{Progress, Ready};
 use crate::ossl;
 use crate::policy::Policy;
 use crate::report::Report;
+use crate::shutdown::Shutdown;
 
 /// The connections a [`Closer`] takes: rust-openssl streams on mio sockets.
 pub type Stream = SslStream<TcpStream>;
@@ -242,9 +243,13 @@ impl<T> Closer<T> {
         ossl::prepare_for_closer(&mut stream);
         let mut shutdown = prepare(Shutdown::new(stream, &self.policy));
         // Registered just now: epoll reports what is already waiting, so the
-        // machine need not try a read before it waits.
-        shutdown.readiness_is_level();
-        shutdown.closed_after_report();
+        // machine need not try a read before it waits. The connection is closed
+        // with its report, and `now` is always fresh.
+        if let Some(setup) = shutdown.setup() {
+            setup.level_readiness = true;
+            setup.closed_after_report = true;
+        }
+        shutdown.adapter_clock();
         let now = Instant::now();
         self.pending += 1;
         self.slots[index].entry = Some(Entry {

@@ -110,6 +110,8 @@ mod deadline;
 /// cbindgen:ignore
 mod error;
 /// cbindgen:ignore
+mod event;
+/// cbindgen:ignore
 mod machine;
 /// cbindgen:ignore
 mod ossl;
@@ -117,6 +119,8 @@ mod ossl;
 mod policy;
 /// cbindgen:ignore
 mod report;
+/// cbindgen:ignore
+mod shutdown;
 /// cbindgen:ignore
 mod sigpipe;
 /// cbindgen:ignore
@@ -135,7 +139,7 @@ pub use blocking::{shutdown_blocking, shutdown_blocking_read};
 pub use closer::{Closer, Rejected, Stream};
 pub use deadline::DeadlineQueue;
 pub use error::Error;
-pub use machine::{Connection, Interest, Progress, Ready, Shutdown, Status, TlsError, Wait};
+pub use machine::{Connection, Interest, Progress, Ready, ShutdownAnswer, Status, TlsError, Wait};
 pub use ossl::RawConnection;
 pub use policy::{
     Mode, Policy, PolicyBuilder, ResetOnTimeout, DEFAULT_DRAIN_LIMIT, DEFAULT_FLUSH_TIMEOUT,
@@ -144,6 +148,7 @@ pub use policy::{
 pub use report::{
     Alert, AlertDirection, AlertRecord, Initiator, Outcome, Report, Stage, TlsVersion,
 };
+pub use shutdown::Shutdown;
 pub use stoptls::into_transport;
 
 /// Re-exported so that users name the same `openssl-sys` types as the crate.

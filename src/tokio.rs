@@ -115,8 +115,7 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -124,15 +123,14 @@ use std::task::{ready, Context, Poll, Wake, Waker};
 
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use ::tokio::time::{sleep_until, Instant as TokioInstant, Sleep};
-use foreign_types::ForeignTypeRef;
-use openssl::ssl::{ShutdownResult, SslRef};
 use tokio_openssl::SslStream;
 
 use crate::error::Error;
-use crate::machine::{Connection, Progress, Ready, Shutdown, Status, TlsError};
-use crate::ossl::{classify_stream, on_ssl, ssl_mut_of, DISCARD_BUF};
+use crate::machine::{Progress, Ready};
+use crate::ossl::tokio::TokioConnection;
 use crate::policy::{Mode, Policy, ResetOnTimeout};
 use crate::report::Report;
+use crate::shutdown::Shutdown;
 use crate::socket;
 
 /// Shuts `stream` down under `policy`, awaiting each stage under its timeout with
@@ -346,6 +344,7 @@ where
     S: AsyncRead + AsyncWrite + AsFd + Unpin,
 {
     sd: Shutdown<TokioConnection<'a, S>>,
+    io: Arc<IoWaker>,
 }
 
 impl<'a, S> Driver<'a, S>
@@ -353,11 +352,18 @@ where
     S: AsyncRead + AsyncWrite + AsFd + Unpin,
 {
     fn new(stream: &'a mut SslStream<S>, policy: &Policy) -> Self {
-        // Not `readiness_is_level`: a generic `S` offers no readiness to wait for,
-        // so the machine tries one read before waiting (which registers the wake-up).
-        Driver {
-            sd: Shutdown::new(TokioConnection::new(stream), policy),
-        }
+        let io = Arc::new(IoWaker {
+            woken: AtomicBool::new(false),
+            task: Mutex::new(noop_waker()),
+        });
+        let conn = TokioConnection::new(stream, Waker::from(io.clone()));
+        let mut sd = Shutdown::new(conn, policy);
+        // The `now` values are tokio's clock's: taken as they are (see the
+        // module documentation on a paused clock). Not level readiness: a generic
+        // `S` offers no readiness to wait for, so the machine tries one read
+        // before waiting (which registers the wake-up).
+        sd.adapter_clock();
+        Driver { sd, io }
     }
 
     fn poll_report(
@@ -398,9 +404,8 @@ where
     /// deadline, without an OpenSSL call. (The machine's first poll starts the
     /// shutdown whatever the readiness.)
     fn wake_up(&mut self, cx: &Context<'_>) -> (std::time::Instant, Ready) {
-        let conn = self.sd.get_mut();
-        conn.io.set_task(cx.waker());
-        let io = conn.io.woken.swap(false, Ordering::AcqRel);
+        self.io.set_task(cx.waker());
+        let io = self.io.woken.swap(false, Ordering::AcqRel);
         let ready = if io { Ready::ALL } else { Ready::NONE };
         // tokio's clock, the timer's: once the timer has fired, the machine sees
         // its deadline passed too, whatever clock tokio runs on.
@@ -466,236 +471,4 @@ fn noop_waker() -> Waker {
     }
     static NOOP: OnceLock<Waker> = OnceLock::new();
     NOOP.get_or_init(|| Waker::from(Arc::new(Noop))).clone()
-}
-
-// --- the connection --------------------------------------------------------------------
-
-/// [`Connection`] for a tokio-openssl stream. Every OpenSSL call that does I/O
-/// goes through one of the stream's public poll methods, with a context made from
-/// the task's waker (wrapped in [`IoWaker`]), so that tokio-openssl's BIO runs as
-/// it expects; `Poll::Pending` is a retry request. The other calls act on the `SSL`
-/// object only (`on_ssl`).
-struct TokioConnection<'a, S> {
-    stream: &'a mut SslStream<S>,
-    io: Arc<IoWaker>,
-    /// `Waker::from(io)`, made once.
-    waker: Waker,
-    /// `SSL_shutdown` finished inside a `poll_shutdown` whose half-close of the
-    /// inner stream is still pending: the next attempt polls only the inner stream
-    /// (a second `SSL_shutdown` would read).
-    ssl_shutdown_done: bool,
-    /// What the inner stream's `poll_shutdown` answered, for `half_close`.
-    half_closed: Option<io::Result<()>>,
-}
-
-impl<'a, S> TokioConnection<'a, S>
-where
-    S: AsyncRead + AsyncWrite + AsFd + Unpin,
-{
-    fn new(stream: &'a mut SslStream<S>) -> Self {
-        let io = Arc::new(IoWaker {
-            woken: AtomicBool::new(false),
-            task: Mutex::new(noop_waker()),
-        });
-        TokioConnection {
-            stream,
-            waker: Waker::from(io.clone()),
-            io,
-            ssl_shutdown_done: false,
-            half_closed: None,
-        }
-    }
-
-    fn ssl(&self) -> &SslRef {
-        self.stream.ssl()
-    }
-
-    fn ssl_mut(&mut self) -> &mut SslRef {
-        // SAFETY: `SslStream::ssl` returns the stream's own SSL.
-        unsafe { ssl_mut_of(&mut *self.stream, SslStream::ssl) }
-    }
-
-    /// One poll method of the stream, with the task's context.
-    fn poll<R>(
-        &mut self,
-        f: impl FnOnce(Pin<&mut SslStream<S>>, &mut Context<'_>) -> Poll<R>,
-    ) -> Poll<R> {
-        let mut cx = Context::from_waker(&self.waker);
-        f(Pin::new(&mut *self.stream), &mut cx)
-    }
-
-    /// `SSL_shutdown`, through `poll_shutdown`, which then half-closes the inner
-    /// stream. Its answers are told apart with the `SSL`'s state: an error that
-    /// carries OpenSSL's error is `SSL_shutdown`'s; a plain I/O error is
-    /// `SSL_shutdown`'s write failing when OpenSSL still holds the alert
-    /// (`SSL_want_write`), else the inner half-close's.
-    fn poll_shutdown(&mut self) -> Result<ShutdownResult, TlsError> {
-        if self.ssl_shutdown_done {
-            return match self.poll(|s, cx| s.get_pin_mut().poll_shutdown(cx)) {
-                Poll::Pending => Err(TlsError::WantWrite),
-                Poll::Ready(answer) => {
-                    self.ssl_shutdown_done = false;
-                    self.half_closed = Some(answer);
-                    Ok(self.shutdown_result())
-                }
-            };
-        }
-        match self.poll(|s, cx| s.poll_shutdown(cx)) {
-            Poll::Ready(Ok(())) if on_ssl::write_stuck(self.ssl()) => {
-                // SSL_ERROR_ZERO_RETURN: the peer's close_notify is in and ours
-                // could not be written; tokio-openssl takes that for success.
-                Err(TlsError::CloseNotify)
-            }
-            Poll::Ready(Ok(())) => {
-                self.half_closed = Some(Ok(()));
-                Ok(self.shutdown_result())
-            }
-            Poll::Ready(Err(err)) => match ssl_error(&err) {
-                Some(ssl_err) => Err(classify_stream(ssl_err, on_ssl::is_tls13(self.ssl()))),
-                None if on_ssl::write_stuck(self.ssl()) => Err(os_error(&err)),
-                None => {
-                    self.half_closed = Some(Err(err));
-                    Ok(self.shutdown_result())
-                }
-            },
-            Poll::Pending => {
-                if !on_ssl::write_stuck(self.ssl()) {
-                    // Our close_notify is out; the inner half-close is pending.
-                    self.ssl_shutdown_done = true;
-                }
-                Err(TlsError::WantWrite)
-            }
-        }
-    }
-
-    fn shutdown_result(&self) -> ShutdownResult {
-        if on_ssl::received_close_notify(self.ssl()) {
-            ShutdownResult::Received
-        } else {
-            ShutdownResult::Sent
-        }
-    }
-
-    /// One `SSL_read` through `poll_read`. tokio-openssl answers `Ok` with nothing
-    /// read both for close_notify and for an EOF without it; the `SSL`'s flags tell
-    /// them apart.
-    fn read_into(&mut self, buf: &mut ReadBuf<'_>) -> Result<usize, TlsError> {
-        on_ssl::with_clean_queue(|| match self.poll(|s, cx| s.poll_read(cx, buf)) {
-            Poll::Pending => Err(TlsError::WantRead),
-            Poll::Ready(Ok(())) => match buf.filled().len() {
-                0 if on_ssl::received_close_notify(self.ssl()) => Err(TlsError::CloseNotify),
-                0 => Err(TlsError::Eof),
-                n => Ok(n),
-            },
-            Poll::Ready(Err(err)) => Err(classify_io(&err, on_ssl::is_tls13(self.ssl()))),
-        })
-    }
-}
-
-/// The `openssl::ssl::Error` tokio-openssl wrapped in an `io::Error`, if any.
-fn ssl_error(err: &io::Error) -> Option<&openssl::ssl::Error> {
-    err.get_ref()
-        .and_then(|inner| inner.downcast_ref::<openssl::ssl::Error>())
-}
-
-/// A plain I/O error: its errno (EIO when it has none, as for rust-openssl's).
-fn os_error(err: &io::Error) -> TlsError {
-    TlsError::Os(err.raw_os_error().unwrap_or(libc::EIO))
-}
-
-/// What an error of tokio-openssl's `poll_read`/`poll_write` stands for: the
-/// OpenSSL error it wraps, classified as the blocking path classifies its own, or
-/// the transport's errno.
-fn classify_io(err: &io::Error, tls13: bool) -> TlsError {
-    ssl_error(err).map_or_else(|| os_error(err), |e| classify_stream(e, tls13))
-}
-
-impl<S> Connection for TokioConnection<'_, S>
-where
-    S: AsyncRead + AsyncWrite + AsFd + Unpin,
-{
-    fn status(&mut self) -> Status {
-        on_ssl::status(self.ssl())
-    }
-    fn begin(&mut self) {
-        on_ssl::begin(self.ssl_mut(), None)
-    }
-    /// Never called: [`shutdown`] refuses `Mode::StopTls` (see `check`).
-    fn keep_transport(&mut self) -> bool {
-        on_ssl::keep_transport(self.ssl_mut())
-    }
-    fn seal(&mut self) {
-        // rust-openssl (under tokio-openssl) finds its stream through the read
-        // BIO, which stays; only OpenSSL's own writes go to the sink.
-        on_ssl::seal(self.ssl_mut());
-    }
-    fn end(&mut self) {
-        let fd = self.stream.get_ref().as_fd().as_raw_fd();
-        on_ssl::end(self.ssl_mut(), fd)
-    }
-    fn shutdown(&mut self) -> Result<ShutdownResult, TlsError> {
-        on_ssl::with_clean_queue(|| self.poll_shutdown())
-    }
-    fn flush_close_notify(&mut self) -> Result<(), TlsError> {
-        let ssl = self.ssl().as_ptr();
-        on_ssl::flush_close_notify(ssl, || Connection::shutdown(self))
-    }
-    fn read_discard(&mut self) -> Result<usize, TlsError> {
-        let mut buf = [MaybeUninit::<u8>::uninit(); DISCARD_BUF];
-        self.read_into(&mut ReadBuf::uninit(&mut buf))
-    }
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
-        self.read_into(&mut ReadBuf::new(buf))
-    }
-    fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
-        on_ssl::accept_moving_write_buffer(self.ssl());
-        on_ssl::with_clean_queue(|| match self.poll(|s, cx| s.poll_write(cx, buf)) {
-            Poll::Pending => Err(TlsError::WantWrite),
-            Poll::Ready(Ok(n)) => Ok(n),
-            Poll::Ready(Err(err)) => Err(classify_io(&err, on_ssl::is_tls13(self.ssl()))),
-        })
-    }
-    fn has_pending(&self) -> bool {
-        on_ssl::has_pending(self.ssl())
-    }
-    fn set_quiet(&mut self) {
-        on_ssl::set_quiet(self.ssl_mut())
-    }
-    /// tokio-openssl's `poll_shutdown` already did it, right after close_notify:
-    /// its answer, read as the blocking path reads its own `shutdown(SHUT_WR)`.
-    fn half_close(&mut self) -> io::Result<()> {
-        let answer = self.half_closed.take().unwrap_or_else(|| {
-            Err(io::Error::other(
-                "tokio-openssl's poll_shutdown did not half-close the stream",
-            ))
-        });
-        socket::half_close_answer(answer, self.stream.get_ref().as_fd())
-    }
-    fn send_queue_len(&self) -> io::Result<usize> {
-        socket::send_queue_len(self.stream.get_ref().as_fd())
-    }
-    fn arm_reset(&mut self) -> io::Result<()> {
-        socket::arm_reset(self.stream.get_ref().as_fd())
-    }
-    fn forget_session(&mut self) {
-        on_ssl::forget_session(self.ssl_mut())
-    }
-    fn session_resumable(&self) -> bool {
-        on_ssl::session_resumable(self.ssl())
-    }
-    fn saved_report(&self) -> Option<Report> {
-        on_ssl::saved_report(self.ssl())
-    }
-    fn save_report(&mut self, report: &Report) {
-        on_ssl::save_report(self.ssl_mut(), report)
-    }
-}
-
-impl<S> fmt::Debug for TokioConnection<'_, S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokioConnection")
-            .field("ssl", &self.stream.ssl())
-            .field("ssl_shutdown_done", &self.ssl_shutdown_done)
-            .finish_non_exhaustive()
-    }
 }

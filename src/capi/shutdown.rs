@@ -11,8 +11,9 @@ use super::{
     to_policy, CLOSENOTIFY_ERR_INVALID_ARGUMENT, CLOSENOTIFY_ERR_NULL_ARGUMENT,
     CLOSENOTIFY_ERR_PANIC, CLOSENOTIFY_ERR_SINK, CLOSENOTIFY_ERR_WRONG_STATE, CLOSENOTIFY_OK,
 };
-use crate::machine::{Interest, Progress, Ready, Shutdown};
+use crate::machine::{Interest, Progress, Ready};
 use crate::ossl::RawConnection;
+use crate::shutdown::Shutdown;
 use crate::{Error, Policy};
 
 /// What `closenotify_shutdown_step` waits for.
@@ -144,9 +145,10 @@ pub unsafe extern "C" fn closenotify_shutdown_new(
             Ok(args) => args,
             Err(code) => return code,
         };
-        let boxed = Box::new(closenotify_shutdown {
-            machine: Shutdown::new(conn, &policy),
-        });
+        let mut machine = Shutdown::new(conn, &policy);
+        // Every step reads the clock.
+        machine.adapter_clock();
+        let boxed = Box::new(closenotify_shutdown { machine });
         // SAFETY: `out` is non-NULL and writable, per the contract.
         unsafe { out.write(Box::into_raw(boxed)) };
         CLOSENOTIFY_OK
@@ -216,7 +218,9 @@ pub unsafe extern "C" fn closenotify_shutdown_set_unsent(
             // the reservation above), per the contract.
             copy.extend_from_slice(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) });
         }
-        sd.machine.set_unsent(copy);
+        if let Some(setup) = sd.machine.setup() {
+            setup.unsent = copy;
+        }
         CLOSENOTIFY_OK
     })
 }
@@ -291,7 +295,9 @@ pub unsafe extern "C" fn closenotify_shutdown_set_error(
                 .machine
                 .get_ref()
                 .classify_failure(ErrorCode::from_raw(ssl_error), sys_errno);
-            sd.machine.set_prior_error(err);
+            if let Some(setup) = sd.machine.setup() {
+                setup.set_prior_error(err);
+            }
         }
         CLOSENOTIFY_OK
     })

@@ -3,9 +3,16 @@
 
 use std::io;
 
-use openssl::ssl::ShutdownResult;
-
 use crate::report::{Report, TlsVersion};
+
+/// What a successful `SSL_shutdown` answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownAnswer {
+    /// 0: our close_notify is sent; the peer's has not arrived.
+    Sent,
+    /// 1: both close_notify alerts are through.
+    Received,
+}
 
 /// What an OpenSSL call answered when it did not simply succeed, already classified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,11 +64,12 @@ pub struct Status {
 
 /// What the state machine needs from a TLS connection.
 ///
-/// Implemented for `openssl::ssl::SslStream<S>` (any `S: Read + Write + AsFd`),
-/// for `&mut` of any implementation, and for [`RawConnection`](crate::RawConnection)
-/// (a raw `SSL*` with its socket). Each method is one OpenSSL or socket call; the
-/// implementation classifies OpenSSL's answers into [`TlsError`] and keeps the error
-/// queue clean.
+/// Implemented for `openssl::ssl::SslStream<S>` (any `S: Read + Write + AsFd`)
+/// and for [`RawConnection`](crate::RawConnection) (a raw `SSL*` with its socket),
+/// and for `&mut` of either. Each method is one OpenSSL or socket call; the
+/// implementation classifies OpenSSL's answers into [`TlsError`] and keeps the
+/// error queue clean. The state machine uses nothing else of the connection, so a
+/// scripted implementation drives it in tests.
 pub trait Connection {
     /// The state before the shutdown begins.
     fn status(&mut self) -> Status;
@@ -88,7 +96,7 @@ pub trait Connection {
     /// `begin` and `seal`.
     fn end(&mut self) {}
     /// One `SSL_shutdown` call.
-    fn shutdown(&mut self) -> Result<ShutdownResult, TlsError>;
+    fn shutdown(&mut self) -> Result<ShutdownAnswer, TlsError>;
     /// Finishes writing a close_notify that was queued before the shutdown began
     /// (`Status::sent`), without reading anything: `Ok` once it has left, now or
     /// earlier; `Err(WantWrite)` while the socket cannot take it. (`SSL_shutdown`
@@ -122,64 +130,4 @@ pub trait Connection {
     fn saved_report(&self) -> Option<Report>;
     /// Remember the final report, so that a second shutdown returns it.
     fn save_report(&mut self, report: &Report);
-}
-
-impl<T: Connection + ?Sized> Connection for &mut T {
-    fn status(&mut self) -> Status {
-        (**self).status()
-    }
-    fn begin(&mut self) {
-        (**self).begin()
-    }
-    fn keep_transport(&mut self) -> bool {
-        (**self).keep_transport()
-    }
-    fn seal(&mut self) {
-        (**self).seal()
-    }
-    fn end(&mut self) {
-        (**self).end()
-    }
-    fn shutdown(&mut self) -> Result<ShutdownResult, TlsError> {
-        (**self).shutdown()
-    }
-    fn flush_close_notify(&mut self) -> Result<(), TlsError> {
-        (**self).flush_close_notify()
-    }
-    fn read_discard(&mut self) -> Result<usize, TlsError> {
-        (**self).read_discard()
-    }
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
-        (**self).read(buf)
-    }
-    fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
-        (**self).write(buf)
-    }
-    fn has_pending(&self) -> bool {
-        (**self).has_pending()
-    }
-    fn set_quiet(&mut self) {
-        (**self).set_quiet()
-    }
-    fn half_close(&mut self) -> io::Result<()> {
-        (**self).half_close()
-    }
-    fn send_queue_len(&self) -> io::Result<usize> {
-        (**self).send_queue_len()
-    }
-    fn arm_reset(&mut self) -> io::Result<()> {
-        (**self).arm_reset()
-    }
-    fn forget_session(&mut self) {
-        (**self).forget_session()
-    }
-    fn session_resumable(&self) -> bool {
-        (**self).session_resumable()
-    }
-    fn saved_report(&self) -> Option<Report> {
-        (**self).saved_report()
-    }
-    fn save_report(&mut self, report: &Report) {
-        (**self).save_report(report)
-    }
 }

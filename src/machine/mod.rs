@@ -1,15 +1,17 @@
 //! The shutdown state machine: flush -> half-close -> await_peer -> linger.
 //!
-//! [`Shutdown`] never sleeps, and its deadlines come only from the `now` it is
-//! given. Every call to [`Shutdown::poll`] takes `now` and what the socket
-//! reported, and answers either [`Progress::Done`] with the [`Report`] or
-//! [`Progress::Wait`]: wait for READ or WRITE readiness (or only for time to pass),
-//! at the latest until a deadline. The adapters — [`shutdown_blocking`](crate::shutdown_blocking),
-//! the [`Closer`](crate::Closer), the C API — own the clock and the waiting.
+//! Sans-IO: [`Machine`] owns no clock and no I/O type. Every call takes the
+//! connection (through the [`Connection`] trait: OpenSSL in production, a
+//! scripted fake in the unit and property tests), `now`, and what the socket
+//! reported; it answers [`Progress::Wait`] (wait for READ or WRITE readiness, or
+//! only for time, at the latest until a deadline) or [`Progress::Done`] with the
+//! [`Report`]. Deadlines and [`Report::elapsed`] come only from the `now` values
+//! it is given, so a test on a fake clock gets exact times by construction. The
+//! adapters own the clock and the waiting: [`Shutdown`](crate::Shutdown) for
+//! callers' own loops, the blocking calls, the [`Closer`](crate::Closer), the C
+//! API and the tokio driver.
 //!
-//! The machine talks to the connection through [`Connection`]: OpenSSL in
-//! production, a scripted fake in the unit and property tests (`tests.rs`,
-//! `proptests.rs`).
+//! This module uses std and the crate's own types only.
 
 mod connection;
 mod wait;
@@ -17,32 +19,129 @@ mod wait;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
-mod script;
+pub(crate) mod script;
 #[cfg(test)]
 mod tests;
 
 use std::time::{Duration, Instant};
-
-use openssl::ssl::ShutdownResult;
 
 use crate::policy::{Mode, Policy, ResetOnTimeout};
 use crate::report::{
     Alert, AlertDirection, AlertRecord, Initiator, Outcome, Report, Stage, TlsVersion,
 };
 
-pub use self::connection::{Connection, Status, TlsError};
+pub use self::connection::{Connection, ShutdownAnswer, Status, TlsError};
 pub use self::wait::{Interest, Progress, Ready, Wait};
 
-#[derive(Clone, Copy, Debug)]
+/// First and longest pause between two checks of the send queue in the linger stage.
+const LINGER_FIRST_CHECK: Duration = Duration::from_millis(1);
+const LINGER_MAX_CHECK: Duration = Duration::from_millis(50);
+
+/// Most application bytes one call discards before it hands control back (four
+/// full records): the caller's next call brings a fresh `now`.
+const DISCARD_PER_CALL: u64 = 64 * 1024;
+
+/// What the caller hands over before the shutdown starts; ignored once it has.
+#[derive(Debug, Default)]
+pub(crate) struct Setup {
+    /// Application data to write before close_notify (a write the application
+    /// left half-finished, then more).
+    pub unsent: Vec<u8>,
+    /// The failure the application already saw on this connection.
+    pub prior_error: Option<TlsError>,
+    /// Most bytes `poll_read` delivers before the shutdown ends with
+    /// `drain_limit`.
+    pub read_limit: Option<u64>,
+    /// Readiness will be reported for bytes already waiting in the socket (a
+    /// level-triggered `poll(2)`, or a registration made after the first call):
+    /// no read is tried before the first wait for the peer.
+    pub level_readiness: bool,
+    /// The connection is closed right after the report (the Closer): the report
+    /// is not kept on it for a second shutdown.
+    pub closed_after_report: bool,
+}
+
+impl Setup {
+    /// Hands over the application's failure; retry requests and close_notify
+    /// are not failures and are ignored.
+    pub fn set_prior_error(&mut self, err: TlsError) {
+        let is_failure = !matches!(
+            err,
+            TlsError::WantRead | TlsError::WantWrite | TlsError::CloseNotify
+        );
+        if is_failure {
+            self.prior_error = Some(err);
+        }
+    }
+}
+
+/// The facts the report is built from, gathered as the shutdown goes.
+#[derive(Debug)]
+struct Facts {
+    /// The `now` of the first call.
+    started: Instant,
+    initiator: Initiator,
+    stage: Stage,
+    sent: bool,
+    received: bool,
+    half_closed: bool,
+    discarded: u64,
+    delivered: u64,
+    calls: u32,
+    version: Option<TlsVersion>,
+    alert: Option<AlertRecord>,
+    os_error: Option<i32>,
+    detail: Option<&'static str>,
+    linger_bytes: Option<u64>,
+    /// STOPTLS: read-ahead had buffered bytes before the shutdown began, which
+    /// may include plaintext past the peer's close_notify.
+    transport_tainted: bool,
+    /// `Connection::begin` ran and `Connection::end` has not yet.
+    begun: bool,
+}
+
+impl Facts {
+    fn new(started: Instant) -> Facts {
+        Facts {
+            started,
+            initiator: Initiator::Local,
+            stage: Stage::Flush,
+            sent: false,
+            received: false,
+            half_closed: false,
+            discarded: 0,
+            delivered: 0,
+            calls: 0,
+            version: None,
+            alert: None,
+            os_error: None,
+            detail: None,
+            linger_bytes: None,
+            transport_tainted: false,
+            begun: false,
+        }
+    }
+}
+
+/// Where the shutdown stands, with each stage's own data.
+#[derive(Debug)]
 enum State {
-    Idle,
+    /// Not started: the setup can still change.
+    Idle(Setup),
     Flush {
         deadline: Instant,
+        /// Our close_notify was queued before the shutdown began: only finish
+        /// writing it.
+        resuming: bool,
+        /// Application data to write first, and how much of it is written.
+        unsent: Vec<u8>,
+        written: usize,
     },
     AwaitPeer {
         deadline: Instant,
         interest: Interest,
-        /// `poll_read` filled the caller's buffer: read again before waiting.
+        /// Data was delivered or the read budget spent: more may be buffered,
+        /// so the next call reads without waiting for readiness.
         data_pending: bool,
     },
     Linger {
@@ -54,259 +153,47 @@ enum State {
     Done(Report),
 }
 
-/// First and longest pause between two checks of the send queue in the linger stage.
-const LINGER_FIRST_CHECK: Duration = Duration::from_millis(1);
-const LINGER_MAX_CHECK: Duration = Duration::from_millis(50);
-
-/// Most application bytes one call discards before it hands control back (four
-/// full records): the caller's next call brings a fresh `now`.
-const DISCARD_PER_CALL: u64 = 64 * 1024;
-
-/// One connection being shut down: the state machine flush -> half-close ->
-/// await_peer -> linger.
-///
-/// It never sleeps, and its deadlines come only from the `now` it is given: every
-/// [`poll`](Shutdown::poll) takes `now` and what the socket reported, and answers [`Progress::Wait`] (wait for
-/// READ or WRITE readiness, or only for time, at the latest until a deadline) or
-/// [`Progress::Done`] with the [`Report`]. The adapters own the clock and the
-/// waiting: [`shutdown_blocking`](crate::shutdown_blocking), or your event loop.
-///
-/// Call order: [`poll`](Shutdown::poll) once to start, then again each time the
-/// socket reports the [`Interest`] of the last [`Wait`] or its deadline passes, until
-/// [`Progress::Done`].
+/// The state machine of one shutdown, without its connection: every call is
+/// handed the connection, `now` and the readiness (see the module documentation).
 #[derive(Debug)]
-pub struct Shutdown<C: Connection> {
-    conn: Held<C>,
+pub(crate) struct Machine {
     policy: Policy,
     state: State,
-    /// The `now` of the first call, and the monotonic clock at that moment, from
-    /// which [`Report::elapsed`] is measured: the time that really passed, even
-    /// when a caller's `now` is stale. (Deadlines come only from `now`.)
-    started: Option<(Instant, Instant)>,
-    initiator: Initiator,
-    stage: Stage,
-    sent: bool,
-    received: bool,
-    half_closed: bool,
-    discarded: u64,
-    calls: u32,
-    version: Option<TlsVersion>,
-    alert: Option<AlertRecord>,
-    os_error: Option<i32>,
-    detail: Option<&'static str>,
-    linger_bytes: Option<u64>,
-    speculative_read: bool,
-    /// Bytes handed to the caller by the last `poll_read`; more may be waiting in
-    /// OpenSSL or the socket, so the next call reads without waiting for readiness.
-    delivered: usize,
-    /// Application data to write before close_notify, and how much is written.
-    unsent: Vec<u8>,
-    unsent_written: usize,
-    /// The failure the application already saw on this connection.
-    prior_error: Option<TlsError>,
-    /// Keep the final report on the connection for a second shutdown (off when
-    /// the connection is closed right after, as in the Closer).
-    save_report: bool,
-    /// Our close_notify was queued before the shutdown began: the flush only
-    /// finishes writing it.
-    resuming: bool,
-    /// Most bytes `poll_read` delivers before the shutdown ends with
-    /// `drain_limit`, and how many it delivered so far.
+    /// `None` until the first call.
+    facts: Option<Facts>,
+    /// Setup that outlives the start.
     read_limit: Option<u64>,
-    delivered_total: u64,
-    /// STOPTLS: read-ahead had buffered bytes before the shutdown began, which
-    /// may include plaintext past the peer's close_notify.
-    transport_tainted: bool,
+    level_readiness: bool,
+    save_report: bool,
 }
 
-impl<C: Connection> Shutdown<C> {
-    /// Prepares a shutdown of `conn` under `policy`. Nothing happens until the first
-    /// [`poll`](Shutdown::poll).
-    pub fn new(conn: C, policy: &Policy) -> Self {
-        Shutdown {
-            conn: Held::new(conn),
+impl Machine {
+    pub fn new(policy: &Policy) -> Machine {
+        Machine {
             policy: policy.clone(),
-            state: State::Idle,
-            started: None,
-            initiator: Initiator::Local,
-            stage: Stage::Flush,
-            sent: false,
-            received: false,
-            half_closed: false,
-            discarded: 0,
-            calls: 0,
-            version: None,
-            alert: None,
-            os_error: None,
-            detail: None,
-            linger_bytes: None,
-            speculative_read: true,
-            delivered: 0,
-            unsent: Vec::new(),
-            unsent_written: 0,
-            prior_error: None,
-            save_report: true,
-            resuming: false,
+            state: State::Idle(Setup::default()),
+            facts: None,
             read_limit: None,
-            delivered_total: 0,
-            transport_tainted: false,
+            level_readiness: false,
+            save_report: true,
         }
     }
 
-    /// Application data the caller could not finish writing, to be sent before our
-    /// close_notify, in the flush stage and under its timeout. If the caller's last
-    /// `SSL_write` stopped half way (WANT_WRITE), `data` must begin with the bytes
-    /// of that call, as OpenSSL requires of a retry; the write then completes
-    /// instead of failing with "bad write retry". A peer that never reads makes the
-    /// flush time out, as it would for close_notify alone. Ignored once the
-    /// shutdown has started, and in quiet mode.
-    pub fn with_unsent(mut self, data: Vec<u8>) -> Self {
-        self.set_unsent(data);
-        self
-    }
-
-    /// [`with_unsent`](Shutdown::with_unsent) in place (the C API's object owns
-    /// its machine).
-    pub(crate) fn set_unsent(&mut self, data: Vec<u8>) {
-        if self.started.is_none() {
-            self.unsent = data;
-            self.unsent_written = 0;
+    /// The setup, until the first call; `None` once the shutdown has started.
+    pub fn setup(&mut self) -> Option<&mut Setup> {
+        match &mut self.state {
+            State::Idle(setup) => Some(setup),
+            _ => None,
         }
     }
 
-    /// The error the application's last `SSL_read` or `SSL_write` on this
-    /// connection failed with (see `TlsError::from(&openssl::ssl::Error)`). OpenSSL
-    /// forbids `SSL_shutdown` after `SSL_ERROR_SYSCALL` or `SSL_ERROR_SSL`, so the
-    /// shutdown sends nothing and reports that error: `truncated` for an EOF,
-    /// `reset` for a transport error, `peer_alert` with the alert the application
-    /// consumed, `protocol_error`. Retry requests and close_notify are not errors
-    /// and are ignored. Ignored once the shutdown has started.
-    pub fn after_error(mut self, err: TlsError) -> Self {
-        self.set_prior_error(err);
-        self
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
-    /// [`after_error`](Shutdown::after_error) in place.
-    pub(crate) fn set_prior_error(&mut self, err: TlsError) {
-        let is_failure = !matches!(
-            err,
-            TlsError::WantRead | TlsError::WantWrite | TlsError::CloseNotify
-        );
-        if self.started.is_none() && is_failure {
-            self.prior_error = Some(err);
-        }
-    }
-
-    /// The first [`poll`](Shutdown::poll) has run: the builder methods are ignored
-    /// from now on.
     #[cfg(feature = "capi")]
-    pub(crate) fn is_started(&self) -> bool {
-        self.started.is_some()
-    }
-
-    /// Bounds what [`poll_read`](Shutdown::poll_read) delivers: once more than
-    /// `bytes` have been delivered, the shutdown ends with
-    /// [`Outcome::DrainLimit`] (the call that crossed the limit still returns its
-    /// bytes; the caller decides what to do with the excess). Ignored once the
-    /// shutdown has started.
-    pub fn with_read_limit(mut self, bytes: u64) -> Self {
-        if self.started.is_none() {
-            self.read_limit = Some(bytes);
-        }
-        self
-    }
-
-    /// Tells the machine that readiness will be reported for bytes already waiting in
-    /// the socket (a level-triggered `poll(2)`, or a registration made after the
-    /// first `poll` call), so it need not try one read before waiting for the peer.
-    /// Without this, the machine tries once, which is right for an edge-triggered
-    /// registration whose edge was consumed by the application.
-    pub(crate) fn readiness_is_level(&mut self) {
-        self.speculative_read = false;
-    }
-
-    /// The connection is closed as soon as the report is final (the Closer), so
-    /// keeping the report on it for a second shutdown would only cost allocations.
-    pub(crate) fn closed_after_report(&mut self) {
-        self.save_report = false;
-    }
-
-    /// Drives the shutdown. `now` is the current time; `ready` is what the socket
-    /// reported since the last call ([`Ready::NONE`] for a timer wake-up,
-    /// [`Ready::ALL`] when unknown). Returns the next [`Wait`] or the [`Report`].
-    ///
-    /// Application data that arrives after our close_notify is discarded (and
-    /// counted) up to the drain limit; use [`poll_read`](Shutdown::poll_read) to
-    /// receive it instead. Data does not extend the wait: the peer's close_notify
-    /// must arrive within `peer_timeout`. A call discards at most 64 KiB before it
-    /// returns a [`Wait`] whose deadline is the `now` it was given (call again at
-    /// once, whatever the socket reports), so that a fast peer cannot keep one call
-    /// going.
-    pub fn poll(&mut self, now: Instant, ready: Ready) -> Progress {
-        self.step(now, ready, None)
-    }
-
-    /// Like [`poll`](Shutdown::poll), but application data that arrives after our
-    /// close_notify is written to `buf` instead of being discarded: the TLS
-    /// half-close, where we are done sending and keep reading until the peer's
-    /// close_notify. Returns how many bytes were written to `buf`.
-    ///
-    /// When it returns `n > 0`, consume the bytes and call again at once, whatever
-    /// the socket reports: more may already be buffered. The bytes can come with
-    /// [`Progress::Done`] (the call that crossed the read limit or the deadline):
-    /// consume them too. Delivered bytes do not count against the drain limit;
-    /// they are [`Report::delivered_bytes`], and
-    /// [`with_read_limit`](Shutdown::with_read_limit) bounds them. An empty `buf`
-    /// reads nothing (the call only checks the deadline).
-    ///
-    /// The whole wait for the peer's close_notify, data included, is bounded by
-    /// the policy's `peer_timeout`, however fast the peer streams: the first call
-    /// at or after the deadline reads once more (the close_notify may be there),
-    /// and if that read brings data instead, it returns the data with the report,
-    /// `timed_out` in stage `await_peer`.
-    pub fn poll_read(&mut self, now: Instant, ready: Ready, buf: &mut [u8]) -> (usize, Progress) {
-        let progress = self.step(now, ready, Some(buf));
-        (std::mem::take(&mut self.delivered), progress)
-    }
-
-    fn step(&mut self, now: Instant, ready: Ready, out: Option<&mut [u8]>) -> Progress {
-        self.delivered = 0;
-        match self.state {
-            State::Done(report) => Progress::Done(report),
-            State::Idle => self.start(now, out),
-            State::Flush { deadline } => {
-                if ready.writable {
-                    self.flush(now, deadline, out)
-                } else {
-                    self.idle(now, deadline, Stage::Flush)
-                }
-            }
-            State::AwaitPeer {
-                deadline,
-                interest,
-                data_pending,
-            } => {
-                let hit = data_pending
-                    || match interest {
-                        Interest::Read => ready.readable,
-                        Interest::Write => ready.writable,
-                        Interest::Timer => false,
-                    };
-                if hit {
-                    self.await_peer(now, deadline, out)
-                } else {
-                    self.idle(now, deadline, Stage::AwaitPeer)
-                }
-            }
-            State::Linger { next_check, .. } => {
-                if now >= next_check {
-                    self.linger(now)
-                } else {
-                    self.waiting()
-                        .map_or_else(|| unreachable_wait(now), Progress::Wait)
-                }
-            }
-        }
+    pub fn is_started(&self) -> bool {
+        !matches!(self.state, State::Idle(_))
     }
 
     /// The report, once the shutdown is done.
@@ -320,7 +207,7 @@ impl<C: Connection> Shutdown<C> {
     /// What the machine waits for now; `None` before the first call and when done.
     pub fn waiting(&self) -> Option<Wait> {
         match self.state {
-            State::Flush { deadline } => Some(Wait {
+            State::Flush { deadline, .. } => Some(Wait {
                 interest: Interest::Write,
                 deadline,
             }),
@@ -331,63 +218,146 @@ impl<C: Connection> Shutdown<C> {
                 interest: Interest::Timer,
                 deadline: next_check,
             }),
-            State::Idle | State::Done(_) => None,
+            State::Idle(_) | State::Done(_) => None,
         }
     }
 
-    /// The policy this shutdown runs under.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// OpenSSL calls made so far.
+    #[cfg(test)]
+    pub fn calls(&self) -> u32 {
+        self.facts.as_ref().map_or(0, |f| f.calls)
     }
 
-    /// The connection.
-    pub fn get_ref(&self) -> &C {
-        &self.conn
+    /// Abandons an unfinished shutdown: undoes what `Connection::begin` changed.
+    pub fn abandon<C: Connection + ?Sized>(&mut self, conn: &mut C) {
+        if let Some(facts) = self.facts.as_mut() {
+            if std::mem::take(&mut facts.begun) {
+                conn.end();
+            }
+        }
     }
 
-    /// The connection, mutably. Reading or writing it while the shutdown runs breaks
-    /// the shutdown.
-    pub fn get_mut(&mut self) -> &mut C {
-        &mut self.conn
+    /// One step: `out` is `poll_read`'s buffer (`None`: data is discarded).
+    /// Returns the bytes delivered to `out`, and what comes next.
+    pub fn poll<C: Connection + ?Sized>(
+        &mut self,
+        conn: &mut C,
+        now: Instant,
+        ready: Ready,
+        out: Option<&mut [u8]>,
+    ) -> (usize, Progress) {
+        let mut step = Step {
+            policy: &self.policy,
+            read_limit: self.read_limit,
+            save_report: self.save_report,
+            level_readiness: self.level_readiness,
+            conn,
+            now,
+            delivered: 0,
+        };
+        let progress = match &mut self.state {
+            State::Done(report) => Progress::Done(*report),
+            State::Idle(setup) => {
+                let setup = std::mem::take(setup);
+                self.read_limit = setup.read_limit;
+                self.level_readiness = setup.level_readiness;
+                self.save_report = !setup.closed_after_report;
+                step.read_limit = self.read_limit;
+                step.save_report = self.save_report;
+                step.level_readiness = self.level_readiness;
+                let facts = self.facts.insert(Facts::new(now));
+                step.start(facts, &mut self.state, setup, out)
+            }
+            State::Flush { deadline, .. } => {
+                let deadline = *deadline;
+                let facts = self.facts.as_mut().expect("started");
+                if ready.writable {
+                    step.flush(facts, &mut self.state, out)
+                } else {
+                    step.idle(facts, &mut self.state, deadline)
+                }
+            }
+            State::AwaitPeer {
+                deadline,
+                interest,
+                data_pending,
+            } => {
+                let (deadline, interest, data_pending) = (*deadline, *interest, *data_pending);
+                let facts = self.facts.as_mut().expect("started");
+                let hit = data_pending
+                    || match interest {
+                        Interest::Read => ready.readable,
+                        Interest::Write => ready.writable,
+                        Interest::Timer => false,
+                    };
+                if hit {
+                    step.await_peer(facts, &mut self.state, deadline, data_pending, out)
+                } else {
+                    step.idle(facts, &mut self.state, deadline)
+                }
+            }
+            State::Linger { next_check, .. } => {
+                let next_check = *next_check;
+                let facts = self.facts.as_mut().expect("started");
+                if now >= next_check {
+                    step.linger(facts, &mut self.state)
+                } else {
+                    Progress::Wait(Wait {
+                        interest: Interest::Timer,
+                        deadline: next_check,
+                    })
+                }
+            }
+        };
+        (step.delivered, progress)
     }
+}
 
-    /// Gives the connection back. An unfinished shutdown is abandoned as dropping
-    /// it would be: what it changed on the connection (the socket's blocking
-    /// mode, `SSL_OP_IGNORE_UNEXPECTED_EOF`, read-ahead, the write BIO) is
-    /// restored first. After a [`Mode::StopTls`] shutdown that ended `clean`, pass
-    /// the stream to [`into_transport`](crate::into_transport).
-    pub fn into_inner(self) -> C {
-        self.conn.into_inner()
-    }
+/// One call of the machine: what it was given, and what it delivered.
+struct Step<'a, C: Connection + ?Sized> {
+    policy: &'a Policy,
+    read_limit: Option<u64>,
+    save_report: bool,
+    level_readiness: bool,
+    conn: &'a mut C,
+    now: Instant,
+    /// Bytes written to `poll_read`'s buffer by this call.
+    delivered: usize,
+}
 
-    // --- stages -------------------------------------------------------------------
-
-    fn start(&mut self, now: Instant, out: Option<&mut [u8]>) -> Progress {
-        self.started = Some((now, Instant::now()));
+impl<C: Connection + ?Sized> Step<'_, C> {
+    fn start(
+        &mut self,
+        facts: &mut Facts,
+        state: &mut State,
+        setup: Setup,
+        out: Option<&mut [u8]>,
+    ) -> Progress {
         if let Some(report) = self.conn.saved_report() {
             log::debug!("closenotify: shutdown already done: {report}");
-            self.state = State::Done(report);
+            *state = State::Done(report);
             return Progress::Done(report);
         }
         let status = self.conn.status();
-        self.version = status.version;
+        facts.version = status.version;
         // OpenSSL flags a received fatal alert as SSL_RECEIVED_SHUTDOWN too. With
         // the alert the application consumed handed over, the flag stands for that
         // alert: no close_notify can have come before it (OpenSSL reads nothing
         // past a close_notify).
-        let alert_consumed = matches!(self.prior_error, Some(TlsError::PeerAlert(_)));
+        let alert_consumed = matches!(setup.prior_error, Some(TlsError::PeerAlert(_)));
         if status.received && !alert_consumed {
-            self.initiator = Initiator::Peer;
-            self.received = true;
+            facts.initiator = Initiator::Peer;
+            facts.received = true;
         }
         self.conn.begin();
+        facts.begun = true;
         if self.policy.mode() == Mode::StopTls {
-            self.transport_tainted = self.conn.keep_transport();
+            facts.transport_tainted = self.conn.keep_transport();
         }
-        if let Some(err) = self.prior_error {
+        if let Some(err) = setup.prior_error {
             log::debug!("closenotify: the application already saw {err:?}; sending nothing");
             self.conn.set_quiet();
-            return self.failed(now, err);
+            return self.failed(facts, state, err);
         }
         if self.policy.mode() == Mode::Quiet || !status.usable {
             log::debug!(
@@ -399,7 +369,7 @@ impl<C: Connection> Shutdown<C> {
                 }
             );
             self.conn.set_quiet();
-            return self.finish(now, Outcome::Quiet);
+            return self.finish(facts, state, Outcome::Quiet);
         }
         if status.sent {
             // The application called SSL_shutdown, or an earlier shutdown was
@@ -407,142 +377,152 @@ impl<C: Connection> Shutdown<C> {
             // buffered, then read with SSL_read. A second SSL_shutdown would read
             // itself, and fail on application data the peer may still send.
             log::debug!("closenotify: close_notify already queued; flushing it only");
-            self.resuming = true;
         }
-        let deadline = now + self.policy.flush_timeout();
-        self.flush(now, deadline, out)
+        *state = State::Flush {
+            deadline: self.now + self.policy.flush_timeout(),
+            resuming: status.sent,
+            unsent: setup.unsent,
+            written: 0,
+        };
+        self.flush(facts, state, out)
     }
 
-    fn flush(&mut self, now: Instant, deadline: Instant, out: Option<&mut [u8]>) -> Progress {
-        if self.resuming {
-            self.calls += 1;
+    fn flush(&mut self, facts: &mut Facts, state: &mut State, out: Option<&mut [u8]>) -> Progress {
+        let State::Flush {
+            deadline,
+            resuming,
+            unsent,
+            written,
+        } = state
+        else {
+            return unreachable_wait(self.now);
+        };
+        let deadline = *deadline;
+        if *resuming {
+            facts.calls += 1;
             return match self.conn.flush_close_notify() {
                 Ok(()) => {
-                    self.sent = true;
-                    self.after_flush(now, out)
+                    facts.sent = true;
+                    self.after_flush(facts, state, out)
                 }
-                Err(TlsError::WantWrite) => self.flush_wait(now, deadline),
-                Err(err) => self.failed(now, err),
+                Err(TlsError::WantWrite) => self.flush_wait(facts, state, deadline),
+                Err(err) => self.failed(facts, state, err),
             };
         }
-        while self.unsent_written < self.unsent.len() {
-            self.calls += 1;
-            match self.conn.write(&self.unsent[self.unsent_written..]) {
-                Ok(n) => self.unsent_written += n,
+        while *written < unsent.len() {
+            facts.calls += 1;
+            match self.conn.write(&unsent[*written..]) {
+                Ok(n) => *written += n,
                 Err(TlsError::WantWrite | TlsError::WantRead) => {
-                    return self.flush_wait(now, deadline);
+                    return self.flush_wait(facts, state, deadline);
                 }
-                Err(err) => return self.failed(now, err),
+                Err(err) => return self.failed(facts, state, err),
             }
         }
-        if !self.unsent.is_empty() {
-            self.unsent = Vec::new(); // all written: free it
+        if !unsent.is_empty() {
+            *unsent = Vec::new(); // all written: free it
         }
-        self.calls += 1;
+        facts.calls += 1;
         match self.conn.shutdown() {
-            Ok(ShutdownResult::Sent) => {
-                self.sent = true;
-                self.after_flush(now, out)
+            Ok(answer) => {
+                facts.sent = true;
+                facts.received |= answer == ShutdownAnswer::Received;
+                self.after_flush(facts, state, out)
             }
-            Ok(ShutdownResult::Received) => {
-                self.sent = true;
-                self.received = true;
-                self.after_flush(now, out)
-            }
-            Err(TlsError::WantWrite) => self.flush_wait(now, deadline),
+            Err(TlsError::WantWrite) => self.flush_wait(facts, state, deadline),
             // SSL_shutdown reads only once its close_notify is no longer queued,
             // and after a successful write it answers 0 first. Reading straight
             // after a failed attempt means OpenSSL dropped the alert: 3.2+ gives
             // up on a close_notify queued behind a half-finished application
             // write (ssl3_dispatch_alert), where 3.0 says "bad write retry".
             Err(TlsError::WantRead) => self.failed(
-                now,
+                facts,
+                state,
                 TlsError::Unusable {
                     detail: "close_notify dropped by OpenSSL behind a half-finished write",
                 },
             ),
-            Err(err) => self.failed(now, err),
+            Err(err) => self.failed(facts, state, err),
         }
     }
 
-    fn flush_wait(&mut self, now: Instant, deadline: Instant) -> Progress {
-        if now >= deadline {
-            return self.timed_out(now);
+    fn flush_wait(&mut self, facts: &mut Facts, state: &mut State, deadline: Instant) -> Progress {
+        if self.now >= deadline {
+            return self.timed_out(facts, state);
         }
-        self.state = State::Flush { deadline };
         Progress::Wait(Wait {
             interest: Interest::Write,
             deadline,
         })
     }
 
-    fn after_flush(&mut self, now: Instant, out: Option<&mut [u8]>) -> Progress {
+    fn after_flush(
+        &mut self,
+        facts: &mut Facts,
+        state: &mut State,
+        out: Option<&mut [u8]>,
+    ) -> Progress {
         if self.policy.half_close() {
-            self.enter(Stage::HalfClose);
+            self.enter(facts, Stage::HalfClose);
             match self.conn.half_close() {
-                Ok(()) => self.half_closed = true,
+                Ok(()) => facts.half_closed = true,
                 // ENOTCONN: the peer already reset the connection; the next stage
                 // (or the report) says so.
                 Err(err) => log::debug!("closenotify: shutdown(SHUT_WR) failed: {err}"),
             }
         }
-        if self.received {
-            return self.linger_or_finish(now, Outcome::Clean);
+        if facts.received {
+            return self.linger_or_finish(facts, state, Outcome::Clean);
         }
         if !self.policy.mode().awaits_peer() {
-            return self.linger_or_finish(now, Outcome::SentOnly);
+            return self.linger_or_finish(facts, state, Outcome::SentOnly);
         }
-        self.enter(Stage::AwaitPeer);
+        self.enter(facts, Stage::AwaitPeer);
         self.conn.seal();
-        let deadline = now + self.policy.peer_timeout();
-        if self.speculative_read || self.conn.has_pending() {
-            self.await_peer(now, deadline, out)
-        } else {
-            self.wait_for_peer(deadline, Interest::Read, false)
-        }
-    }
-
-    /// Waits in the await_peer stage. `data_pending`: data was delivered and more
-    /// may be buffered, so the next call reads without waiting for readiness.
-    fn wait_for_peer(
-        &mut self,
-        deadline: Instant,
-        interest: Interest,
-        data_pending: bool,
-    ) -> Progress {
-        self.state = State::AwaitPeer {
+        let deadline = self.now + self.policy.peer_timeout();
+        *state = State::AwaitPeer {
             deadline,
-            interest,
-            data_pending,
+            interest: Interest::Read,
+            data_pending: false,
         };
-        Progress::Wait(Wait { interest, deadline })
+        if !self.level_readiness || self.conn.has_pending() {
+            self.await_peer(facts, state, deadline, false, out)
+        } else {
+            Progress::Wait(Wait {
+                interest: Interest::Read,
+                deadline,
+            })
+        }
     }
 
     fn await_peer(
         &mut self,
-        now: Instant,
+        facts: &mut Facts,
+        state: &mut State,
         deadline: Instant,
+        data_pending: bool,
         mut out: Option<&mut [u8]>,
     ) -> Progress {
         // Past the deadline one read is still tried, in case the peer's
         // close_notify is already here; application data then ends the stage:
         // the whole answer must arrive within `peer_timeout`, however fast it
         // streams (the data of that last read still counts, and is delivered).
-        let late = now >= deadline;
+        let late = self.now >= deadline;
+        let mut wait = |interest: Interest, data_pending: bool| {
+            *state = State::AwaitPeer {
+                deadline,
+                interest,
+                data_pending,
+            };
+            Progress::Wait(Wait { interest, deadline })
+        };
         if out.as_deref().is_some_and(<[u8]>::is_empty) {
             // `poll_read` with no room: read nothing (reading would have to discard
             // what the caller asked to receive), keep waiting.
             if late {
-                return self.timed_out(now);
+                return self.timed_out(facts, state);
             }
-            let data_pending = matches!(
-                self.state,
-                State::AwaitPeer {
-                    data_pending: true,
-                    ..
-                }
-            );
-            return self.wait_for_peer(deadline, Interest::Read, data_pending);
+            return wait(Interest::Read, data_pending);
         }
         // One retry on buffered bytes per wake-up: OpenSSL may consume a record
         // (a TLS 1.3 ticket, a KeyUpdate) and still answer WANT_READ. A partial
@@ -554,7 +534,7 @@ impl<C: Connection> Shutdown<C> {
         // brings a fresh `now` for the deadline check.
         let mut discarded_here = 0u64;
         loop {
-            self.calls += 1;
+            facts.calls += 1;
             let read = match out.as_deref_mut() {
                 Some(buf) => self.conn.read(buf).map(|n| (n, true)),
                 None => self.conn.read_discard().map(|n| (n, false)),
@@ -562,43 +542,36 @@ impl<C: Connection> Shutdown<C> {
             match read {
                 Ok((n, true)) => {
                     self.delivered = n;
-                    self.delivered_total += n as u64;
-                    if self
-                        .read_limit
-                        .is_some_and(|limit| self.delivered_total > limit)
-                    {
-                        return self.finish(now, Outcome::DrainLimit);
+                    facts.delivered += n as u64;
+                    if self.read_limit.is_some_and(|limit| facts.delivered > limit) {
+                        return self.finish(facts, state, Outcome::DrainLimit);
                     }
                     if late {
-                        return self.timed_out(now);
+                        return self.timed_out(facts, state);
                     }
-                    return self.wait_for_peer(deadline, Interest::Read, true);
+                    return wait(Interest::Read, true);
                 }
                 Ok((n, false)) => {
-                    self.discarded += n as u64;
-                    if self.discarded > self.policy.drain_limit() {
-                        return self.finish(now, Outcome::DrainLimit);
+                    facts.discarded += n as u64;
+                    if facts.discarded > self.policy.drain_limit() {
+                        return self.finish(facts, state, Outcome::DrainLimit);
                     }
                     if late {
-                        return self.timed_out(now);
+                        return self.timed_out(facts, state);
                     }
                     discarded_here += n as u64;
                     if discarded_here >= DISCARD_PER_CALL {
-                        self.state = State::AwaitPeer {
-                            deadline,
-                            interest: Interest::Read,
-                            data_pending: true,
-                        };
+                        let _ = wait(Interest::Read, true);
                         return Progress::Wait(Wait {
                             interest: Interest::Read,
-                            deadline: now,
+                            deadline: self.now,
                         });
                     }
                     retried_pending = false;
                 }
                 Err(TlsError::CloseNotify) => {
-                    self.received = true;
-                    return self.linger_or_finish(now, Outcome::Clean);
+                    facts.received = true;
+                    return self.linger_or_finish(facts, state, Outcome::Clean);
                 }
                 Err(want @ (TlsError::WantRead | TlsError::WantWrite)) => {
                     if want == TlsError::WantRead && !retried_pending && self.conn.has_pending() {
@@ -606,93 +579,102 @@ impl<C: Connection> Shutdown<C> {
                         continue;
                     }
                     if late {
-                        return self.timed_out(now);
+                        return self.timed_out(facts, state);
                     }
                     let interest = if want == TlsError::WantRead {
                         Interest::Read
                     } else {
                         Interest::Write
                     };
-                    return self.wait_for_peer(deadline, interest, false);
+                    return wait(interest, false);
                 }
-                Err(err) => return self.failed(now, err),
+                Err(err) => return self.failed(facts, state, err),
             }
         }
     }
 
-    fn linger_or_finish(&mut self, now: Instant, outcome: Outcome) -> Progress {
+    fn linger_or_finish(
+        &mut self,
+        facts: &mut Facts,
+        state: &mut State,
+        outcome: Outcome,
+    ) -> Progress {
         let timeout = self.policy.linger_timeout();
         if timeout.is_zero() {
-            return self.finish(now, outcome);
+            return self.finish(facts, state, outcome);
         }
-        self.enter(Stage::Linger);
-        self.state = State::Linger {
+        self.enter(facts, Stage::Linger);
+        *state = State::Linger {
             outcome,
-            deadline: now + timeout,
-            next_check: now,
+            deadline: self.now + timeout,
+            next_check: self.now,
             backoff: LINGER_FIRST_CHECK,
         };
-        self.linger(now)
+        self.linger(facts, state)
     }
 
-    fn linger(&mut self, now: Instant) -> Progress {
+    fn linger(&mut self, facts: &mut Facts, state: &mut State) -> Progress {
         let State::Linger {
             outcome,
             deadline,
+            next_check,
             backoff,
-            ..
-        } = self.state
+        } = state
         else {
-            return unreachable_wait(now);
+            return unreachable_wait(self.now);
         };
+        let (outcome, deadline) = (*outcome, *deadline);
         let queued = self.conn.send_queue_len();
         if let Ok(n) = queued {
-            if self.linger_bytes.is_none() {
+            if facts.linger_bytes.is_none() {
                 log::debug!("closenotify: linger: {n} bytes in the send queue");
-                self.linger_bytes = Some(n as u64);
+                facts.linger_bytes = Some(n as u64);
             }
         }
         match queued {
-            Ok(0) => self.finish(now, outcome),
+            Ok(0) => self.finish(facts, state, outcome),
             Ok(queued) => {
-                if now >= deadline {
+                if self.now >= deadline {
                     log::debug!("closenotify: linger timed out with {queued} bytes queued");
-                    return self.timed_out(now);
+                    return self.timed_out(facts, state);
                 }
-                let next_check = (now + backoff).min(deadline);
-                self.state = State::Linger {
-                    outcome,
-                    deadline,
-                    next_check,
-                    backoff: (backoff * 2).min(LINGER_MAX_CHECK),
-                };
+                *next_check = (self.now + *backoff).min(deadline);
+                *backoff = (*backoff * 2).min(LINGER_MAX_CHECK);
                 Progress::Wait(Wait {
                     interest: Interest::Timer,
-                    deadline: next_check,
+                    deadline: *next_check,
                 })
             }
             Err(err) => {
                 // Not a TCP socket, or already gone: nothing to wait for.
                 log::debug!("closenotify: cannot read the send queue: {err}");
-                self.finish(now, outcome)
+                self.finish(facts, state, outcome)
             }
         }
     }
 
     /// A wake-up that does not match what we wait for: a no-op before the deadline.
-    fn idle(&mut self, now: Instant, deadline: Instant, stage: Stage) -> Progress {
-        if now >= deadline {
-            debug_assert_eq!(stage, self.stage);
-            return self.timed_out(now);
+    fn idle(&mut self, facts: &mut Facts, state: &mut State, deadline: Instant) -> Progress {
+        if self.now >= deadline {
+            return self.timed_out(facts, state);
         }
-        self.waiting()
-            .map_or_else(|| unreachable_wait(now), Progress::Wait)
+        match state {
+            State::Flush { .. } => Progress::Wait(Wait {
+                interest: Interest::Write,
+                deadline,
+            }),
+            State::AwaitPeer { interest, .. } => Progress::Wait(Wait {
+                interest: *interest,
+                deadline,
+            }),
+            _ => unreachable_wait(self.now),
+        }
     }
 
-    fn timed_out(&mut self, now: Instant) -> Progress {
+    fn timed_out(&mut self, facts: &mut Facts, state: &mut State) -> Progress {
         let reset = match self.policy.reset_on_timeout() {
             ResetOnTimeout::Never => false,
-            ResetOnTimeout::FlushOnly => self.stage == Stage::Flush,
+            ResetOnTimeout::FlushOnly => facts.stage == Stage::Flush,
             ResetOnTimeout::Always => true,
         };
         if reset {
@@ -700,40 +682,40 @@ impl<C: Connection> Shutdown<C> {
                 log::debug!("closenotify: cannot arm the reset: {err}");
             }
         }
-        self.finish(now, Outcome::TimedOut)
+        self.finish(facts, state, Outcome::TimedOut)
     }
 
-    fn failed(&mut self, now: Instant, err: TlsError) -> Progress {
+    fn failed(&mut self, facts: &mut Facts, state: &mut State, err: TlsError) -> Progress {
         let outcome = match err {
             TlsError::Eof => Outcome::Truncated,
             TlsError::Os(errno) => {
-                self.os_error = Some(errno);
+                facts.os_error = Some(errno);
                 Outcome::Reset
             }
             TlsError::PeerAlert(code) => {
-                self.alert = Some(AlertRecord {
+                facts.alert = Some(AlertRecord {
                     alert: Alert::from_code(code),
                     direction: AlertDirection::Received,
                 });
                 Outcome::PeerAlert
             }
             TlsError::Protocol { alert, detail } => {
-                self.alert = alert.map(|code| AlertRecord {
+                facts.alert = alert.map(|code| AlertRecord {
                     alert: Alert::from_code(code),
                     direction: AlertDirection::Sent,
                 });
-                self.detail = Some(detail);
+                facts.detail = Some(detail);
                 Outcome::ProtocolError
             }
             // Nothing sent: quiet. Once our close_notify is out, a connection
             // that cannot go on is our side's refusal.
-            TlsError::Unusable { detail } if !self.sent => {
-                self.detail = Some(detail);
+            TlsError::Unusable { detail } if !facts.sent => {
+                facts.detail = Some(detail);
                 self.conn.set_quiet();
                 Outcome::Quiet
             }
             TlsError::Unusable { detail } => {
-                self.detail = Some(detail);
+                facts.detail = Some(detail);
                 Outcome::ProtocolError
             }
             // Only SSL_shutdown and SSL_write come here (reads handle close_notify
@@ -741,129 +723,65 @@ impl<C: Connection> Shutdown<C> {
             // ZERO_RETURN for any failed call, a failed write included: the peer
             // closed properly, but ours did not go out.
             TlsError::CloseNotify => {
-                self.received = true;
-                self.detail = Some("the peer's close_notify arrived, but ours could not be sent");
+                facts.received = true;
+                facts.detail = Some("the peer's close_notify arrived, but ours could not be sent");
                 Outcome::Reset
             }
             TlsError::WantRead | TlsError::WantWrite => {
-                self.detail = Some("unexpected retry request");
+                facts.detail = Some("unexpected retry request");
                 Outcome::ProtocolError
             }
         };
-        self.finish(now, outcome)
+        self.finish(facts, state, outcome)
     }
 
-    fn finish(&mut self, now: Instant, outcome: Outcome) -> Progress {
+    fn finish(&mut self, facts: &mut Facts, state: &mut State, outcome: Outcome) -> Progress {
         let keep = outcome.is_orderly()
             || (outcome == Outcome::Truncated && self.policy.keep_session_on_truncation());
         if !keep {
             self.conn.forget_session();
         }
-        self.conn.end();
+        if std::mem::take(&mut facts.begun) {
+            self.conn.end();
+        }
         // STOPTLS succeeded only if nothing past the peer's close_notify can be
         // held by OpenSSL (read-ahead the application had turned on may have
         // pulled plaintext into OpenSSL's buffer before the shutdown, beyond reach).
         let stopped = self.policy.mode() == Mode::StopTls && outcome == Outcome::Clean;
-        let transport_reusable = stopped && !self.transport_tainted;
-        if stopped && self.transport_tainted {
-            self.detail = Some("read-ahead had buffered bytes before the shutdown");
+        let transport_reusable = stopped && !facts.transport_tainted;
+        if stopped && facts.transport_tainted {
+            facts.detail = Some("read-ahead had buffered bytes before the shutdown");
         }
-        // The spread of the `now` values, or the time that really passed if that
-        // is more (a caller may pass a stale `now`): never less than the truth.
-        let elapsed = self.started.map_or(Duration::ZERO, |(first, clock)| {
-            now.saturating_duration_since(first).max(clock.elapsed())
-        });
         let report = Report {
             outcome,
-            initiator: self.initiator,
-            stage: self.stage,
-            close_notify_sent: self.sent,
-            close_notify_received: self.received,
-            half_closed: self.half_closed,
-            alert: self.alert,
-            os_error: self.os_error,
-            discarded_bytes: self.discarded,
-            elapsed,
+            initiator: facts.initiator,
+            stage: facts.stage,
+            close_notify_sent: facts.sent,
+            close_notify_received: facts.received,
+            half_closed: facts.half_closed,
+            alert: facts.alert,
+            os_error: facts.os_error,
+            discarded_bytes: facts.discarded,
+            delivered_bytes: facts.delivered,
+            elapsed: self.now.saturating_duration_since(facts.started),
             session_resumable: self.conn.session_resumable(),
-            tls_version: self.version,
-            detail: self.detail,
-            linger_bytes: self.linger_bytes,
-            delivered_bytes: self.delivered_total,
+            tls_version: facts.version,
+            detail: facts.detail,
+            linger_bytes: facts.linger_bytes,
             transport_reusable,
-            ssl_calls: self.calls,
+            ssl_calls: facts.calls,
         };
         if self.save_report {
             self.conn.save_report(&report);
         }
         log::debug!("closenotify: done: {report}");
-        self.state = State::Done(report);
+        *state = State::Done(report);
         Progress::Done(report)
     }
 
-    fn enter(&mut self, stage: Stage) {
-        log::debug!("closenotify: {} -> {}", self.stage, stage);
-        self.stage = stage;
-    }
-}
-
-/// The connection under a shutdown, and whether `begin` changed it with no `end`
-/// yet: dropping an unfinished shutdown, or taking the connection back, undoes
-/// what `begin` (and `seal`, `keep_transport`) changed.
-#[derive(Debug)]
-struct Held<C: Connection> {
-    /// Always `Some` until `into_inner` takes it (consuming the holder).
-    conn: Option<C>,
-    begun: bool,
-}
-
-impl<C: Connection> Held<C> {
-    fn new(conn: C) -> Self {
-        Held {
-            conn: Some(conn),
-            begun: false,
-        }
-    }
-
-    fn begin(&mut self) {
-        self.begun = true;
-        (**self).begin();
-    }
-
-    /// `Connection::end`, once, if `begin` ran.
-    fn end(&mut self) {
-        if std::mem::take(&mut self.begun) {
-            (**self).end();
-        }
-    }
-
-    fn into_inner(mut self) -> C {
-        self.end();
-        self.conn.take().expect("the connection is taken only here")
-    }
-}
-
-impl<C: Connection> std::ops::Deref for Held<C> {
-    type Target = C;
-    fn deref(&self) -> &C {
-        self.conn
-            .as_ref()
-            .expect("the connection is taken only by into_inner")
-    }
-}
-
-impl<C: Connection> std::ops::DerefMut for Held<C> {
-    fn deref_mut(&mut self) -> &mut C {
-        self.conn
-            .as_mut()
-            .expect("the connection is taken only by into_inner")
-    }
-}
-
-impl<C: Connection> Drop for Held<C> {
-    fn drop(&mut self) {
-        if self.conn.is_some() {
-            self.end();
-        }
+    fn enter(&mut self, facts: &mut Facts, stage: Stage) {
+        log::debug!("closenotify: {} -> {}", facts.stage, stage);
+        facts.stage = stage;
     }
 }
 

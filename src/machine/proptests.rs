@@ -8,10 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use openssl::ssl::ShutdownResult;
 use proptest::prelude::*;
 
-use super::script::Script;
+use super::script::{Harness, Script};
 use super::*;
 use crate::policy::{Mode, Policy, ResetOnTimeout};
 use crate::report::{Outcome, Stage};
@@ -62,12 +61,12 @@ fn read_result(a: Answer) -> Result<usize, TlsError> {
     }
 }
 
-fn shutdown_result(a: Answer) -> Result<ShutdownResult, TlsError> {
+fn shutdown_result(a: Answer) -> Result<ShutdownAnswer, TlsError> {
     match a {
         Answer::WantRead => Err(TlsError::WantRead),
         Answer::WantWrite => Err(TlsError::WantWrite),
-        Answer::Done(_) => Ok(ShutdownResult::Sent),
-        Answer::Received => Ok(ShutdownResult::Received),
+        Answer::Done(_) => Ok(ShutdownAnswer::Sent),
+        Answer::Received => Ok(ShutdownAnswer::Received),
         Answer::Fails(e) => Err(e),
     }
 }
@@ -255,7 +254,7 @@ const MAX_WAKE_UPS: usize = 10_000;
 
 fn run(case: &Case) -> Result<(), TestCaseError> {
     let wall = Instant::now();
-    let mut sd = Shutdown::new(case.connection(), &case.policy).with_unsent(vec![7; case.unsent]);
+    let mut sd = Harness::new(case.connection(), &case.policy).with_unsent(vec![7; case.unsent]);
     if let Some(err) = case.prior {
         sd = sd.after_error(err);
     }
@@ -324,7 +323,7 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
 
 fn check_report(
     case: &Case,
-    sd: &Shutdown<Script>,
+    sd: &Harness<Script>,
     r: &Report,
     delivered: u64,
     wall: Instant,
@@ -436,7 +435,7 @@ proptest! {
     fn a_second_shutdown_returns_the_same_report_without_a_call(case in case()) {
         let mut conn = case.connection();
         let first = {
-            let mut sd = Shutdown::new(&mut conn, &case.policy);
+            let mut sd = Harness::new(&mut conn, &case.policy);
             let mut now = Instant::now();
             loop {
                 match sd.poll(now, Ready::ALL) {
@@ -446,7 +445,7 @@ proptest! {
             }
         };
         let calls = conn.calls;
-        let mut again = Shutdown::new(&mut conn, &case.policy);
+        let mut again = Harness::new(&mut conn, &case.policy);
         match again.poll(Instant::now(), Ready::ALL) {
             Progress::Done(r) => prop_assert_eq!(r, first),
             Progress::Wait(w) => prop_assert!(false, "waits again: {:?}", w),

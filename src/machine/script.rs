@@ -1,26 +1,85 @@
 //! A connection whose OpenSSL answers are a script, for the unit and property
 //! tests of the machine: no OpenSSL, no sockets.
 
+use std::borrow::BorrowMut;
 use std::collections::VecDeque;
 use std::io;
+use std::time::Instant;
 
-use openssl::ssl::ShutdownResult;
-
-use super::{Connection, Status, TlsError};
+use super::{Connection, Machine, Progress, Ready, ShutdownAnswer, Status, TlsError};
+use crate::policy::Policy;
 use crate::report::{Report, TlsVersion};
+
+/// The machine with a scripted connection (owned, or borrowed to look at it
+/// after the machine is gone), driven as `Shutdown` drives it, minus the clock:
+/// every `now` is the test's.
+pub(crate) struct Harness<C: BorrowMut<Script>> {
+    pub conn: C,
+    pub machine: Machine,
+}
+
+impl<C: BorrowMut<Script>> Harness<C> {
+    pub fn new(conn: C, policy: &Policy) -> Self {
+        Harness {
+            conn,
+            machine: Machine::new(policy),
+        }
+    }
+    pub fn with_unsent(mut self, data: Vec<u8>) -> Self {
+        if let Some(setup) = self.machine.setup() {
+            setup.unsent = data;
+        }
+        self
+    }
+    pub fn after_error(mut self, err: TlsError) -> Self {
+        if let Some(setup) = self.machine.setup() {
+            setup.set_prior_error(err);
+        }
+        self
+    }
+    pub fn readiness_is_level(&mut self) {
+        if let Some(setup) = self.machine.setup() {
+            setup.level_readiness = true;
+        }
+    }
+    pub fn poll(&mut self, now: Instant, ready: Ready) -> Progress {
+        self.machine
+            .poll(self.conn.borrow_mut(), now, ready, None)
+            .1
+    }
+    pub fn poll_read(&mut self, now: Instant, ready: Ready, buf: &mut [u8]) -> (usize, Progress) {
+        self.machine
+            .poll(self.conn.borrow_mut(), now, ready, Some(buf))
+    }
+    pub fn get_ref(&self) -> &Script {
+        self.conn.borrow()
+    }
+    pub fn get_mut(&mut self) -> &mut Script {
+        self.conn.borrow_mut()
+    }
+    pub fn calls(&self) -> u32 {
+        self.machine.calls()
+    }
+}
+
+impl<C: BorrowMut<Script>> Drop for Harness<C> {
+    fn drop(&mut self) {
+        self.machine.abandon(self.conn.borrow_mut());
+    }
+}
 
 /// A connection whose OpenSSL answers are a script. When a queue runs dry, the
 /// matching fallback answers (the unit tests leave them unset: an unscripted call
 /// is a test failure).
 #[derive(Default)]
-pub(super) struct Script {
+pub(crate) struct Script {
     pub status: Option<Status>,
-    pub shutdowns: VecDeque<Result<ShutdownResult, TlsError>>,
+    pub shutdowns: VecDeque<Result<ShutdownAnswer, TlsError>>,
     pub reads: VecDeque<Result<usize, TlsError>>,
     pub writes: VecDeque<Result<usize, TlsError>>,
     pub pending: VecDeque<bool>,
     pub send_queue: VecDeque<usize>,
-    pub fallback_shutdown: Option<Result<ShutdownResult, TlsError>>,
+    pub fallback_shutdown: Option<Result<ShutdownAnswer, TlsError>>,
     pub fallback_read: Option<Result<usize, TlsError>>,
     pub fallback_write: Option<Result<usize, TlsError>>,
     pub half_closed: bool,
@@ -54,7 +113,7 @@ impl Script {
             ..Script::default()
         }
     }
-    pub fn shutdown(mut self, r: Result<ShutdownResult, TlsError>) -> Self {
+    pub fn shutdown(mut self, r: Result<ShutdownAnswer, TlsError>) -> Self {
         self.shutdowns.push_back(r);
         self
     }
@@ -103,7 +162,7 @@ impl Connection for Script {
     fn end(&mut self) {
         self.ended += 1;
     }
-    fn shutdown(&mut self) -> Result<ShutdownResult, TlsError> {
+    fn shutdown(&mut self) -> Result<ShutdownAnswer, TlsError> {
         let r = self
             .shutdowns
             .pop_front()
@@ -161,5 +220,66 @@ impl Connection for Script {
     }
     fn save_report(&mut self, report: &Report) {
         self.saved = Some(*report);
+    }
+}
+
+/// A borrowed script, so that a test can look at it once the shutdown is gone.
+impl Connection for &mut Script {
+    fn status(&mut self) -> Status {
+        (**self).status()
+    }
+    fn begin(&mut self) {
+        (**self).begin()
+    }
+    fn keep_transport(&mut self) -> bool {
+        (**self).keep_transport()
+    }
+    fn seal(&mut self) {
+        (**self).seal()
+    }
+    fn end(&mut self) {
+        (**self).end()
+    }
+    fn shutdown(&mut self) -> Result<ShutdownAnswer, TlsError> {
+        Connection::shutdown(&mut **self)
+    }
+    fn flush_close_notify(&mut self) -> Result<(), TlsError> {
+        (**self).flush_close_notify()
+    }
+    fn read_discard(&mut self) -> Result<usize, TlsError> {
+        (**self).read_discard()
+    }
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
+        Connection::read(&mut **self, buf)
+    }
+    fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
+        (**self).write(buf)
+    }
+    fn has_pending(&self) -> bool {
+        (**self).has_pending()
+    }
+    fn set_quiet(&mut self) {
+        (**self).set_quiet()
+    }
+    fn half_close(&mut self) -> io::Result<()> {
+        (**self).half_close()
+    }
+    fn send_queue_len(&self) -> io::Result<usize> {
+        (**self).send_queue_len()
+    }
+    fn arm_reset(&mut self) -> io::Result<()> {
+        (**self).arm_reset()
+    }
+    fn forget_session(&mut self) {
+        (**self).forget_session()
+    }
+    fn session_resumable(&self) -> bool {
+        (**self).session_resumable()
+    }
+    fn saved_report(&self) -> Option<Report> {
+        (**self).saved_report()
+    }
+    fn save_report(&mut self, report: &Report) {
+        (**self).save_report(report)
     }
 }

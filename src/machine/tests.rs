@@ -1,7 +1,7 @@
 //! The machine against a scripted connection and a fake clock: exact deadlines,
 //! no sleeping, no sockets.
 
-use super::script::Script;
+use super::script::{Harness, Script};
 use super::*;
 
 fn ms(n: u64) -> Duration {
@@ -34,10 +34,10 @@ fn done(p: Progress) -> Report {
 fn clean_exchange_reports_clean_local_and_counts_calls() {
     let t0 = Instant::now();
     let conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Err(TlsError::WantRead))
         .read(Err(TlsError::CloseNotify));
-    let mut sd = Shutdown::new(conn, &policy());
+    let mut sd = Harness::new(conn, &policy());
     let w = wait(sd.poll(t0, Ready::NONE));
     assert_eq!(w.interest, Interest::Read);
     assert_eq!(w.deadline, t0 + ms(300));
@@ -59,7 +59,7 @@ fn clean_exchange_reports_clean_local_and_counts_calls() {
 fn flush_deadline_is_exact_and_spurious_wakeups_are_noops() {
     let t0 = Instant::now();
     let conn = Script::usable().shutdown(Err(TlsError::WantWrite));
-    let mut sd = Shutdown::new(conn, &policy());
+    let mut sd = Harness::new(conn, &policy());
     let w = wait(sd.poll(t0, Ready::NONE));
     assert_eq!(
         w,
@@ -88,10 +88,10 @@ fn flush_deadline_is_exact_and_spurious_wakeups_are_noops() {
 fn await_peer_deadline_is_exact_and_not_reset_by_default() {
     let t0 = Instant::now();
     let conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Err(TlsError::WantRead))
         .read(Err(TlsError::WantRead));
-    let mut sd = Shutdown::new(conn, &policy());
+    let mut sd = Harness::new(conn, &policy());
     let start = ms(20);
     let w = wait(sd.poll(t0 + start, Ready::NONE));
     assert_eq!(w.deadline, t0 + start + ms(300));
@@ -120,16 +120,16 @@ fn reset_on_timeout_always_and_never() {
             .build()
             .unwrap();
         let conn = Script::usable().shutdown(Err(TlsError::WantWrite));
-        let mut sd = Shutdown::new(conn, &p);
+        let mut sd = Harness::new(conn, &p);
         let _ = sd.poll(t0, Ready::NONE);
         let r = done(sd.poll(t0 + ms(100), Ready::NONE));
         assert_eq!(r.outcome, Outcome::TimedOut);
         assert_eq!(sd.get_ref().reset_armed, expected, "{reset:?}");
 
         let conn = Script::usable()
-            .shutdown(Ok(ShutdownResult::Sent))
+            .shutdown(Ok(ShutdownAnswer::Sent))
             .read(Err(TlsError::WantRead));
-        let mut sd = Shutdown::new(conn, &p);
+        let mut sd = Harness::new(conn, &p);
         let _ = sd.poll(t0, Ready::NONE);
         let r = done(sd.poll(t0 + ms(300), Ready::NONE));
         assert_eq!(r.stage, Stage::AwaitPeer);
@@ -141,10 +141,10 @@ fn reset_on_timeout_always_and_never() {
 fn readiness_after_the_deadline_is_still_tried_first() {
     let t0 = Instant::now();
     let conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Err(TlsError::WantRead))
         .read(Err(TlsError::CloseNotify));
-    let mut sd = Shutdown::new(conn, &policy());
+    let mut sd = Harness::new(conn, &policy());
     let _ = sd.poll(t0, Ready::NONE);
     // The loop was late, but the close_notify is there: clean, not timed out.
     let r = done(sd.poll(t0 + ms(400), Ready::READABLE));
@@ -155,9 +155,9 @@ fn readiness_after_the_deadline_is_still_tried_first() {
 fn level_triggered_skips_the_speculative_read() {
     let t0 = Instant::now();
     let conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Err(TlsError::CloseNotify));
-    let mut sd = Shutdown::new(conn, &policy());
+    let mut sd = Harness::new(conn, &policy());
     sd.readiness_is_level();
     let w = wait(sd.poll(t0, Ready::NONE));
     assert_eq!(w.interest, Interest::Read);
@@ -170,10 +170,10 @@ fn level_triggered_skips_the_speculative_read() {
 fn buffered_bytes_are_read_before_waiting() {
     let t0 = Instant::now();
     let mut conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Err(TlsError::CloseNotify));
     conn.pending.push_back(true);
-    let mut sd = Shutdown::new(conn, &policy());
+    let mut sd = Harness::new(conn, &policy());
     sd.readiness_is_level();
     let r = done(sd.poll(t0, Ready::NONE));
     assert_eq!(r.outcome, Outcome::Clean);
@@ -183,22 +183,22 @@ fn buffered_bytes_are_read_before_waiting() {
 fn want_read_with_pending_bytes_retries_once_then_waits() {
     let t0 = Instant::now();
     let mut conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Err(TlsError::WantRead))
         .read(Err(TlsError::WantRead));
     conn.pending.push_back(true); // a partial record stays pending
-    let mut sd = Shutdown::new(conn, &policy());
+    let mut sd = Harness::new(conn, &policy());
     let w = wait(sd.poll(t0, Ready::NONE));
     assert_eq!(w.interest, Interest::Read);
-    assert_eq!(sd.calls, 3, "shutdown + read + one retry");
+    assert_eq!(sd.calls(), 3, "shutdown + read + one retry");
 }
 
 #[test]
 fn peer_initiated_answers_and_skips_the_wait() {
     let t0 = Instant::now();
-    let mut conn = Script::usable().shutdown(Ok(ShutdownResult::Received));
+    let mut conn = Script::usable().shutdown(Ok(ShutdownAnswer::Received));
     conn.status.as_mut().unwrap().received = true;
-    let mut sd = Shutdown::new(conn, &policy());
+    let mut sd = Harness::new(conn, &policy());
     let r = done(sd.poll(t0, Ready::NONE));
     assert_eq!(r.outcome, Outcome::Clean);
     assert_eq!(r.initiator, Initiator::Peer);
@@ -211,8 +211,8 @@ fn peer_initiated_answers_and_skips_the_wait() {
 fn send_only_does_not_wait() {
     let t0 = Instant::now();
     let p = policy().to_builder().mode(Mode::SendOnly).build().unwrap();
-    let conn = Script::usable().shutdown(Ok(ShutdownResult::Sent));
-    let mut sd = Shutdown::new(conn, &p);
+    let conn = Script::usable().shutdown(Ok(ShutdownAnswer::Sent));
+    let mut sd = Harness::new(conn, &p);
     let r = done(sd.poll(t0, Ready::NONE));
     assert_eq!(r.outcome, Outcome::SentOnly);
     assert_eq!(r.stage, Stage::HalfClose);
@@ -220,8 +220,8 @@ fn send_only_does_not_wait() {
     assert!(!sd.get_ref().forgot_session);
 
     let p = p.to_builder().half_close(false).build().unwrap();
-    let conn = Script::usable().shutdown(Ok(ShutdownResult::Sent));
-    let mut sd = Shutdown::new(conn, &p);
+    let conn = Script::usable().shutdown(Ok(ShutdownAnswer::Sent));
+    let mut sd = Harness::new(conn, &p);
     let r = done(sd.poll(t0, Ready::NONE));
     assert_eq!(r.stage, Stage::Flush);
     assert!(!r.half_closed && !sd.get_ref().half_closed);
@@ -231,7 +231,7 @@ fn send_only_does_not_wait() {
 fn quiet_by_policy_and_when_unusable_calls_nothing() {
     let t0 = Instant::now();
     let p = policy().to_builder().mode(Mode::Quiet).build().unwrap();
-    let mut sd = Shutdown::new(Script::usable(), &p);
+    let mut sd = Harness::new(Script::usable(), &p);
     let r = done(sd.poll(t0, Ready::NONE));
     assert_eq!(r.outcome, Outcome::Quiet);
     assert_eq!(r.ssl_calls, 0);
@@ -239,7 +239,7 @@ fn quiet_by_policy_and_when_unusable_calls_nothing() {
 
     let mut conn = Script::usable();
     conn.status.as_mut().unwrap().usable = false;
-    let mut sd = Shutdown::new(conn, &policy());
+    let mut sd = Harness::new(conn, &policy());
     let r = done(sd.poll(t0, Ready::NONE));
     assert_eq!(r.outcome, Outcome::Quiet);
     assert!(!r.close_notify_sent);
@@ -263,10 +263,10 @@ fn failures_map_to_outcomes() {
     ];
     for (err, outcome) in cases {
         let conn = Script::usable()
-            .shutdown(Ok(ShutdownResult::Sent))
+            .shutdown(Ok(ShutdownAnswer::Sent))
             .read(Ok(10))
             .read(Err(err));
-        let mut sd = Shutdown::new(conn, &policy());
+        let mut sd = Harness::new(conn, &policy());
         let r = done(sd.poll(t0, Ready::NONE));
         assert_eq!(r.outcome, outcome);
         assert_eq!(r.discarded_bytes, 10);
@@ -302,9 +302,9 @@ fn keep_session_on_truncation_is_honoured() {
         .build()
         .unwrap();
     let conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Err(TlsError::Eof));
-    let mut sd = Shutdown::new(conn, &p);
+    let mut sd = Harness::new(conn, &p);
     let r = done(sd.poll(t0, Ready::NONE));
     assert_eq!(r.outcome, Outcome::Truncated);
     assert!(r.session_resumable);
@@ -315,19 +315,19 @@ fn drain_limit_counts_and_stops() {
     let t0 = Instant::now();
     let p = policy().to_builder().drain_limit(100).build().unwrap();
     let conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Ok(60))
         .read(Ok(40))
         .read(Err(TlsError::CloseNotify));
-    let mut sd = Shutdown::new(conn, &p);
+    let mut sd = Harness::new(conn, &p);
     let r = done(sd.poll(t0, Ready::NONE));
     assert_eq!((r.outcome, r.discarded_bytes), (Outcome::Clean, 100));
 
     let conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Ok(60))
         .read(Ok(41));
-    let mut sd = Shutdown::new(conn, &p);
+    let mut sd = Harness::new(conn, &p);
     let r = done(sd.poll(t0, Ready::NONE));
     assert_eq!((r.outcome, r.discarded_bytes), (Outcome::DrainLimit, 101));
     assert_eq!(r.stage, Stage::AwaitPeer);
@@ -337,10 +337,10 @@ fn drain_limit_counts_and_stops() {
 fn want_write_while_awaiting_waits_for_write() {
     let t0 = Instant::now();
     let conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Err(TlsError::WantWrite))
         .read(Err(TlsError::CloseNotify));
-    let mut sd = Shutdown::new(conn, &policy());
+    let mut sd = Harness::new(conn, &policy());
     let w = wait(sd.poll(t0, Ready::NONE));
     assert_eq!(w.interest, Interest::Write);
     assert_eq!(wait(sd.poll(t0 + ms(1), Ready::READABLE)), w);
@@ -354,7 +354,7 @@ fn unfinished_write_goes_quiet() {
     let conn = Script::usable().shutdown(Err(TlsError::Unusable {
         detail: "bad write retry",
     }));
-    let mut sd = Shutdown::new(conn, &policy());
+    let mut sd = Harness::new(conn, &policy());
     let r = done(sd.poll(t0, Ready::NONE));
     assert_eq!(r.outcome, Outcome::Quiet);
     assert!(!r.close_notify_sent);
@@ -370,10 +370,10 @@ fn linger_checks_with_backoff_until_empty_or_deadline() {
         .build()
         .unwrap();
     let mut conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Err(TlsError::CloseNotify));
     conn.send_queue.push_back(500);
-    let mut sd = Shutdown::new(conn, &p);
+    let mut sd = Harness::new(conn, &p);
     let w = wait(sd.poll(t0, Ready::NONE));
     assert_eq!(w.interest, Interest::Timer);
     assert_eq!(w.deadline, t0 + ms(1));
@@ -386,10 +386,10 @@ fn linger_checks_with_backoff_until_empty_or_deadline() {
     assert_eq!((r.outcome, r.stage), (Outcome::Clean, Stage::Linger));
 
     let mut conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Err(TlsError::CloseNotify));
     conn.send_queue.push_back(500);
-    let mut sd = Shutdown::new(conn, &p);
+    let mut sd = Harness::new(conn, &p);
     let mut now = t0;
     let mut checks = 0;
     let r = loop {
@@ -411,12 +411,12 @@ fn linger_checks_with_backoff_until_empty_or_deadline() {
 fn saved_report_is_returned_without_touching_the_connection() {
     let t0 = Instant::now();
     let conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Err(TlsError::CloseNotify));
     let mut conn = conn;
-    let first = done(Shutdown::new(&mut conn, &policy()).poll(t0, Ready::NONE));
+    let first = done(Harness::new(&mut conn, &policy()).poll(t0, Ready::NONE));
     assert_eq!(conn.ended, 1);
-    let mut again = Shutdown::new(conn, &policy());
+    let mut again = Harness::new(conn, &policy());
     assert_eq!(done(again.poll(t0 + ms(50), Ready::ALL)), first);
     assert_eq!(again.get_ref().began, 1, "second shutdown began again");
 }
@@ -425,13 +425,13 @@ fn saved_report_is_returned_without_touching_the_connection() {
 fn poll_read_delivers_data_and_rereads_without_readiness() {
     let t0 = Instant::now();
     let conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Ok(4))
         .read(Ok(3))
         .read(Err(TlsError::WantRead))
         .read(Ok(2))
         .read(Err(TlsError::CloseNotify));
-    let mut sd = Shutdown::new(conn, &policy());
+    let mut sd = Harness::new(conn, &policy());
     let mut buf = [0u8; 8];
     let (n, p) = sd.poll_read(t0, Ready::NONE, &mut buf);
     assert_eq!((n, wait(p).interest), (4, Interest::Read));
@@ -456,17 +456,18 @@ fn poll_read_delivers_data_and_rereads_without_readiness() {
 fn poll_read_with_an_empty_buffer_reads_nothing() {
     let t0 = Instant::now();
     let conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Ok(5))
         .read(Err(TlsError::CloseNotify));
-    let mut sd = Shutdown::new(conn, &policy());
+    let mut sd = Harness::new(conn, &policy());
     let (n, p) = sd.poll_read(t0, Ready::NONE, &mut []);
     assert_eq!((n, wait(p).interest), (0, Interest::Read));
     let (n, p) = sd.poll_read(t0 + ms(1), Ready::READABLE, &mut []);
     assert_eq!(n, 0);
     let _ = wait(p);
     assert_eq!(
-        sd.calls, 1,
+        sd.calls(),
+        1,
         "only SSL_shutdown: nothing read, nothing discarded"
     );
     assert_eq!(sd.get_ref().reads.len(), 2);
@@ -478,8 +479,8 @@ fn poll_read_with_an_empty_buffer_reads_nothing() {
     let r = done(p);
     assert_eq!((r.outcome, r.discarded_bytes), (Outcome::Clean, 0));
     // The deadline still ends a wait made with an empty buffer.
-    let conn = Script::usable().shutdown(Ok(ShutdownResult::Sent));
-    let mut sd = Shutdown::new(conn, &policy());
+    let conn = Script::usable().shutdown(Ok(ShutdownAnswer::Sent));
+    let mut sd = Harness::new(conn, &policy());
     let _ = sd.poll_read(t0, Ready::NONE, &mut []);
     let (_, p) = sd.poll_read(t0 + ms(300), Ready::NONE, &mut []);
     assert_eq!(done(p).outcome, Outcome::TimedOut);
@@ -489,10 +490,10 @@ fn poll_read_with_an_empty_buffer_reads_nothing() {
 fn unsent_data_goes_first_under_the_flush_timeout() {
     let t0 = Instant::now();
     let mut conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Err(TlsError::CloseNotify));
     conn.writes.extend([Ok(6), Err(TlsError::WantWrite), Ok(4)]);
-    let mut sd = Shutdown::new(conn, &policy()).with_unsent(b"0123456789".to_vec());
+    let mut sd = Harness::new(conn, &policy()).with_unsent(b"0123456789".to_vec());
     let w = wait(sd.poll(t0, Ready::NONE));
     assert_eq!((w.interest, w.deadline), (Interest::Write, t0 + ms(100)));
     let r = done(sd.poll(t0 + ms(5), Ready::WRITABLE));
@@ -502,7 +503,7 @@ fn unsent_data_goes_first_under_the_flush_timeout() {
     // A peer that never reads: the flush times out with the data unsent.
     let mut conn = Script::usable();
     conn.writes.extend([Err(TlsError::WantWrite)]);
-    let mut sd = Shutdown::new(conn, &policy()).with_unsent(vec![1; 100]);
+    let mut sd = Harness::new(conn, &policy()).with_unsent(vec![1; 100]);
     let _ = wait(sd.poll(t0, Ready::NONE));
     let r = done(sd.poll(t0 + ms(100), Ready::NONE));
     assert_eq!((r.outcome, r.stage), (Outcome::TimedOut, Stage::Flush));
@@ -516,7 +517,7 @@ fn after_error_reports_the_applications_error_and_sends_nothing() {
     conn.status.as_mut().unwrap().usable = false; // OpenSSL's fatal state
                                                   // OpenSSL sets SSL_RECEIVED_SHUTDOWN on a fatal alert as on a close_notify.
     conn.status.as_mut().unwrap().received = true;
-    let mut sd = Shutdown::new(conn, &policy()).after_error(TlsError::PeerAlert(42));
+    let mut sd = Harness::new(conn, &policy()).after_error(TlsError::PeerAlert(42));
     let r = done(sd.poll(t0, Ready::NONE));
     assert_eq!(r.outcome, Outcome::PeerAlert);
     assert_eq!(r.alert.map(|a| a.alert), Some(Alert::BadCertificate));
@@ -525,59 +526,15 @@ fn after_error_reports_the_applications_error_and_sends_nothing() {
     assert_eq!(r.initiator, Initiator::Local);
     assert!(sd.get_ref().quiet);
 
-    let mut sd = Shutdown::new(Script::usable(), &policy()).after_error(TlsError::Eof);
+    let mut sd = Harness::new(Script::usable(), &policy()).after_error(TlsError::Eof);
     assert_eq!(done(sd.poll(t0, Ready::NONE)).outcome, Outcome::Truncated);
 
     // Not failures: the shutdown runs as usual.
     let conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
+        .shutdown(Ok(ShutdownAnswer::Sent))
         .read(Err(TlsError::CloseNotify));
-    let mut sd = Shutdown::new(conn, &policy()).after_error(TlsError::WantRead);
+    let mut sd = Harness::new(conn, &policy()).after_error(TlsError::WantRead);
     assert_eq!(done(sd.poll(t0, Ready::NONE)).outcome, Outcome::Clean);
-}
-
-#[test]
-fn interests_map_to_mio() {
-    assert_eq!(Interest::Read.to_mio(), Some(mio::Interest::READABLE));
-    assert_eq!(Interest::Write.to_mio(), Some(mio::Interest::WRITABLE));
-    assert_eq!(Interest::Timer.to_mio(), None);
-}
-
-#[test]
-fn dropping_an_unfinished_shutdown_restores_the_connection() {
-    let t0 = Instant::now();
-    let conn = Script::usable().shutdown(Err(TlsError::WantWrite));
-    let mut holder = conn;
-    {
-        let mut sd = Shutdown::new(&mut holder, &policy());
-        let _ = sd.poll(t0, Ready::NONE);
-    }
-    assert_eq!((holder.began, holder.ended), (1, 1));
-    assert!(holder.saved.is_none());
-}
-
-#[test]
-fn into_inner_hands_the_connection_back_restored_once() {
-    let t0 = Instant::now();
-    // Unfinished: what begin changed is undone, once.
-    let mut sd = Shutdown::new(
-        Script::usable().shutdown(Err(TlsError::WantWrite)),
-        &policy(),
-    );
-    let _ = sd.poll(t0, Ready::NONE);
-    let conn = sd.into_inner();
-    assert_eq!((conn.began, conn.ended), (1, 1));
-    // Finished: end ran with the report, not again.
-    let conn = Script::usable()
-        .shutdown(Ok(ShutdownResult::Sent))
-        .read(Err(TlsError::CloseNotify));
-    let mut sd = Shutdown::new(conn, &policy());
-    assert_eq!(done(sd.poll(t0, Ready::NONE)).outcome, Outcome::Clean);
-    let conn = sd.into_inner();
-    assert_eq!((conn.began, conn.ended), (1, 1));
-    // Never started: nothing to undo.
-    let conn = Shutdown::new(Script::usable(), &policy()).into_inner();
-    assert_eq!((conn.began, conn.ended), (0, 0));
 }
 
 /// A peer that streams faster than we read never finds the socket empty: the
@@ -585,9 +542,9 @@ fn into_inner_hands_the_connection_back_restored_once() {
 #[test]
 fn poll_read_of_an_endless_stream_ends_at_the_peer_deadline() {
     let t0 = Instant::now();
-    let mut conn = Script::usable().shutdown(Ok(ShutdownResult::Sent));
+    let mut conn = Script::usable().shutdown(Ok(ShutdownAnswer::Sent));
     conn.fallback_read = Some(Ok(8));
-    let mut sd = Shutdown::new(conn, &policy());
+    let mut sd = Harness::new(conn, &policy());
     let mut buf = [0u8; 8];
     let mut delivered = 0;
     let mut t = t0;
@@ -621,9 +578,9 @@ fn a_discarding_call_hands_back_control_after_its_budget() {
         .drain_limit(1 << 30)
         .build()
         .unwrap();
-    let mut conn = Script::usable().shutdown(Ok(ShutdownResult::Sent));
+    let mut conn = Script::usable().shutdown(Ok(ShutdownAnswer::Sent));
     conn.fallback_read = Some(Ok(16 * 1024));
-    let mut sd = Shutdown::new(conn, &p);
+    let mut sd = Harness::new(conn, &p);
     // The first call reads its budget (four records), then asks to be called
     // again at once: a wait due at the `now` it was given.
     let w = wait(sd.poll(t0, Ready::NONE));

@@ -17,20 +17,6 @@ pub enum Interest {
     Timer,
 }
 
-impl Interest {
-    /// The mio interest to wait for; `None` for [`Interest::Timer`] (use only the
-    /// deadline as the poll timeout). An edge-triggered registration for
-    /// `READABLE | WRITABLE` made once covers every stage, so re-registering on
-    /// each change is optional.
-    pub fn to_mio(self) -> Option<mio::Interest> {
-        match self {
-            Interest::Read => Some(mio::Interest::READABLE),
-            Interest::Write => Some(mio::Interest::WRITABLE),
-            Interest::Timer => None,
-        }
-    }
-}
-
 /// "Wait for `interest`, at the latest until `deadline`."
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[must_use]
@@ -107,17 +93,6 @@ impl std::ops::BitOr for Ready {
         Ready {
             readable: self.readable || rhs.readable,
             writable: self.writable || rhs.writable,
-        }
-    }
-}
-
-impl From<&mio::event::Event> for Ready {
-    /// A hang-up or an error counts as both: the next OpenSSL call reports it.
-    fn from(event: &mio::event::Event) -> Ready {
-        let broken = event.is_error();
-        Ready {
-            readable: event.is_readable() || event.is_read_closed() || broken,
-            writable: event.is_writable() || event.is_write_closed() || broken,
         }
     }
 }

@@ -1,22 +1,21 @@
 //! [`RawConnection`]: a raw `SSL*` and the socket it runs on, as C callers own them.
 
 use std::ffi::{c_int, c_void};
-use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr::NonNull;
 
 use foreign_types::ForeignTypeRef;
 use openssl::error::ErrorStack;
-use openssl::ssl::{ErrorCode, ShutdownResult, SslRef};
+use openssl::ssl::{ErrorCode, SslRef};
 use openssl_sys as ffi;
 
 use super::classify::classify;
+use super::core::Backend;
 use super::ext;
-use super::{on_ssl, DISCARD_BUF};
+use super::ssl;
 use crate::error::Error;
-use crate::machine::{Connection, Status, TlsError};
-use crate::report::Report;
+use crate::machine::{ShutdownAnswer, TlsError};
 use crate::sigpipe::SigpipeGuard;
 use crate::socket;
 
@@ -107,7 +106,7 @@ impl RawConnection {
         f: impl FnOnce(*mut ffi::SSL) -> c_int,
     ) -> (c_int, Option<TlsError>) {
         let ssl = self.ssl.as_ptr();
-        on_ssl::with_clean_queue(|| {
+        ssl::with_clean_queue(|| {
             // A sealed SSL writes nothing to the socket: no SIGPIPE to guard against.
             let guard = (sends || !self.sealed).then(SigpipeGuard::new);
             errno::clear();
@@ -136,26 +135,7 @@ impl RawConnection {
     /// negotiated TLS version is known, so the alerts that depend on it are exact.
     pub(crate) fn classify_failure(&self, code: ErrorCode, errno: i32) -> TlsError {
         let stack = ErrorStack::get();
-        classify(
-            code,
-            Some(&stack),
-            Some(errno),
-            on_ssl::is_tls13(self.ssl()),
-        )
-    }
-
-    /// One `SSL_read_ex` into `len` writable bytes at `buf`.
-    fn read_into(&mut self, buf: *mut u8, len: usize) -> Result<usize, TlsError> {
-        let mut n = 0usize;
-        // SAFETY: the SSL is valid; the callers pass a buffer writable for `len`
-        // bytes, of which OpenSSL writes at most `len`; `n` is a valid out-pointer.
-        let (_, err) = self.call(false, |ssl| unsafe {
-            ffi::SSL_read_ex(ssl, buf as *mut c_void, len, &mut n)
-        });
-        match err {
-            None => Ok(n),
-            Some(err) => Err(err),
-        }
+        classify(code, Some(&stack), Some(errno), ssl::is_tls13(self.ssl()))
     }
 }
 
@@ -201,31 +181,22 @@ unsafe fn check_bios(ssl: *mut ffi::SSL, fd: RawFd) -> Result<(), String> {
     Ok(())
 }
 
-impl Connection for RawConnection {
-    fn status(&mut self) -> Status {
-        on_ssl::status(self.ssl())
+impl Backend for RawConnection {
+    fn ssl(&self) -> &SslRef {
+        RawConnection::ssl(self)
     }
-    fn begin(&mut self) {
-        let fd = self.fd;
-        on_ssl::begin(self.ssl_mut(), Some(fd))
+    fn ssl_mut(&mut self) -> &mut SslRef {
+        RawConnection::ssl_mut(self)
     }
-    fn keep_transport(&mut self) -> bool {
-        on_ssl::keep_transport(self.ssl_mut())
+    fn socket(&self) -> BorrowedFd<'_> {
+        self.sock()
     }
-    fn seal(&mut self) {
-        self.sealed = on_ssl::seal(self.ssl_mut());
-    }
-    fn end(&mut self) {
-        let fd = self.fd;
-        on_ssl::end(self.ssl_mut(), fd);
-        self.sealed = false;
-    }
-    fn shutdown(&mut self) -> Result<ShutdownResult, TlsError> {
+    fn shutdown(&mut self) -> Result<ShutdownAnswer, TlsError> {
         // SAFETY: the pointer is the valid SSL of `new`'s contract.
         let (ret, err) = self.call(true, |ssl| unsafe { ffi::SSL_shutdown(ssl) });
         match (ret, err) {
-            (1, _) => Ok(ShutdownResult::Received),
-            (0, _) => Ok(ShutdownResult::Sent),
+            (1, _) => Ok(ShutdownAnswer::Received),
+            (0, _) => Ok(ShutdownAnswer::Sent),
             (_, Some(err)) => Err(err),
             (_, None) => Err(TlsError::Protocol {
                 alert: None,
@@ -233,19 +204,20 @@ impl Connection for RawConnection {
             }),
         }
     }
-    fn flush_close_notify(&mut self) -> Result<(), TlsError> {
-        let ssl = self.ssl.as_ptr();
-        on_ssl::flush_close_notify(ssl, || Connection::shutdown(self))
-    }
-    fn read_discard(&mut self) -> Result<usize, TlsError> {
-        let mut buf = [MaybeUninit::<u8>::uninit(); DISCARD_BUF];
-        self.read_into(buf.as_mut_ptr().cast(), buf.len())
-    }
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
-        self.read_into(buf.as_mut_ptr(), buf.len())
+    fn read(&mut self, buf: &mut [MaybeUninit<u8>]) -> Result<usize, TlsError> {
+        let mut n = 0usize;
+        let (ptr, len) = (buf.as_mut_ptr(), buf.len());
+        // SAFETY: the SSL is valid; `buf` is writable for `len` bytes, of which
+        // OpenSSL writes at most `len`; `n` is a valid out-pointer.
+        let (_, err) = self.call(false, |ssl| unsafe {
+            ffi::SSL_read_ex(ssl, ptr as *mut c_void, len, &mut n)
+        });
+        match err {
+            None => Ok(n),
+            Some(err) => Err(err),
+        }
     }
     fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
-        on_ssl::accept_moving_write_buffer(self.ssl());
         let mut n = 0usize;
         // SAFETY: the SSL is valid; `buf` is readable for its length; `n` is a
         // valid out-pointer.
@@ -257,32 +229,8 @@ impl Connection for RawConnection {
             Some(err) => Err(err),
         }
     }
-    fn has_pending(&self) -> bool {
-        on_ssl::has_pending(self.ssl())
-    }
-    fn set_quiet(&mut self) {
-        on_ssl::set_quiet(self.ssl_mut())
-    }
-    fn half_close(&mut self) -> io::Result<()> {
-        socket::half_close(self.sock())
-    }
-    fn send_queue_len(&self) -> io::Result<usize> {
-        socket::send_queue_len(self.sock())
-    }
-    fn arm_reset(&mut self) -> io::Result<()> {
-        socket::arm_reset(self.sock())
-    }
-    fn forget_session(&mut self) {
-        on_ssl::forget_session(self.ssl_mut())
-    }
-    fn session_resumable(&self) -> bool {
-        on_ssl::session_resumable(self.ssl())
-    }
-    fn saved_report(&self) -> Option<Report> {
-        on_ssl::saved_report(self.ssl())
-    }
-    fn save_report(&mut self, report: &Report) {
-        on_ssl::save_report(self.ssl_mut(), report)
+    fn set_sealed(&mut self, sealed: bool) {
+        self.sealed = sealed;
     }
 }
 
