@@ -65,7 +65,7 @@ fn main() {
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1).cloned());
-    let wanted = |name: &str| only.as_deref().map_or(true, |o| o == name);
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let peer = peer::Peer::spawn();
     let mut results = json!({ "machine": machine, "quick": quick });
     if wanted("per_shutdown") {

@@ -50,7 +50,7 @@ extern "C" {
  Reserved words at the end of `closenotify_report`: room for fields of later
  versions, written as zero.
  */
-#define CLOSENOTIFY_REPORT_RESERVED 3
+#define CLOSENOTIFY_REPORT_RESERVED 2
 
 /*
  A shutdown in progress, for the step API. Opaque.
@@ -163,7 +163,9 @@ typedef struct {
   closenotify_stage stage;
   /*
    The alert behind `peer_alert` (received) or `protocol_error` (raised by our
-   side); -1 if none. `closenotify_alert_name` gives its RFC name.
+   side); -1 if none. `closenotify_alert_name` gives its RFC name. The peer's
+   own alert, when OpenSSL turned it into an error of its own, is
+   `peer_alert`.
    */
   int alert;
   /*
@@ -215,9 +217,11 @@ typedef struct {
    */
   int64_t linger_bytes;
   /*
-   OpenSSL's reason for `protocol_error` ("wrong version number", ...) or
-   why a shutdown was `quiet` ("bad write retry"); NULL if none. The string
-   is static.
+   Why, in words: OpenSSL's reason for `protocol_error` ("wrong version
+   number", ...), why a shutdown was `quiet` ("by policy", "handshake
+   unfinished or fatal error", "bad write retry", ...); always set for those
+   two outcomes, NULL when there is nothing to add (`clean`, `sent_only`,
+   `timed_out`, ...). The string is static.
    */
   const char *detail;
   /*
@@ -228,6 +232,18 @@ typedef struct {
    the first reserved word.)
    */
   uint64_t delivered_bytes;
+  /*
+   The first alert the peer sent during the shutdown, at any level
+   (close_notify aside): -1 if none. A TLS 1.2 peer's warning that OpenSSL
+   made fatal (no_renegotiation becomes our handshake_failure) is here
+   while `alert` names ours. (Added in 0.2.)
+   */
+  int peer_alert;
+  /*
+   The level of `peer_alert` on the wire: 1 warning, 2 fatal, 0 if none.
+   (Added in 0.2.)
+   */
+  int peer_alert_level;
   /*
    Zero; later versions put new fields here.
    */

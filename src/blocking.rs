@@ -1,12 +1,13 @@
 //! [`shutdown_blocking`] and [`shutdown_blocking_read`]: the shutdown for blocking
 //! code, bounded by the policy.
 
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::Instant;
 
 use openssl::ssl::SslStream;
 
+use crate::error::{Error, ReadError};
 use crate::machine::{Connection, Progress, Ready};
 use crate::ossl::RawConnection;
 use crate::policy::Policy;
@@ -53,17 +54,20 @@ pub fn shutdown_blocking<S: Read + Write + AsFd>(
 /// received the complete answer.
 ///
 /// # Errors
-/// `InvalidInput`, before anything is sent, when the policy's mode does not wait
-/// for the peer ([`Mode::SendOnly`](crate::Mode::SendOnly),
-/// [`Mode::Quiet`](crate::Mode::Quiet)); the error of `out`, after which the
-/// shutdown is abandoned as a dropped [`Shutdown`] leaves it (the socket's mode
-/// and the `SSL`'s options restored, nothing more read).
+/// [`ReadError::Invalid`] ([`Error::InvalidPolicy`]), before anything is sent,
+/// when the policy's mode does not wait for the peer
+/// ([`Mode::SendOnly`](crate::Mode::SendOnly), [`Mode::Quiet`](crate::Mode::Quiet));
+/// [`ReadError::Write`] with the error of `out`, after which the shutdown is
+/// abandoned as a dropped [`Shutdown`] leaves it (the socket's mode and the
+/// `SSL`'s options restored, nothing more read). How the connection ended is
+/// never an error: it is the report. (Compare [`shutdown_blocking`], which has
+/// neither a mode to refuse nor a writer to fail, and returns the report alone.)
 pub fn shutdown_blocking_read<S: Read + Write + AsFd, W: Write + ?Sized>(
     stream: &mut SslStream<S>,
     policy: &Policy,
     out: &mut W,
     limit: u64,
-) -> io::Result<Report> {
+) -> Result<Report, ReadError> {
     check_awaits_peer(policy)?;
     let fd = stream.get_ref().as_fd().as_raw_fd();
     drive_read(Shutdown::new(stream, policy), fd, out, limit)
@@ -86,25 +90,22 @@ impl RawConnection {
         policy: &Policy,
         out: &mut W,
         limit: u64,
-    ) -> io::Result<Report> {
+    ) -> Result<Report, ReadError> {
         check_awaits_peer(policy)?;
         let fd = self.as_raw_fd();
         drive_read(Shutdown::new(self, policy), fd, out, limit)
     }
 }
 
-fn check_awaits_peer(policy: &Policy) -> io::Result<()> {
+fn check_awaits_peer(policy: &Policy) -> Result<(), Error> {
     if policy.mode().awaits_peer() {
         return Ok(());
     }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!(
-            "reading the peer's answer needs a mode that waits for it \
-             (bidirectional or stop_tls), not {}",
-            policy.mode().as_str()
-        ),
-    ))
+    Err(Error::InvalidPolicy(format!(
+        "reading the peer's answer needs a mode that waits for it \
+         (bidirectional or stop_tls), not {}",
+        policy.mode()
+    )))
 }
 
 /// Waits with `poll(2)` on `fd` for what `progress` asks, up to its deadline.
@@ -145,7 +146,7 @@ fn drive_read<C: Connection, W: Write + ?Sized>(
     fd: RawFd,
     out: &mut W,
     limit: u64,
-) -> io::Result<Report> {
+) -> Result<Report, ReadError> {
     let mut sd = sd.with_read_limit(limit);
     level_readiness(&mut sd);
     let mut buf = vec![0u8; 16 * 1024];
@@ -156,7 +157,7 @@ fn drive_read<C: Connection, W: Write + ?Sized>(
         let room = (limit - written).saturating_add(1).min(buf.len() as u64) as usize;
         let (n, progress) = sd.poll_read(Instant::now(), ready, &mut buf[..room]);
         let keep = (n as u64).min(limit - written) as usize;
-        out.write_all(&buf[..keep])?;
+        out.write_all(&buf[..keep]).map_err(ReadError::Write)?;
         written += keep as u64;
         if let Progress::Done(report) = progress {
             return Ok(report);

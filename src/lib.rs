@@ -101,7 +101,7 @@
 // Only `capi` feeds the C header; cbindgen skips the other modules.
 /// cbindgen:ignore
 mod blocking;
-#[cfg(feature = "capi")]
+#[cfg(any(feature = "capi", test))]
 pub mod capi;
 /// cbindgen:ignore
 mod closer;
@@ -113,6 +113,8 @@ mod error;
 mod event;
 /// cbindgen:ignore
 mod machine;
+/// cbindgen:ignore
+mod names;
 /// cbindgen:ignore
 mod ossl;
 /// cbindgen:ignore
@@ -138,7 +140,7 @@ pub mod doc_support;
 pub use blocking::{shutdown_blocking, shutdown_blocking_read};
 pub use closer::{Closer, Rejected, Stream};
 pub use deadline::DeadlineQueue;
-pub use error::Error;
+pub use error::{CloseError, Error, ReadError};
 pub use machine::{Connection, Interest, Progress, Ready, ShutdownAnswer, Status, TlsError, Wait};
 pub use ossl::RawConnection;
 pub use policy::{
@@ -146,10 +148,11 @@ pub use policy::{
     DEFAULT_PEER_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT,
 };
 pub use report::{
-    Alert, AlertDirection, AlertRecord, Initiator, Outcome, Report, Stage, TlsVersion,
+    Alert, AlertDirection, AlertLevel, AlertLog, AlertRecord, Initiator, Outcome, Report, Stage,
+    TlsVersion,
 };
 pub use shutdown::Shutdown;
-pub use stoptls::into_transport;
+pub use stoptls::{into_transport, IntoTransportError};
 
 /// Re-exported so that users name the same `openssl-sys` types as the crate.
 pub use openssl_sys;

@@ -7,44 +7,40 @@
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::names::named;
 
-/// What the shutdown sends and waits for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// Send our close_notify, half-close TCP, then wait for the peer's close_notify
-    /// (OpenSSL's full shutdown; Boost.Asio `async_shutdown`). The only mode that can
-    /// tell a complete stream from a truncated one.
-    #[default]
-    Bidirectional,
-    /// Send our close_notify, half-close TCP, do not wait for an answer (Go's
-    /// `Close`, tokio-openssl, nginx for HTTP). Costs no round trip.
-    SendOnly,
-    /// Send nothing (`SSL_set_quiet_shutdown`): for connections you abandon on
-    /// purpose. The peer will see a truncation.
-    Quiet,
-    /// Leave TLS and keep the TCP connection (STOPTLS, FTPS `CCC`): send our
-    /// close_notify and wait for the peer's, as [`Mode::Bidirectional`] does, but
-    /// never half-close, and read nothing past the peer's close_notify, so that
-    /// the plaintext that follows it stays in the socket for the application.
-    /// Success is `clean` with [`Report::transport_reusable`](crate::Report::transport_reusable)
-    /// set; any other outcome leaves the connection unusable (close it).
-    /// [`Policy::half_close`] does not apply, and a linger timeout is refused
-    /// (there is no close to linger before).
-    StopTls,
+named! {
+    /// What the shutdown sends and waits for.
+    ///
+    /// Non-exhaustive: a later version may add a mode; match with a wildcard arm
+    /// (or use [`Mode::awaits_peer`]).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum Mode {
+        /// Send our close_notify, half-close TCP, then wait for the peer's close_notify
+        /// (OpenSSL's full shutdown; Boost.Asio `async_shutdown`). The only mode that can
+        /// tell a complete stream from a truncated one.
+        #[default]
+        Bidirectional => "bidirectional",
+        /// Send our close_notify, half-close TCP, do not wait for an answer (Go's
+        /// `Close`, tokio-openssl, nginx for HTTP). Costs no round trip.
+        SendOnly => "send_only",
+        /// Send nothing (`SSL_set_quiet_shutdown`): for connections you abandon on
+        /// purpose. The peer will see a truncation.
+        Quiet => "quiet",
+        /// Leave TLS and keep the TCP connection (STOPTLS, FTPS `CCC`): send our
+        /// close_notify and wait for the peer's, as [`Mode::Bidirectional`] does, but
+        /// never half-close, and read nothing past the peer's close_notify, so that
+        /// the plaintext that follows it stays in the socket for the application.
+        /// Success is `clean` with [`Report::transport_reusable`](crate::Report::transport_reusable)
+        /// set; any other outcome leaves the connection unusable (close it).
+        /// [`Policy::half_close`] does not apply, and a linger timeout is refused
+        /// (there is no close to linger before).
+        StopTls => "stop_tls",
+    }
 }
 
 impl Mode {
-    /// The name used in logs, JSON and the C API: `bidirectional`, `send_only`,
-    /// `quiet`, `stop_tls`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Bidirectional => "bidirectional",
-            Mode::SendOnly => "send_only",
-            Mode::Quiet => "quiet",
-            Mode::StopTls => "stop_tls",
-        }
-    }
-
     /// Whether the mode waits for the peer's close_notify: [`Mode::Bidirectional`]
     /// and [`Mode::StopTls`].
     pub fn awaits_peer(self) -> bool {
@@ -52,24 +48,26 @@ impl Mode {
     }
 }
 
-/// When a timeout should make the final `close()` send a TCP RST instead of a FIN.
-///
-/// Closenotify never closes a socket it does not own; it sets `SO_LINGER {1, 0}` so
-/// that the owner's `close()` resets the connection and the kernel frees its state at
-/// once instead of retrying unsent bytes for minutes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum ResetOnTimeout {
-    /// Never reset: `close()` always sends a FIN.
-    Never,
-    /// Reset when the flush stage times out (the default). The peer is not reading:
-    /// our send buffer is full and a FIN would sit behind bytes that will never be
-    /// delivered, keeping the socket alive in the kernel long after `close()`.
-    #[default]
-    FlushOnly,
-    /// Reset on every timeout, including `await_peer` and `linger`. For servers under
-    /// load that prefer freeing kernel state to a graceful FIN; an RST can destroy
-    /// bytes the peer has received but not yet read.
-    Always,
+named! {
+    /// When a timeout should make the final `close()` send a TCP RST instead of a FIN.
+    ///
+    /// Closenotify never closes a socket it does not own; it sets `SO_LINGER {1, 0}` so
+    /// that the owner's `close()` resets the connection and the kernel frees its state at
+    /// once instead of retrying unsent bytes for minutes.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub enum ResetOnTimeout {
+        /// Never reset: `close()` always sends a FIN.
+        Never => "never",
+        /// Reset when the flush stage times out (the default). The peer is not reading:
+        /// our send buffer is full and a FIN would sit behind bytes that will never be
+        /// delivered, keeping the socket alive in the kernel long after `close()`.
+        #[default]
+        FlushOnly => "flush_only",
+        /// Reset on every timeout, including `await_peer` and `linger`. For servers under
+        /// load that prefer freeing kernel state to a graceful FIN; an RST can destroy
+        /// bytes the peer has received but not yet read.
+        Always => "always",
+    }
 }
 
 /// A validated shutdown policy. Build one with [`Policy::builder`]; the defaults are

@@ -6,65 +6,44 @@
 use std::fmt;
 use std::time::Duration;
 
-/// How the connection ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// Both close_notify alerts were exchanged: every byte either side sent was
-    /// received, and nobody truncated the stream.
-    Clean,
-    /// Our close_notify reached the kernel; by policy we did not wait for an answer.
-    SentOnly,
-    /// No close_notify was sent: by policy, or because the connection was not usable
-    /// (handshake not finished, a fatal error already happened, an unfinished write).
-    Quiet,
-    /// The peer ended the transport (EOF) without close_notify: whatever it sent last
-    /// may be incomplete.
-    Truncated,
-    /// Transport error: ECONNRESET, EPIPE or another errno ([`Report::os_error`]).
-    Reset,
-    /// The peer sent a fatal alert ([`Report::alert`]).
-    PeerAlert,
-    /// Our side rejected what arrived (bad record MAC, garbage, ...);
-    /// [`Report::alert`] is the alert our side raised.
-    ProtocolError,
-    /// A stage ran past its timeout ([`Report::stage`] names it).
-    TimedOut,
-    /// The peer kept sending application data past [`Policy::drain_limit`](crate::Policy::drain_limit)
-    /// (or, while it is read with [`Shutdown::poll_read`](crate::Shutdown::poll_read),
-    /// past the read limit).
-    DrainLimit,
+use crate::names::named;
+
+named! {
+    /// How the connection ended.
+    ///
+    /// Non-exhaustive: a later version may tell more endings apart; match with a
+    /// wildcard arm (or use [`Outcome::is_orderly`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum Outcome {
+        /// Both close_notify alerts were exchanged: every byte either side sent was
+        /// received, and nobody truncated the stream.
+        Clean => "clean",
+        /// Our close_notify reached the kernel; by policy we did not wait for an answer.
+        SentOnly => "sent_only",
+        /// No close_notify was sent: by policy, or because the connection was not usable
+        /// (handshake not finished, a fatal error already happened, an unfinished write).
+        Quiet => "quiet",
+        /// The peer ended the transport (EOF) without close_notify: whatever it sent last
+        /// may be incomplete.
+        Truncated => "truncated",
+        /// Transport error: ECONNRESET, EPIPE or another errno ([`Report::os_error`]).
+        Reset => "reset",
+        /// The peer sent a fatal alert ([`Report::alert`]).
+        PeerAlert => "peer_alert",
+        /// Our side rejected what arrived (bad record MAC, garbage, ...);
+        /// [`Report::alert`] is the alert our side raised.
+        ProtocolError => "protocol_error",
+        /// A stage ran past its timeout ([`Report::stage`] names it).
+        TimedOut => "timed_out",
+        /// The peer kept sending application data past [`Policy::drain_limit`](crate::Policy::drain_limit)
+        /// (or, while it is read with [`Shutdown::poll_read`](crate::Shutdown::poll_read),
+        /// past the read limit).
+        DrainLimit => "drain_limit",
+    }
 }
 
 impl Outcome {
-    /// Every outcome, in the order of the C constants.
-    pub const ALL: [Outcome; 9] = [
-        Outcome::Clean,
-        Outcome::SentOnly,
-        Outcome::Quiet,
-        Outcome::Truncated,
-        Outcome::Reset,
-        Outcome::PeerAlert,
-        Outcome::ProtocolError,
-        Outcome::TimedOut,
-        Outcome::DrainLimit,
-    ];
-
-    /// The public name: `clean`, `sent_only`, `quiet`, `truncated`, `reset`,
-    /// `peer_alert`, `protocol_error`, `timed_out`, `drain_limit`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Clean => "clean",
-            Outcome::SentOnly => "sent_only",
-            Outcome::Quiet => "quiet",
-            Outcome::Truncated => "truncated",
-            Outcome::Reset => "reset",
-            Outcome::PeerAlert => "peer_alert",
-            Outcome::ProtocolError => "protocol_error",
-            Outcome::TimedOut => "timed_out",
-            Outcome::DrainLimit => "drain_limit",
-        }
-    }
-
     /// Whether our close_notify left and nothing went wrong: `clean` and `sent_only`.
     /// These are the outcomes that keep the session resumable.
     pub fn is_orderly(self) -> bool {
@@ -72,68 +51,42 @@ impl Outcome {
     }
 }
 
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+named! {
+    /// Who sent the first close_notify, as this side saw it when its shutdown
+    /// began.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Initiator {
+        /// We did: the peer's close_notify had not been read when the shutdown
+        /// began. This includes close_notify alerts that crossed on the wire, and a
+        /// peer's close_notify that was already waiting, unread, in the socket:
+        /// this side cannot see it without a read, and a shutdown does not read
+        /// before its own close_notify is out.
+        Local => "local",
+        /// The peer did: its close_notify had been read (by the application's
+        /// reads, or by an earlier shutdown) when the shutdown began, which then
+        /// only answers it.
+        Peer => "peer",
     }
 }
 
-/// Who sent the first close_notify.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Initiator {
-    /// We did (or the shutdown began before any close_notify from the peer arrived).
-    Local,
-    /// The peer's close_notify had already arrived when the shutdown began.
-    Peer,
-}
-
-impl Initiator {
-    /// `local` or `peer`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Initiator::Local => "local",
-            Initiator::Peer => "peer",
-        }
-    }
-}
-
-impl fmt::Display for Initiator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The stages of a shutdown, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Stage {
-    /// Getting our close_notify into the kernel (`SSL_shutdown`). A close the
-    /// peer initiated ends here when there is no half-close (by policy, or in
-    /// [`Mode::StopTls`](crate::Mode::StopTls)).
-    Flush,
-    /// `shutdown(SHUT_WR)` once close_notify is flushed; where a close the peer
-    /// initiated ends.
-    HalfClose,
-    /// Reading until the peer's close_notify (bidirectional mode).
-    AwaitPeer,
-    /// Waiting for the kernel send queue to empty before the caller closes.
-    Linger,
-}
-
-impl Stage {
-    /// `flush`, `half_close`, `await_peer`, `linger`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Flush => "flush",
-            Stage::HalfClose => "half_close",
-            Stage::AwaitPeer => "await_peer",
-            Stage::Linger => "linger",
-        }
-    }
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+named! {
+    /// The stages of a shutdown, in order.
+    ///
+    /// Non-exhaustive: a later version may add a stage; match with a wildcard arm.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    #[non_exhaustive]
+    pub enum Stage {
+        /// Getting our close_notify into the kernel (`SSL_shutdown`). A close the
+        /// peer initiated ends here when there is no half-close (by policy, or in
+        /// [`Mode::StopTls`](crate::Mode::StopTls)).
+        Flush => "flush",
+        /// `shutdown(SHUT_WR)` once close_notify is flushed; where a close the peer
+        /// initiated ends.
+        HalfClose => "half_close",
+        /// Reading until the peer's close_notify (bidirectional mode).
+        AwaitPeer => "await_peer",
+        /// Waiting for the kernel send queue to empty before the caller closes.
+        Linger => "linger",
     }
 }
 
@@ -224,34 +177,123 @@ impl fmt::Display for Alert {
     }
 }
 
-/// Which side raised an alert.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AlertDirection {
-    /// The peer sent it ([`Outcome::PeerAlert`]).
-    Received,
-    /// Our side raised it ([`Outcome::ProtocolError`]). OpenSSL puts no alert on the
-    /// wire after our close_notify (RFC 8446 §6.1), so during a shutdown the peer
-    /// sees only the closed transport; the report still names the alert.
-    Sent,
+named! {
+    /// Which side raised an alert.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum AlertDirection {
+        /// The peer sent it.
+        Received => "received",
+        /// Our side raised it. OpenSSL puts no alert on the wire after our
+        /// close_notify (RFC 8446 §6.1), so during a shutdown the peer sees only the
+        /// closed transport; the report still names the alert.
+        Sent => "sent",
+    }
 }
 
-impl AlertDirection {
-    /// `received` or `sent`.
-    pub fn as_str(self) -> &'static str {
+named! {
+    /// The level of an alert (RFC 5246 §7.2; TLS 1.3 treats every alert but
+    /// close_notify and user_canceled as fatal, whatever its level).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum AlertLevel {
+        /// Level 1.
+        Warning => "warning",
+        /// Level 2.
+        Fatal => "fatal",
+    }
+}
+
+impl AlertLevel {
+    /// The level of a wire code (1 warning, 2 fatal); `None` for another value.
+    pub fn from_code(code: u8) -> Option<AlertLevel> {
+        match code {
+            1 => Some(AlertLevel::Warning),
+            2 => Some(AlertLevel::Fatal),
+            _ => None,
+        }
+    }
+
+    /// The wire code: 1 or 2.
+    pub fn code(self) -> u8 {
         match self {
-            AlertDirection::Received => "received",
-            AlertDirection::Sent => "sent",
+            AlertLevel::Warning => 1,
+            AlertLevel::Fatal => 2,
         }
     }
 }
 
-/// An alert and who raised it.
+/// An alert, who raised it, and at which level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct AlertRecord {
     /// The alert.
     pub alert: Alert,
     /// Received from the peer, or raised by our side.
     pub direction: AlertDirection,
+    /// The level on the wire; `Fatal` for an alert our side raised and kept off
+    /// the wire (after our close_notify).
+    pub level: AlertLevel,
+}
+
+impl AlertRecord {
+    /// An alert `direction`, at `level`.
+    pub fn new(alert: Alert, direction: AlertDirection, level: AlertLevel) -> AlertRecord {
+        AlertRecord {
+            alert,
+            direction,
+            level,
+        }
+    }
+}
+
+impl fmt::Display for AlertRecord {
+    /// `received warning no_renegotiation(100)`, `sent fatal bad_record_mac(20)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.direction, self.level, self.alert)
+    }
+}
+
+/// The alerts seen during a shutdown, in the order they came: those the peer
+/// sent (warning or fatal), those our side sent, and the one our side raised for
+/// a `protocol_error` (kept off the wire after our close_notify). close_notify
+/// itself is not listed ([`Report::close_notify_sent`] and
+/// [`Report::close_notify_received`] say it). At most [`AlertLog::CAPACITY`]
+/// are kept: the first ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AlertLog {
+    records: [Option<AlertRecord>; AlertLog::CAPACITY],
+}
+
+impl AlertLog {
+    /// How many alerts a log keeps.
+    pub const CAPACITY: usize = 4;
+
+    /// Adds `record` if there is room.
+    pub(crate) fn push(&mut self, record: AlertRecord) {
+        if let Some(slot) = self.records.iter_mut().find(|r| r.is_none()) {
+            *slot = Some(record);
+        }
+    }
+
+    /// The alerts, in order.
+    pub fn iter(&self) -> impl Iterator<Item = AlertRecord> + '_ {
+        self.records.iter().map_while(|r| *r)
+    }
+
+    /// The first alert the peer sent, if any.
+    pub fn from_peer(&self) -> Option<AlertRecord> {
+        self.iter()
+            .find(|r| r.direction == AlertDirection::Received)
+    }
+
+    /// How many alerts are listed.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// Whether no alert was seen.
+    pub fn is_empty(&self) -> bool {
+        self.records[0].is_none()
+    }
 }
 
 /// The negotiated protocol version.
@@ -330,8 +372,13 @@ pub struct Report {
     /// by an earlier shutdown of the same connection, while the connection is
     /// still open).
     pub half_closed: bool,
-    /// The alert behind `peer_alert` or `protocol_error`.
+    /// The alert behind `peer_alert` (the peer's) or `protocol_error` (the one
+    /// our side raised).
     pub alert: Option<AlertRecord>,
+    /// Every alert seen during the shutdown, the peer's and ours, with their
+    /// levels (a peer's warning that OpenSSL turned into a fatal error of its
+    /// own is here beside the alert our side raised for it).
+    pub alerts: AlertLog,
     /// The errno behind `reset` (ECONNRESET, EPIPE, ...).
     pub os_error: Option<i32>,
     /// Application bytes received and discarded after our close_notify.
@@ -353,7 +400,11 @@ pub struct Report {
     pub session_resumable: bool,
     /// The negotiated version; `None` when the handshake never finished.
     pub tls_version: Option<TlsVersion>,
-    /// OpenSSL's reason text for `protocol_error` (`"wrong version number"`, ...).
+    /// Why, in words: OpenSSL's reason for `protocol_error` (`"wrong version
+    /// number"`, ...) and for a failure the application handed over; why a
+    /// shutdown was `quiet` (`"by policy"`, `"handshake unfinished or fatal
+    /// error"`, `"bad write retry"`, ...); why a STOPTLS could not hand the
+    /// transport back. `None` for the other outcomes.
     pub detail: Option<&'static str>,
     /// Bytes the kernel send queue held, not yet acknowledged by the peer, when the
     /// linger stage began: what it waited for (`SIOCOUTQ`). `None` when the stage
@@ -371,47 +422,47 @@ pub struct Report {
 }
 
 impl Report {
-    /// `Ok` for `clean`, `sent_only` and `quiet`; otherwise the [`Error`](crate::Error)
-    /// that describes the outcome, which converts into a [`std::io::Error`] of the
-    /// matching kind.
-    pub fn result(&self) -> Result<(), crate::Error> {
-        use crate::Error;
+    /// `Ok` for `clean`, `sent_only` and `quiet` (the connection ended in order,
+    /// or by choice); otherwise a [`CloseError`](crate::CloseError) carrying this
+    /// report, which converts into a [`std::io::Error`] of the matching kind
+    /// (`UnexpectedEof` for a truncation, `TimedOut`, `ConnectionReset`,
+    /// `InvalidData`).
+    pub fn result(&self) -> Result<(), crate::CloseError> {
         match self.outcome {
             Outcome::Clean | Outcome::SentOnly | Outcome::Quiet => Ok(()),
-            Outcome::Truncated => Err(Error::Truncated),
-            Outcome::Reset => Err(Error::Reset {
-                os_error: self.os_error.unwrap_or(0),
-            }),
-            Outcome::PeerAlert => Err(Error::PeerAlert {
-                alert: self.alert.map_or(Alert::Unknown(255), |a| a.alert),
-            }),
-            Outcome::ProtocolError => Err(Error::Protocol {
-                alert: self.alert.map(|a| a.alert),
-                detail: self.detail.unwrap_or("unknown"),
-            }),
-            Outcome::TimedOut => Err(Error::TimedOut { stage: self.stage }),
-            Outcome::DrainLimit => Err(Error::DrainLimit {
-                discarded: self.discarded_bytes,
-            }),
+            _ => Err(crate::CloseError::new(*self)),
         }
     }
 }
 
 impl fmt::Display for Report {
+    /// One line with what an operator needs:
+    /// `protocol_error (TLSv1.2, initiator local, stage await_peer, received
+    /// warning no_renegotiation(100), sent fatal handshake_failure(40), detail:
+    /// no renegotiation, 312µs)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let version = self
+            .tls_version
+            .map_or("no TLS version", TlsVersion::as_str);
         write!(
             f,
-            "{} (initiator {}, stage {}",
+            "{} ({version}, initiator {}, stage {}",
             self.outcome, self.initiator, self.stage
         )?;
-        if let Some(a) = self.alert {
-            write!(f, ", alert {} {}", a.alert, a.direction.as_str())?;
+        for alert in self.alerts.iter() {
+            write!(f, ", {alert}")?;
         }
         if let Some(e) = self.os_error {
             write!(f, ", {}", std::io::Error::from_raw_os_error(e))?;
         }
         if self.discarded_bytes > 0 {
             write!(f, ", {} bytes discarded", self.discarded_bytes)?;
+        }
+        if self.delivered_bytes > 0 {
+            write!(f, ", {} bytes delivered", self.delivered_bytes)?;
+        }
+        if let Some(detail) = self.detail {
+            write!(f, ", detail: {detail}")?;
         }
         write!(f, ", {:?})", self.elapsed)
     }
@@ -449,5 +500,54 @@ mod tests {
         for n in names {
             assert!(n.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{n}");
         }
+    }
+
+    /// One line with the version, the alerts both ways, the errno and the reason.
+    #[test]
+    fn display_says_what_an_operator_needs() {
+        let mut alerts = AlertLog::default();
+        alerts.push(AlertRecord::new(
+            Alert::NoRenegotiation,
+            AlertDirection::Received,
+            AlertLevel::Warning,
+        ));
+        let ours = AlertRecord::new(
+            Alert::HandshakeFailure,
+            AlertDirection::Sent,
+            AlertLevel::Fatal,
+        );
+        alerts.push(ours);
+        let r = Report {
+            outcome: Outcome::ProtocolError,
+            initiator: Initiator::Local,
+            stage: Stage::AwaitPeer,
+            close_notify_sent: true,
+            close_notify_received: false,
+            half_closed: true,
+            alert: Some(ours),
+            alerts,
+            os_error: None,
+            discarded_bytes: 0,
+            delivered_bytes: 12,
+            elapsed: Duration::from_micros(312),
+            session_resumable: false,
+            tls_version: Some(TlsVersion::Tls1_2),
+            detail: Some("no renegotiation"),
+            linger_bytes: None,
+            transport_reusable: false,
+            ssl_calls: 3,
+        };
+        assert_eq!(
+            r.to_string(),
+            "protocol_error (TLSv1.2, initiator local, stage await_peer, received warning \
+             no_renegotiation(100), sent fatal handshake_failure(40), 12 bytes delivered, \
+             detail: no renegotiation, 312µs)"
+        );
+        let err = r.result().unwrap_err();
+        assert_eq!(err.outcome(), Outcome::ProtocolError);
+        assert_eq!(
+            std::io::Error::from(err).kind(),
+            std::io::ErrorKind::InvalidData
+        );
     }
 }

@@ -113,7 +113,7 @@ impl<C: Connection> Shutdown<C> {
 
     /// The first [`poll`](Shutdown::poll) has run: the builder methods are ignored
     /// from now on.
-    #[cfg(feature = "capi")]
+    #[cfg(any(feature = "capi", test))]
     pub(crate) fn is_started(&self) -> bool {
         self.machine.is_started()
     }

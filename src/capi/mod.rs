@@ -39,7 +39,7 @@ use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
-use crate::report::Alert;
+use crate::report::{Alert, Outcome, Stage};
 
 pub use self::policy::*;
 pub use self::report::*;
@@ -111,19 +111,9 @@ pub extern "C" fn closenotify_version() -> *const c_char {
 #[no_mangle]
 pub extern "C" fn closenotify_outcome_name(outcome: closenotify_outcome) -> *const c_char {
     boundary(UNKNOWN.as_ptr(), || {
-        let name = match outcome {
-            CLOSENOTIFY_OUTCOME_CLEAN => c"clean",
-            CLOSENOTIFY_OUTCOME_SENT_ONLY => c"sent_only",
-            CLOSENOTIFY_OUTCOME_QUIET => c"quiet",
-            CLOSENOTIFY_OUTCOME_TRUNCATED => c"truncated",
-            CLOSENOTIFY_OUTCOME_RESET => c"reset",
-            CLOSENOTIFY_OUTCOME_PEER_ALERT => c"peer_alert",
-            CLOSENOTIFY_OUTCOME_PROTOCOL_ERROR => c"protocol_error",
-            CLOSENOTIFY_OUTCOME_TIMED_OUT => c"timed_out",
-            CLOSENOTIFY_OUTCOME_DRAIN_LIMIT => c"drain_limit",
-            _ => UNKNOWN,
-        };
-        name.as_ptr()
+        Outcome::from_number(outcome.0)
+            .map_or(UNKNOWN, Outcome::as_cstr)
+            .as_ptr()
     })
 }
 
@@ -132,14 +122,9 @@ pub extern "C" fn closenotify_outcome_name(outcome: closenotify_outcome) -> *con
 #[no_mangle]
 pub extern "C" fn closenotify_stage_name(stage: closenotify_stage) -> *const c_char {
     boundary(UNKNOWN.as_ptr(), || {
-        let name = match stage {
-            CLOSENOTIFY_STAGE_FLUSH => c"flush",
-            CLOSENOTIFY_STAGE_HALF_CLOSE => c"half_close",
-            CLOSENOTIFY_STAGE_AWAIT_PEER => c"await_peer",
-            CLOSENOTIFY_STAGE_LINGER => c"linger",
-            _ => UNKNOWN,
-        };
-        name.as_ptr()
+        Stage::from_number(stage.0)
+            .map_or(UNKNOWN, Stage::as_cstr)
+            .as_ptr()
     })
 }
 
@@ -218,7 +203,6 @@ fn static_cstr(text: &'static str) -> *const c_char {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Outcome;
 
     fn name(p: *const c_char) -> &'static str {
         // SAFETY: every name function returns a static NUL-terminated string (or a

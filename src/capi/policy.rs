@@ -78,13 +78,13 @@ pub(super) fn policy_defaults() -> closenotify_policy {
     let p = Policy::default();
     closenotify_policy {
         struct_size: size_of::<closenotify_policy>() as u32,
-        mode: CLOSENOTIFY_MODE_BIDIRECTIONAL,
+        mode: closenotify_mode(p.mode().number()),
         flush_timeout_ms: p.flush_timeout().as_millis() as u32,
         peer_timeout_ms: p.peer_timeout().as_millis() as u32,
         linger_timeout_ms: p.linger_timeout().as_millis() as u32,
         drain_limit: p.drain_limit(),
         half_close: c_int::from(p.half_close()),
-        reset_on_timeout: CLOSENOTIFY_RESET_ON_FLUSH_TIMEOUT,
+        reset_on_timeout: closenotify_reset(p.reset_on_timeout().number()),
         keep_session_on_truncation: c_int::from(p.keep_session_on_truncation()),
         reserved: [0; CLOSENOTIFY_POLICY_RESERVED],
     }
@@ -122,29 +122,21 @@ pub(super) unsafe fn to_policy(
             ),
         ));
     }
-    let mode = match c.mode {
-        CLOSENOTIFY_MODE_BIDIRECTIONAL => Mode::Bidirectional,
-        CLOSENOTIFY_MODE_SEND_ONLY => Mode::SendOnly,
-        CLOSENOTIFY_MODE_QUIET => Mode::Quiet,
-        CLOSENOTIFY_MODE_STOPTLS => Mode::StopTls,
-        other => {
-            return Err(fail(
-                CLOSENOTIFY_ERR_INVALID_ARGUMENT,
-                format!("invalid policy: unknown mode {}", other.0),
-            ))
-        }
-    };
-    let reset = match c.reset_on_timeout {
-        CLOSENOTIFY_RESET_NEVER => ResetOnTimeout::Never,
-        CLOSENOTIFY_RESET_ON_FLUSH_TIMEOUT => ResetOnTimeout::FlushOnly,
-        CLOSENOTIFY_RESET_ALWAYS => ResetOnTimeout::Always,
-        other => {
-            return Err(fail(
-                CLOSENOTIFY_ERR_INVALID_ARGUMENT,
-                format!("invalid policy: unknown reset_on_timeout {}", other.0),
-            ))
-        }
-    };
+    let mode = Mode::from_number(c.mode.0).ok_or_else(|| {
+        fail(
+            CLOSENOTIFY_ERR_INVALID_ARGUMENT,
+            format!("invalid policy: unknown mode {}", c.mode.0),
+        )
+    })?;
+    let reset = ResetOnTimeout::from_number(c.reset_on_timeout.0).ok_or_else(|| {
+        fail(
+            CLOSENOTIFY_ERR_INVALID_ARGUMENT,
+            format!(
+                "invalid policy: unknown reset_on_timeout {}",
+                c.reset_on_timeout.0
+            ),
+        )
+    })?;
     Policy::builder()
         .mode(mode)
         .flush_timeout(Duration::from_millis(c.flush_timeout_ms.into()))
@@ -199,6 +191,33 @@ mod tests {
         unsafe { CStr::from_ptr(buf.as_ptr()) }
             .to_string_lossy()
             .into_owned()
+    }
+
+    /// Each C constant is its Rust value's number, and every value has one.
+    #[test]
+    fn the_c_constants_are_the_rust_values() {
+        let modes = [
+            (CLOSENOTIFY_MODE_BIDIRECTIONAL, Mode::Bidirectional),
+            (CLOSENOTIFY_MODE_SEND_ONLY, Mode::SendOnly),
+            (CLOSENOTIFY_MODE_QUIET, Mode::Quiet),
+            (CLOSENOTIFY_MODE_STOPTLS, Mode::StopTls),
+        ];
+        assert_eq!(modes.len(), Mode::ALL.len());
+        for (c, rust) in modes {
+            assert_eq!(c.0, rust.number(), "{rust}");
+        }
+        let resets = [
+            (CLOSENOTIFY_RESET_NEVER, ResetOnTimeout::Never),
+            (
+                CLOSENOTIFY_RESET_ON_FLUSH_TIMEOUT,
+                ResetOnTimeout::FlushOnly,
+            ),
+            (CLOSENOTIFY_RESET_ALWAYS, ResetOnTimeout::Always),
+        ];
+        assert_eq!(resets.len(), ResetOnTimeout::ALL.len());
+        for (c, rust) in resets {
+            assert_eq!(c.0, rust.number(), "{rust}");
+        }
     }
 
     #[test]

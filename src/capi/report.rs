@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_int};
 
 use super::static_cstr;
-use crate::report::{Initiator, Outcome, Report, Stage};
+use crate::report::Report;
 
 /// How the connection ended (the names of `closenotify_outcome_name`).
 #[repr(transparent)]
@@ -52,7 +52,7 @@ pub const CLOSENOTIFY_STAGE_LINGER: closenotify_stage = closenotify_stage(3);
 
 /// Reserved words at the end of `closenotify_report`: room for fields of later
 /// versions, written as zero.
-pub const CLOSENOTIFY_REPORT_RESERVED: usize = 3;
+pub const CLOSENOTIFY_REPORT_RESERVED: usize = 2;
 
 /// How a connection ended. Written whole by the library (the reserved words as
 /// zero); a later version fills them with new fields, so the size never changes.
@@ -66,7 +66,9 @@ pub struct closenotify_report {
     /// The stage that timed out, or the last stage reached.
     pub stage: closenotify_stage,
     /// The alert behind `peer_alert` (received) or `protocol_error` (raised by our
-    /// side); -1 if none. `closenotify_alert_name` gives its RFC name.
+    /// side); -1 if none. `closenotify_alert_name` gives its RFC name. The peer's
+    /// own alert, when OpenSSL turned it into an error of its own, is
+    /// `peer_alert`.
     pub alert: c_int,
     /// The errno behind `reset`; 0 if none.
     pub os_error: c_int,
@@ -94,9 +96,11 @@ pub struct closenotify_report {
     /// Bytes in the kernel send queue, not yet acknowledged, when the linger
     /// stage began (what it waited for); -1 if the stage did not run.
     pub linger_bytes: i64,
-    /// OpenSSL's reason for `protocol_error` ("wrong version number", ...) or
-    /// why a shutdown was `quiet` ("bad write retry"); NULL if none. The string
-    /// is static.
+    /// Why, in words: OpenSSL's reason for `protocol_error` ("wrong version
+    /// number", ...), why a shutdown was `quiet` ("by policy", "handshake
+    /// unfinished or fatal error", "bad write retry", ...); always set for those
+    /// two outcomes, NULL when there is nothing to add (`clean`, `sent_only`,
+    /// `timed_out`, ...). The string is static.
     pub detail: *const c_char,
     /// Application bytes received after our close_notify and handed to the
     /// caller (`closenotify_shutdown_step_read`, the sink of
@@ -104,33 +108,23 @@ pub struct closenotify_report {
     /// `timed_out`, what arrived before the deadline. (Added in 0.2, in what was
     /// the first reserved word.)
     pub delivered_bytes: u64,
+    /// The first alert the peer sent during the shutdown, at any level
+    /// (close_notify aside): -1 if none. A TLS 1.2 peer's warning that OpenSSL
+    /// made fatal (no_renegotiation becomes our handshake_failure) is here
+    /// while `alert` names ours. (Added in 0.2.)
+    pub peer_alert: c_int,
+    /// The level of `peer_alert` on the wire: 1 warning, 2 fatal, 0 if none.
+    /// (Added in 0.2.)
+    pub peer_alert_level: c_int,
     /// Zero; later versions put new fields here.
     pub reserved: [u64; CLOSENOTIFY_REPORT_RESERVED],
 }
 
 pub(super) fn to_c_report(r: &Report) -> closenotify_report {
     closenotify_report {
-        outcome: match r.outcome {
-            Outcome::Clean => CLOSENOTIFY_OUTCOME_CLEAN,
-            Outcome::SentOnly => CLOSENOTIFY_OUTCOME_SENT_ONLY,
-            Outcome::Quiet => CLOSENOTIFY_OUTCOME_QUIET,
-            Outcome::Truncated => CLOSENOTIFY_OUTCOME_TRUNCATED,
-            Outcome::Reset => CLOSENOTIFY_OUTCOME_RESET,
-            Outcome::PeerAlert => CLOSENOTIFY_OUTCOME_PEER_ALERT,
-            Outcome::ProtocolError => CLOSENOTIFY_OUTCOME_PROTOCOL_ERROR,
-            Outcome::TimedOut => CLOSENOTIFY_OUTCOME_TIMED_OUT,
-            Outcome::DrainLimit => CLOSENOTIFY_OUTCOME_DRAIN_LIMIT,
-        },
-        initiator: match r.initiator {
-            Initiator::Local => CLOSENOTIFY_INITIATOR_LOCAL,
-            Initiator::Peer => CLOSENOTIFY_INITIATOR_PEER,
-        },
-        stage: match r.stage {
-            Stage::Flush => CLOSENOTIFY_STAGE_FLUSH,
-            Stage::HalfClose => CLOSENOTIFY_STAGE_HALF_CLOSE,
-            Stage::AwaitPeer => CLOSENOTIFY_STAGE_AWAIT_PEER,
-            Stage::Linger => CLOSENOTIFY_STAGE_LINGER,
-        },
+        outcome: closenotify_outcome(r.outcome.number()),
+        initiator: closenotify_initiator(r.initiator.number()),
+        stage: closenotify_stage(r.stage.number()),
         alert: r.alert.map_or(-1, |a| c_int::from(a.alert.code())),
         os_error: r.os_error.unwrap_or(0),
         close_notify_sent: r.close_notify_sent,
@@ -147,6 +141,59 @@ pub(super) fn to_c_report(r: &Report) -> closenotify_report {
             .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
         detail: r.detail.map_or(std::ptr::null(), static_cstr),
         delivered_bytes: r.delivered_bytes,
+        peer_alert: r
+            .alerts
+            .from_peer()
+            .map_or(-1, |a| c_int::from(a.alert.code())),
+        peer_alert_level: r
+            .alerts
+            .from_peer()
+            .map_or(0, |a| c_int::from(a.level.code())),
         reserved: [0; CLOSENOTIFY_REPORT_RESERVED],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Initiator, Outcome, Stage};
+
+    /// Each C constant is its Rust value's number, and every value has one: a
+    /// value added to the Rust enum without its C constant fails here.
+    #[test]
+    fn the_c_constants_are_the_rust_values() {
+        let outcomes = [
+            (CLOSENOTIFY_OUTCOME_CLEAN, Outcome::Clean),
+            (CLOSENOTIFY_OUTCOME_SENT_ONLY, Outcome::SentOnly),
+            (CLOSENOTIFY_OUTCOME_QUIET, Outcome::Quiet),
+            (CLOSENOTIFY_OUTCOME_TRUNCATED, Outcome::Truncated),
+            (CLOSENOTIFY_OUTCOME_RESET, Outcome::Reset),
+            (CLOSENOTIFY_OUTCOME_PEER_ALERT, Outcome::PeerAlert),
+            (CLOSENOTIFY_OUTCOME_PROTOCOL_ERROR, Outcome::ProtocolError),
+            (CLOSENOTIFY_OUTCOME_TIMED_OUT, Outcome::TimedOut),
+            (CLOSENOTIFY_OUTCOME_DRAIN_LIMIT, Outcome::DrainLimit),
+        ];
+        assert_eq!(outcomes.len(), Outcome::ALL.len());
+        for (c, rust) in outcomes {
+            assert_eq!(c.0, rust.number(), "{rust}");
+        }
+        let stages = [
+            (CLOSENOTIFY_STAGE_FLUSH, Stage::Flush),
+            (CLOSENOTIFY_STAGE_HALF_CLOSE, Stage::HalfClose),
+            (CLOSENOTIFY_STAGE_AWAIT_PEER, Stage::AwaitPeer),
+            (CLOSENOTIFY_STAGE_LINGER, Stage::Linger),
+        ];
+        assert_eq!(stages.len(), Stage::ALL.len());
+        for (c, rust) in stages {
+            assert_eq!(c.0, rust.number(), "{rust}");
+        }
+        let initiators = [
+            (CLOSENOTIFY_INITIATOR_LOCAL, Initiator::Local),
+            (CLOSENOTIFY_INITIATOR_PEER, Initiator::Peer),
+        ];
+        assert_eq!(initiators.len(), Initiator::ALL.len());
+        for (c, rust) in initiators {
+            assert_eq!(c.0, rust.number(), "{rust}");
+        }
     }
 }

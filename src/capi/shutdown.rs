@@ -545,7 +545,7 @@ pub unsafe extern "C" fn closenotify_shutdown_blocking_read(
                 unsafe { report.write(to_c_report(&r)) };
                 CLOSENOTIFY_OK
             }
-            Err(err) if err.kind() == std::io::ErrorKind::InvalidInput => {
+            Err(crate::ReadError::Invalid(err)) => {
                 fail(CLOSENOTIFY_ERR_INVALID_ARGUMENT, err.to_string())
             }
             Err(_) => fail(

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use crate::report::{Report, TlsVersion};
+use crate::report::{AlertLog, Report, TlsVersion};
 
 /// What a successful `SSL_shutdown` answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +126,12 @@ pub trait Connection {
     fn forget_session(&mut self);
     /// Whether the session can still be resumed (see [`Report::session_resumable`]).
     fn session_resumable(&self) -> bool;
+    /// The alerts seen since `begin` (sent and received, close_notify aside).
+    /// The OpenSSL implementations watch them with an info callback that
+    /// `begin` installs (chained to the application's) and `end` removes.
+    fn alerts(&self) -> AlertLog {
+        AlertLog::default()
+    }
     /// The report of an earlier shutdown of this connection, if any.
     fn saved_report(&self) -> Option<Report>;
     /// Remember the final report, so that a second shutdown returns it.

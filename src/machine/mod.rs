@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::policy::{Mode, Policy, ResetOnTimeout};
 use crate::report::{
-    Alert, AlertDirection, AlertRecord, Initiator, Outcome, Report, Stage, TlsVersion,
+    Alert, AlertDirection, AlertLevel, AlertRecord, Initiator, Outcome, Report, Stage, TlsVersion,
 };
 
 pub use self::connection::{Connection, ShutdownAnswer, Status, TlsError};
@@ -191,7 +191,7 @@ impl Machine {
         &self.policy
     }
 
-    #[cfg(feature = "capi")]
+    #[cfg(any(feature = "capi", test))]
     pub fn is_started(&self) -> bool {
         !matches!(self.state, State::Idle(_))
     }
@@ -360,14 +360,13 @@ impl<C: Connection + ?Sized> Step<'_, C> {
             return self.failed(facts, state, err);
         }
         if self.policy.mode() == Mode::Quiet || !status.usable {
-            log::debug!(
-                "closenotify: quiet shutdown ({})",
-                if status.usable {
-                    "by policy"
-                } else {
-                    "handshake unfinished or fatal error"
-                }
-            );
+            let why = if status.usable {
+                "by policy"
+            } else {
+                "handshake unfinished or fatal error"
+            };
+            log::debug!("closenotify: quiet shutdown ({why})");
+            facts.detail = Some(why);
             self.conn.set_quiet();
             return self.finish(facts, state, Outcome::Quiet);
         }
@@ -693,16 +692,20 @@ impl<C: Connection + ?Sized> Step<'_, C> {
                 Outcome::Reset
             }
             TlsError::PeerAlert(code) => {
-                facts.alert = Some(AlertRecord {
-                    alert: Alert::from_code(code),
-                    direction: AlertDirection::Received,
-                });
+                facts.alert = Some(AlertRecord::new(
+                    Alert::from_code(code),
+                    AlertDirection::Received,
+                    AlertLevel::Fatal,
+                ));
                 Outcome::PeerAlert
             }
             TlsError::Protocol { alert, detail } => {
-                facts.alert = alert.map(|code| AlertRecord {
-                    alert: Alert::from_code(code),
-                    direction: AlertDirection::Sent,
+                facts.alert = alert.map(|code| {
+                    AlertRecord::new(
+                        Alert::from_code(code),
+                        AlertDirection::Sent,
+                        AlertLevel::Fatal,
+                    )
                 });
                 facts.detail = Some(detail);
                 Outcome::ProtocolError
@@ -741,6 +744,20 @@ impl<C: Connection + ?Sized> Step<'_, C> {
         if !keep {
             self.conn.forget_session();
         }
+        // The alerts OpenSSL saw, and the one behind the outcome if it did not
+        // pass through OpenSSL (kept off the wire, or consumed by the application).
+        // (An alert OpenSSL saw keeps the level it had on the wire: a TLS 1.3 peer's
+        // warning is an error all the same.)
+        let mut alerts = self.conn.alerts();
+        if let Some(alert) = facts.alert {
+            let seen = alerts
+                .iter()
+                .find(|a| (a.alert, a.direction) == (alert.alert, alert.direction));
+            match seen {
+                Some(seen) => facts.alert = Some(seen),
+                None => alerts.push(alert),
+            }
+        }
         if std::mem::take(&mut facts.begun) {
             self.conn.end();
         }
@@ -760,6 +777,7 @@ impl<C: Connection + ?Sized> Step<'_, C> {
             close_notify_received: facts.received,
             half_closed: facts.half_closed,
             alert: facts.alert,
+            alerts,
             os_error: facts.os_error,
             discarded_bytes: facts.discarded,
             delivered_bytes: facts.delivered,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::{Connection, Machine, Progress, Ready, ShutdownAnswer, Status, TlsError};
 use crate::policy::Policy;
-use crate::report::{Report, TlsVersion};
+use crate::report::{AlertLog, Report, TlsVersion};
 
 /// The machine with a scripted connection (owned, or borrowed to look at it
 /// after the machine is gone), driven as `Shutdown` drives it, minus the clock:
@@ -91,6 +91,8 @@ pub(crate) struct Script {
     pub sealed: u32,
     pub ended: u32,
     pub saved: Option<Report>,
+    /// What OpenSSL's info callback would have seen.
+    pub alerts: AlertLog,
     /// OpenSSL calls (shutdown, read, write) answered so far.
     pub calls: u32,
     /// Of those, the ones that answered WANT_READ or WANT_WRITE.
@@ -215,6 +217,9 @@ impl Connection for Script {
     fn session_resumable(&self) -> bool {
         !self.forgot_session
     }
+    fn alerts(&self) -> AlertLog {
+        self.alerts
+    }
     fn saved_report(&self) -> Option<Report> {
         self.saved
     }
@@ -275,6 +280,9 @@ impl Connection for &mut Script {
     }
     fn session_resumable(&self) -> bool {
         (**self).session_resumable()
+    }
+    fn alerts(&self) -> AlertLog {
+        (**self).alerts()
     }
     fn saved_report(&self) -> Option<Report> {
         (**self).saved_report()

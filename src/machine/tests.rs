@@ -596,3 +596,67 @@ fn a_discarding_call_hands_back_control_after_its_budget() {
     assert_eq!(r.discarded_bytes, 128 * 1024 + 16 * 1024);
     assert_eq!(r.elapsed, ms(300));
 }
+
+/// A TLS 1.2 peer's warning that OpenSSL turns into a fatal error of its own:
+/// the report names both alerts, and the one behind the outcome is ours.
+#[test]
+fn alerts_seen_by_openssl_and_the_one_behind_the_outcome_are_both_reported() {
+    use crate::report::{AlertLevel, AlertLog};
+    let t0 = Instant::now();
+    let warning = AlertRecord::new(
+        Alert::NoRenegotiation,
+        AlertDirection::Received,
+        AlertLevel::Warning,
+    );
+    let mut conn = Script::usable()
+        .shutdown(Ok(ShutdownAnswer::Sent))
+        .read(Err(TlsError::Protocol {
+            alert: Some(Alert::HandshakeFailure.code()),
+            detail: "no renegotiation",
+        }));
+    conn.alerts.push(warning);
+    let r = done(Harness::new(conn, &policy()).poll(t0, Ready::ALL));
+    assert_eq!(r.outcome, Outcome::ProtocolError);
+    let ours = AlertRecord::new(
+        Alert::HandshakeFailure,
+        AlertDirection::Sent,
+        AlertLevel::Fatal,
+    );
+    assert_eq!(r.alert, Some(ours));
+    assert_eq!(r.alerts.iter().collect::<Vec<_>>(), vec![warning, ours]);
+    assert_eq!(r.alerts.from_peer(), Some(warning));
+
+    // A fatal alert OpenSSL saw keeps its level on the wire (a TLS 1.3 peer's
+    // warning is an error all the same), and is listed once.
+    let mut conn = Script::usable()
+        .shutdown(Ok(ShutdownAnswer::Sent))
+        .read(Err(TlsError::PeerAlert(Alert::NoRenegotiation.code())));
+    conn.alerts.push(warning);
+    let r = done(Harness::new(conn, &policy()).poll(t0, Ready::ALL));
+    assert_eq!(r.outcome, Outcome::PeerAlert);
+    assert_eq!(r.alert, Some(warning));
+    assert_eq!(r.alerts.len(), 1);
+
+    // An alert the application consumed before the shutdown: not seen by the
+    // shutdown's callback, listed from the error handed over.
+    let conn = Script::usable();
+    let r = done(
+        Harness::new(conn, &policy())
+            .after_error(TlsError::PeerAlert(Alert::UnknownCa.code()))
+            .poll(t0, Ready::ALL),
+    );
+    assert_eq!(r.outcome, Outcome::PeerAlert);
+    assert_eq!(
+        r.alerts.iter().collect::<Vec<_>>(),
+        vec![AlertRecord::new(
+            Alert::UnknownCa,
+            AlertDirection::Received,
+            AlertLevel::Fatal
+        )]
+    );
+    let mut full = AlertLog::default();
+    for _ in 0..AlertLog::CAPACITY + 2 {
+        full.push(warning);
+    }
+    assert_eq!(full.len(), AlertLog::CAPACITY, "the first ones are kept");
+}

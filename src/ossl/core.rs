@@ -12,7 +12,7 @@ use openssl::ssl::SslRef;
 
 use super::ssl;
 use crate::machine::{Connection, ShutdownAnswer, Status, TlsError};
-use crate::report::Report;
+use crate::report::{AlertLog, Report};
 use crate::socket;
 
 /// What an OpenSSL-backed connection supplies: its handles and its I/O calls.
@@ -144,6 +144,9 @@ impl<B: Backend> Connection for B {
     }
     fn session_resumable(&self) -> bool {
         ssl::session_resumable(self.ssl())
+    }
+    fn alerts(&self) -> AlertLog {
+        ssl::alerts(self.ssl())
     }
     fn saved_report(&self) -> Option<Report> {
         ssl::saved_report(self.ssl())

@@ -3,7 +3,10 @@
 
 use std::ffi::c_int;
 
-use openssl_sys::{BIO, BIO_METHOD, SSL, SSL_SESSION};
+use openssl_sys::{BIO, BIO_METHOD, SSL, SSL_CTX, SSL_SESSION};
+
+/// `void (*)(const SSL *ssl, int where, int ret)`: an info callback.
+pub type InfoCallback = Option<unsafe extern "C" fn(ssl: *const SSL, where_: c_int, ret: c_int)>;
 
 extern "C" {
     pub fn SSL_has_pending(s: *const SSL) -> c_int;
@@ -23,6 +26,9 @@ extern "C" {
     pub fn BIO_method_type(b: *const BIO) -> c_int;
     pub fn BIO_s_null() -> *const BIO_METHOD;
     pub fn BIO_up_ref(b: *mut BIO) -> c_int;
+    pub fn SSL_set_info_callback(s: *mut SSL, cb: InfoCallback);
+    pub fn SSL_get_info_callback(s: *const SSL) -> InfoCallback;
+    pub fn SSL_CTX_get_info_callback(ctx: *mut SSL_CTX) -> InfoCallback;
     // Only the tokio adapter needs to know whether a write is stuck in OpenSSL.
     #[cfg(feature = "tokio")]
     pub fn SSL_want(s: *const SSL) -> c_int;
@@ -31,6 +37,10 @@ extern "C" {
 /// `SSL_want`'s answer when OpenSSL holds bytes it must still write.
 #[cfg(feature = "tokio")]
 pub const SSL_WRITING: c_int = 2;
+
+/// The info callback's `where` bits for an alert read or written.
+pub const SSL_CB_ALERT: c_int = 0x4000;
+pub const SSL_CB_READ: c_int = 0x04;
 
 /// `BIO_TYPE_DESCRIPTOR | BIO_TYPE_SOURCE_SINK | 5`: `BIO_s_socket`.
 pub const BIO_TYPE_SOCKET: c_int = 0x0400 | 0x0100 | 5;

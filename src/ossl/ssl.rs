@@ -3,6 +3,7 @@
 //! needs a context only its owner can give, as tokio-openssl's). Per-`SSL` state
 //! lives in ex_data.
 
+use std::ffi::c_int;
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
 
@@ -13,7 +14,7 @@ use openssl_sys as ffi;
 
 use super::ext::*;
 use crate::machine::{ShutdownAnswer, Status, TlsError};
-use crate::report::{Report, TlsVersion};
+use crate::report::{Alert, AlertDirection, AlertLevel, AlertLog, AlertRecord, Report, TlsVersion};
 use crate::socket;
 
 // The option constants are `uint64_t` in OpenSSL 3 and `unsigned long` before.
@@ -24,10 +25,16 @@ const IGNORE_UNEXPECTED_EOF: u64 = ffi::SSL_OP_IGNORE_UNEXPECTED_EOF as u64;
 const NO_TICKET: u64 = ffi::SSL_OP_NO_TICKET as u64;
 
 /// Per-`SSL` state kept in ex_data: the final report (so that a second shutdown
-/// returns it), and what `begin` and `seal` changed, for `end` to undo.
+/// returns it), the alerts seen while a shutdown runs, and what `begin` and
+/// `seal` changed, for `end` to undo.
 #[derive(Default)]
 struct Saved {
     report: Option<Report>,
+    /// What `record_alert` saw since `begin`.
+    alerts: AlertLog,
+    /// `begin` installed `record_alert` as the SSL's info callback; this is the
+    /// callback it replaced (the SSL's own, or `None`: the context's applies).
+    watching: Option<InfoCallback>,
     /// `begin` cleared `SSL_OP_IGNORE_UNEXPECTED_EOF`.
     suspended_ignore_eof: bool,
     /// `begin` switched the socket from blocking to non-blocking mode.
@@ -111,12 +118,64 @@ pub(crate) fn begin(ssl: &mut SslRef, fd: Option<RawFd>) {
         }
         None => false,
     };
-    if suspended || was_blocking {
-        with_saved(ssl, |s| {
-            s.suspended_ignore_eof |= suspended;
-            s.was_blocking |= was_blocking;
-        });
+    // SAFETY: `ssl` is valid; the getter reads a function pointer.
+    let previous = unsafe { SSL_get_info_callback(ssl.as_ptr()) };
+    with_saved(ssl, |s| {
+        s.suspended_ignore_eof |= suspended;
+        s.was_blocking |= was_blocking;
+        s.alerts = AlertLog::default();
+        s.watching.get_or_insert(previous);
+    });
+    // SAFETY: `ssl` is valid; `record_alert` finds its state through the SSL's
+    // ex_data, which `with_saved` just created, and which lives as long as the SSL.
+    unsafe { SSL_set_info_callback(ssl.as_ptr(), Some(record_alert)) };
+}
+
+/// The info callback of a shutdown in progress: notes every alert read or
+/// written (close_notify aside) in the SSL's `Saved`, then calls the callback
+/// the application set (on the SSL, or else on its context).
+unsafe extern "C" fn record_alert(ssl: *const ffi::SSL, where_: c_int, ret: c_int) {
+    let Some(index) = saved_index() else { return };
+    // SAFETY: OpenSSL calls this with the SSL whose callback it is, valid for the
+    // call. rust-openssl keeps ex_data as a `Box<Saved>` whose pointer
+    // SSL_get_ex_data returns; no reference to it is alive while OpenSSL runs (the
+    // shutdown borrows it only between OpenSSL calls).
+    let saved = unsafe {
+        ffi::SSL_get_ex_data(ssl, index.as_raw())
+            .cast::<Saved>()
+            .as_mut()
+    };
+    let Some(saved) = saved else { return };
+    if where_ & SSL_CB_ALERT != 0 {
+        let level = AlertLevel::from_code(((ret >> 8) & 0xff) as u8);
+        let code = (ret & 0xff) as u8;
+        let direction = if where_ & SSL_CB_READ != 0 {
+            AlertDirection::Received
+        } else {
+            AlertDirection::Sent
+        };
+        if let (Some(level), false) = (level, code == 0) {
+            saved
+                .alerts
+                .push(AlertRecord::new(Alert::from_code(code), direction, level));
+        }
     }
+    let chained = match saved.watching {
+        Some(Some(callback)) => Some(callback),
+        // SAFETY: `ssl` is valid for the call; its context outlives it.
+        _ => unsafe { SSL_CTX_get_info_callback(ffi::SSL_get_SSL_CTX(ssl)) },
+    };
+    if let Some(callback) = chained {
+        // SAFETY: the application's callback, with the arguments OpenSSL gave us.
+        unsafe { callback(ssl, where_, ret) };
+    }
+}
+
+/// The alerts seen since `begin`.
+pub(crate) fn alerts(ssl: &SslRef) -> AlertLog {
+    saved_index()
+        .and_then(|index| ssl.ex_data(index))
+        .map_or_else(AlertLog::default, |s| s.alerts)
 }
 
 /// STOPTLS: read-ahead off, so that OpenSSL reads records exactly and nothing
@@ -167,6 +226,7 @@ pub(crate) fn seal(ssl: &mut SslRef) -> bool {
 
 /// Undoes `begin` and `seal`.
 pub(crate) fn end(ssl: &mut SslRef, fd: RawFd) {
+    let ptr = ssl.as_ptr();
     let Some(index) = saved_index() else { return };
     let Some(saved) = ssl.ex_data_mut(index) else {
         return;
@@ -174,6 +234,10 @@ pub(crate) fn end(ssl: &mut SslRef, fd: RawFd) {
     let suspended = std::mem::take(&mut saved.suspended_ignore_eof);
     let was_blocking = std::mem::take(&mut saved.was_blocking);
     let sealed = std::mem::take(&mut saved.sealed_wbio);
+    if let Some(previous) = saved.watching.take() {
+        // SAFETY: `ssl` is valid; puts back the callback `begin` replaced.
+        unsafe { SSL_set_info_callback(ptr, previous) };
+    }
     if std::mem::take(&mut saved.read_ahead) {
         // SAFETY: `ssl` is valid; restores the flag `keep_transport` cleared.
         unsafe { SSL_set_read_ahead(ssl.as_ptr(), 1) };

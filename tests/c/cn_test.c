@@ -164,7 +164,8 @@ static int report_eq(const closenotify_report *a, const closenotify_report *b)
            a->ssl_calls == b->ssl_calls &&
            a->transport_reusable == b->transport_reusable &&
            a->linger_bytes == b->linger_bytes && a->detail == b->detail &&
-           a->delivered_bytes == b->delivered_bytes;
+           a->delivered_bytes == b->delivered_bytes && a->peer_alert == b->peer_alert &&
+           a->peer_alert_level == b->peer_alert_level;
 }
 
 static void print_report(const closenotify_report *r, unsigned steps)
@@ -183,7 +184,8 @@ static void print_report(const closenotify_report *r, unsigned steps)
            "close_notify_sent=%d close_notify_received=%d half_closed=%d "
            "session_resumable=%d discarded_bytes=%" PRIu64 " elapsed_ms=%" PRIu64
            " ssl_calls=%u tls_version=0x%04x transport_reusable=%d linger_bytes=%" PRId64
-           " delivered_bytes=%" PRIu64 " steps=%u detail=%s\n",
+           " delivered_bytes=%" PRIu64 " peer_alert=%d peer_alert_level=%d steps=%u"
+           " detail=%s\n",
            closenotify_outcome_name(r->outcome), (unsigned)r->initiator,
            closenotify_stage_name(r->stage), r->alert,
            closenotify_alert_name(r->alert), r->os_error,
@@ -191,7 +193,7 @@ static void print_report(const closenotify_report *r, unsigned steps)
            r->half_closed ? 1 : 0, r->session_resumable ? 1 : 0,
            r->discarded_bytes, r->elapsed_ms, (unsigned)r->ssl_calls,
            (unsigned)r->tls_version, r->transport_reusable ? 1 : 0, r->linger_bytes,
-           r->delivered_bytes, steps, detail);
+           r->delivered_bytes, r->peer_alert, r->peer_alert_level, steps, detail);
     fflush(stdout);
 }
 
