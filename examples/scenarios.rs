@@ -16,6 +16,9 @@
 //! about two seconds.
 
 mod common;
+/// The misbehaving peers, the same the tests use.
+#[path = "../tests/util/peers.rs"]
+mod peers;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -24,8 +27,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use closenotify::{into_transport, shutdown_blocking, Mode, Outcome, Policy, Report, Stage};
-use common::{line, Behaviour, Contexts, Pair, Role, Tls, BOTH};
+use common::line;
 use openssl::ssl::{SslSession, SslStream};
+use peers::{Behaviour, Contexts, Pair, Role, Tls, BOTH};
 
 /// The widest line the tour prints.
 const WIDTH: usize = 100;
@@ -310,7 +314,7 @@ fn stop_tls(ours: SslStream<TcpStream>) -> Option<Vec<u8>> {
 /// The STOPTLS peer: waits for our close_notify, answers with its own, then in
 /// plaintext sends its line and reads ours; returns what it read.
 fn stop_tls_peer(mut peer: SslStream<TcpStream>) -> Option<Vec<u8>> {
-    common::read_until_close_notify(&mut peer).ok()?;
+    peers::read_until_close_notify(&mut peer).ok()?;
     peer.shutdown().ok()?;
     let tcp = peer.get_mut();
     tcp.write_all(PEER_PLAIN).ok()?;

@@ -88,7 +88,7 @@ static_prefix="$work/static"
 cargo cinstall --release --prefix "$static_prefix" --libdir lib --library-type staticlib \
     --target-dir target/cinstall >/dev/null 2>&1 || fail "the static-only install failed"
 cflags=(-std=c11 -Wall -Wextra -Wpedantic -Werror)
-programs=(examples/c/*.c tests/c/cn_test.c)
+programs=(examples/c/*.c tests/c/cn_test.c tests/c/cn_errors.c)
 for src in "${programs[@]}"; do
     name=$(basename "$src" .c)
     # shellcheck disable=SC2046
@@ -106,9 +106,9 @@ LD_LIBRARY_PATH="$lib" ldd "$work/cn_test" | grep -q "$lib/$soname" ||
 if readelf -d "$work/cn_test-static" | grep -q 'libclosenotify'; then
     fail "cn_test-static needs libclosenotify.so"
 fi
-LD_LIBRARY_PATH="$lib" "$work/cn_test" errors >/dev/null || fail "cn_test errors (shared) failed"
-"$work/cn_test-static" errors >/dev/null || fail "cn_test errors (static) failed"
-say "cn_test errors passed, shared and static"
+LD_LIBRARY_PATH="$lib" "$work/cn_errors" >/dev/null || fail "cn_errors (shared) failed"
+"$work/cn_errors-static" >/dev/null || fail "cn_errors (static) failed"
+say "cn_errors passed, shared and static"
 # The examples load and parse their command line (exit 2 for a usage error).
 for prog in echo_server echo_server-static echo_client echo_client-static; do
     rc=0

@@ -17,14 +17,15 @@
 
 mod util;
 
-use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use util::cbuild::Fields;
 use util::cbuild::{self, compile, profile_dir, run_c, upper_ms};
 use util::process::{self, require, Pems, Proc, Ran};
+use util::{Tls, BOTH};
 
 /// How long an external peer gets to become ready, answer or exit.
 const READY: Duration = Duration::from_secs(5);
@@ -35,6 +36,7 @@ const READY: Duration = Duration::from_secs(5);
 
 struct Programs {
     cn_test: PathBuf,
+    cn_errors: PathBuf,
     echo_client: PathBuf,
 }
 
@@ -51,6 +53,7 @@ fn compile_all() -> Result<Programs, String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"));
     Ok(Programs {
         cn_test: compile(&src.join("tests/c/cn_test.c"), &dir, "cn_test", &flags)?,
+        cn_errors: compile(&src.join("tests/c/cn_errors.c"), &dir, "cn_errors", &flags)?,
         echo_client: compile(
             &src.join("examples/c/echo_client.c"),
             &dir,
@@ -63,91 +66,6 @@ fn compile_all() -> Result<Programs, String> {
 // ---------------------------------------------------------------------------
 // Running the C programs.
 // ---------------------------------------------------------------------------
-
-impl Ran {
-    /// The report line of `cn_test`.
-    #[track_caller]
-    fn report(&self) -> Fields {
-        self.assert_success();
-        let stdout = self.stdout_text();
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with("outcome="))
-            .unwrap_or_else(|| panic!("no report line: {}", self.context()));
-        Fields::parse(line, self.context())
-    }
-}
-
-/// `key=value` pairs of one report line.
-struct Fields {
-    map: HashMap<String, String>,
-    context: String,
-}
-
-impl Fields {
-    fn parse(line: &str, context: String) -> Fields {
-        let map = line
-            .split_whitespace()
-            .map(|kv| {
-                let (k, v) = kv
-                    .split_once('=')
-                    .unwrap_or_else(|| panic!("not key=value: {kv:?} in {context}"));
-                (k.to_owned(), v.to_owned())
-            })
-            .collect();
-        Fields { map, context }
-    }
-
-    #[track_caller]
-    fn str(&self, key: &str) -> &str {
-        self.map
-            .get(key)
-            .unwrap_or_else(|| panic!("no `{key}` in the report: {}", self.context))
-    }
-
-    #[track_caller]
-    fn num(&self, key: &str) -> i64 {
-        let v = self.str(key);
-        v.parse()
-            .unwrap_or_else(|_| panic!("`{key}={v}` is not a number: {}", self.context))
-    }
-
-    #[track_caller]
-    fn flag(&self, key: &str) -> bool {
-        match self.num(key) {
-            0 => false,
-            1 => true,
-            other => panic!("`{key}={other}` is not 0/1: {}", self.context),
-        }
-    }
-
-    /// Asserts `key` has `value` (numbers compare as text, as printed).
-    #[track_caller]
-    fn expect(&self, key: &str, value: &str) -> &Self {
-        assert_eq!(self.str(key), value, "`{key}`: {}", self.context);
-        self
-    }
-
-    #[track_caller]
-    fn expect_flags(&self, expected: &[(&str, bool)]) -> &Self {
-        for &(key, value) in expected {
-            assert_eq!(self.flag(key), value, "`{key}`: {}", self.context);
-        }
-        self
-    }
-
-    /// Asserts `lo <= key < hi`.
-    #[track_caller]
-    fn expect_range(&self, key: &str, lo: i64, hi: i64) -> &Self {
-        let v = self.num(key);
-        assert!(
-            lo <= v && v < hi,
-            "`{key}={v}` not in [{lo}, {hi}): {}",
-            self.context
-        );
-        self
-    }
-}
 
 // ---------------------------------------------------------------------------
 // External peers (as in tests/external_peers.rs).
@@ -172,32 +90,6 @@ impl External {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Tls {
-    V12,
-    V13,
-}
-
-const BOTH: [Tls; 2] = [Tls::V12, Tls::V13];
-
-impl Tls {
-    /// As cn_test and peer.py spell it.
-    fn arg(self) -> &'static str {
-        match self {
-            Tls::V12 => "1.2",
-            Tls::V13 => "1.3",
-        }
-    }
-
-    /// As the report prints it.
-    fn wire(self) -> &'static str {
-        match self {
-            Tls::V12 => "0x0303",
-            Tls::V13 => "0x0304",
-        }
-    }
-}
-
 /// The C shutdown APIs: blocking, and the step API with and without poll()'s
 /// revents.
 const APIS: [&str; 3] = ["blocking", "step", "step-revents"];
@@ -207,11 +99,7 @@ const APIS: [&str; 3] = ["blocking", "step", "step-revents"];
 fn s_server(tls: Tls) -> External {
     require("openssl", "version");
     let pems = Pems::write();
-    let flag = match tls {
-        Tls::V12 => "-tls1_2",
-        Tls::V13 => "-tls1_3",
-    };
-    let (server, addr) = process::s_server(&pems, &[flag], READY);
+    let (server, addr) = process::s_server(&pems, &[tls.openssl_flag()], READY);
     External {
         proc: server,
         port: addr.port(),
@@ -250,7 +138,7 @@ fn cn_run(api: &str, scenario: &str, tls: Tls, peer: &External, extra: &[&str]) 
         args.extend(["--step-limit-ms", &limit]);
     }
     let ran = run_c(&programs().cn_test, &args);
-    let mut r = ran.report();
+    let mut r = ran.c_report();
     r.context = format!("{}\npeer: {}", r.context, peer.transcript());
     r.expect("tls_version", tls.wire());
     match api {
@@ -301,42 +189,6 @@ fn s_server_answers_our_close_notify_clean_local() {
     }
 }
 
-#[test]
-fn python_answers_our_close_notify_clean_local() {
-    for tls in BOTH {
-        for api in APIS {
-            let mut peer = python(tls, "answer");
-            let r = cn_test(api, "plain", tls, &peer, &[]);
-            expect_clean_local(&r);
-            peer.expect_success();
-        }
-    }
-}
-
-#[test]
-fn python_silent_times_out_in_await_peer() {
-    for tls in BOTH {
-        for api in APIS {
-            let peer = python(tls, "silent");
-            let r = cn_test(api, "plain", tls, &peer, &["--peer-timeout-ms", "200"]);
-            r.expect("outcome", "timed_out")
-                .expect("initiator", "0")
-                .expect("stage", "await_peer")
-                .expect("alert", "-1")
-                .expect("os_error", "0")
-                .expect_flags(&[
-                    ("close_notify_sent", true),
-                    ("close_notify_received", false),
-                    ("half_closed", true),
-                    // A client's session is dropped on any outcome but clean.
-                    ("session_resumable", false),
-                ])
-                .expect_range("elapsed_ms", 200, upper_ms(400) as i64);
-            // `peer` sleeps forever: killed on drop.
-        }
-    }
-}
-
 /// A careless caller hands the step API a blocking socket: every step returns at
 /// once (cn_test fails if one takes 100 ms), and the shutdown ends within its
 /// policy. The socket is blocking again afterwards (cn_test checks its flags).
@@ -382,7 +234,7 @@ fn step_revents_costs_no_openssl_call_per_foreign_wakeup() {
             "--step-limit-ms",
             &limit,
         ];
-        let r = run_c(&programs().cn_test, &args).report();
+        let r = run_c(&programs().cn_test, &args).c_report();
         r.expect("outcome", "timed_out")
             .expect("stage", "await_peer")
             .expect_range("elapsed_ms", 300, upper_ms(600) as i64);
@@ -404,97 +256,6 @@ fn step_revents_costs_no_openssl_call_per_foreign_wakeup() {
 }
 
 #[test]
-fn python_closes_without_close_notify_truncated() {
-    for tls in BOTH {
-        for api in APIS {
-            let mut peer = python(tls, "truncate");
-            let r = cn_test(api, "plain", tls, &peer, &[]);
-            r.expect("outcome", "truncated")
-                .expect("initiator", "0")
-                .expect("stage", "await_peer")
-                .expect("alert", "-1")
-                .expect("os_error", "0")
-                .expect_flags(&[
-                    ("close_notify_sent", true),
-                    ("close_notify_received", false),
-                    ("session_resumable", false),
-                ])
-                .expect_range("elapsed_ms", 0, upper_ms(1000) as i64);
-            peer.expect_success();
-        }
-    }
-}
-
-#[test]
-fn python_resets_reset_with_econnreset() {
-    for tls in BOTH {
-        for api in APIS {
-            let mut peer = python(tls, "reset");
-            let r = cn_test(api, "plain", tls, &peer, &[]);
-            // `half_closed` is not asserted: the RST can beat our shutdown(SHUT_WR).
-            r.expect("outcome", "reset")
-                .expect("os_error", &libc::ECONNRESET.to_string())
-                .expect("initiator", "0")
-                .expect("stage", "await_peer")
-                .expect("alert", "-1")
-                .expect_flags(&[
-                    ("close_notify_sent", true),
-                    ("close_notify_received", false),
-                    ("session_resumable", false),
-                ])
-                .expect_range("elapsed_ms", 0, upper_ms(1000) as i64);
-            peer.expect_success();
-        }
-    }
-}
-
-#[test]
-fn python_initiates_we_answer_clean_peer() {
-    for tls in BOTH {
-        for api in APIS {
-            let mut peer = python(tls, "initiate");
-            let r = cn_test(api, "peer-initiated", tls, &peer, &[]);
-            r.expect("outcome", "clean")
-                .expect("initiator", "1")
-                // Answering ends with the half-close: nothing left to await.
-                .expect("stage", "half_close")
-                .expect("ssl_calls", "1")
-                .expect("alert", "-1")
-                .expect("os_error", "0")
-                .expect_flags(&[
-                    ("close_notify_sent", true),
-                    ("close_notify_received", true),
-                    ("half_closed", true),
-                    ("session_resumable", true),
-                ])
-                .expect_range("elapsed_ms", 0, upper_ms(100) as i64);
-            peer.expect_success();
-        }
-    }
-}
-
-#[test]
-fn python_sends_a_fatal_alert_peer_alert_bad_record_mac() {
-    for tls in BOTH {
-        for api in APIS {
-            let peer = python(tls, "alert");
-            let r = cn_test(api, "alert", tls, &peer, &[]);
-            r.expect("outcome", "peer_alert")
-                .expect("alert", "20")
-                .expect("alert_name", "bad_record_mac")
-                .expect("initiator", "0")
-                .expect("os_error", "0")
-                .expect_flags(&[
-                    ("close_notify_received", false),
-                    ("session_resumable", false),
-                ])
-                .expect_range("elapsed_ms", 0, upper_ms(1000) as i64);
-            // `peer` sleeps after its alert: killed on drop.
-        }
-    }
-}
-
-#[test]
 fn a_reset_peer_does_not_kill_a_c_program_with_default_sigpipe() {
     for tls in BOTH {
         let mut peer = python(tls, "reset-now");
@@ -502,7 +263,7 @@ fn a_reset_peer_does_not_kill_a_c_program_with_default_sigpipe() {
         let ran = run_c(&programs().cn_test, &["sigpipe", &port, tls.arg()]);
         // Not killed by SIGPIPE (the status says which signal, if any).
         assert_eq!(ran.status.signal(), None, "{}", ran.context());
-        let r = ran.report();
+        let r = ran.c_report();
         r.expect("outcome", "reset")
             .expect("os_error", &libc::EPIPE.to_string())
             .expect("stage", "flush")
@@ -697,7 +458,7 @@ fn a_want_read_handed_over_is_ignored() {
 
 #[test]
 fn every_result_code_from_c() {
-    let ran = run_c(&programs().cn_test, &["errors"]);
+    let ran = run_c(&programs().cn_errors, &[]);
     ran.assert_success();
     assert_eq!(ran.stdout_text().trim(), "errors: ok", "{}", ran.context());
 }
@@ -799,7 +560,7 @@ fn blocking_read_and_step_read_deliver_the_peers_answer() {
             let mut peer = python(tls, "data");
             let port = peer.port.to_string();
             let ran = run_c(&programs().cn_test, &[api, "plain", &port, tls.arg()]);
-            let r = ran.report();
+            let r = ran.c_report();
             r.expect("outcome", "clean")
                 .expect("discarded_bytes", "0")
                 .expect("tls_version", tls.wire());
@@ -832,7 +593,7 @@ fn blocking_read_and_step_read_end_at_the_deadline_while_the_peer_streams() {
                         consume,
                     ],
                 );
-                let r = ran.report();
+                let r = ran.c_report();
                 r.expect("outcome", "timed_out")
                     .expect("stage", "await_peer")
                     .expect_range("elapsed_ms", 300, upper_ms(900) as i64);
@@ -861,7 +622,7 @@ fn blocking_read_stops_at_its_limit_and_when_the_sink_refuses() {
             "1000",
         ],
     );
-    ran.report().expect("outcome", "drain_limit");
+    ran.c_report().expect("outcome", "drain_limit");
     assert_eq!(delivered(&ran), expected_data(1000));
     drop(peer);
 
@@ -901,7 +662,7 @@ fn stoptls_from_c_against_python_unwrap() {
             );
             let port = py.wait_line("port", READY, |_| true).trim().to_string();
             let ran = run_c(&programs().cn_test, &["stoptls", &port, tls.arg()]);
-            ran.report()
+            ran.c_report()
                 .expect("outcome", "clean")
                 .expect("half_closed", "0")
                 .expect("transport_reusable", "1");

@@ -56,13 +56,6 @@ fn accept(ctx: &Contexts, listener: &TcpListener) -> SslStream<TcpStream> {
         .expect("handshake with the external peer")
 }
 
-fn openssl_flag(tls: Tls) -> &'static str {
-    match tls {
-        Tls::V12 => "-tls1_2",
-        Tls::V13 => "-tls1_3",
-    }
-}
-
 // ---------------------------------------------------------------------------
 // A. openssl s_server as the peer, our side the client.
 // ---------------------------------------------------------------------------
@@ -71,7 +64,7 @@ fn openssl_flag(tls: Tls) -> &'static str {
 /// `util::process::s_server`); returns it and its port.
 fn s_server(tls: Tls, pems: &Pems) -> (Proc, u16) {
     require("openssl", "version");
-    let (server, addr) = process::s_server(pems, &[openssl_flag(tls)], READY);
+    let (server, addr) = process::s_server(pems, &[tls.openssl_flag()], READY);
     (server, addr.port())
 }
 
@@ -140,7 +133,7 @@ fn s_client(tls: Tls, ctx: &Contexts) -> (Proc, SslStream<TcpStream>) {
             &connect_to,
             "-quiet",
             "-no_ign_eof",
-            openssl_flag(tls),
+            tls.openssl_flag(),
         ],
     );
     let mut ours = accept(ctx, &listener);

@@ -1,5 +1,9 @@
-//! Every peer behaviour, against real OpenSSL on real loopback sockets, in TLS 1.2
-//! and 1.3, with our side as client and as server.
+//! Endings beside the behaviour matrix (tests/matrix.rs), against real OpenSSL on
+//! real loopback sockets, in TLS 1.2 and 1.3, with our side as client and as
+//! server: close_notify alerts that cross, a peer that reset before we started,
+//! TLS 1.3 tickets and KeyUpdates while we wait, the modes, unexpected-EOF
+//! options, blocking sockets, the half-close reader, and connections handed over
+//! with unsent data or an error.
 
 mod util;
 
@@ -8,62 +12,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use closenotify::{
-    shutdown_blocking, Alert, AlertDirection, Initiator, Mode, Outcome, Policy, ResetOnTimeout,
-    Stage,
-};
+use closenotify::{shutdown_blocking, Alert, Mode, Outcome, Policy, Stage};
 use openssl::ssl::ErrorCode;
 use util::*;
-
-#[test]
-fn we_initiate_and_the_peer_answers_clean_local() {
-    for (tls, role) in matrix() {
-        let ctx = Contexts::new(tls);
-        let Pair { mut ours, peer } = ctx.pair(role);
-        let peer = spawn_peer(peer, answer);
-        let r = shutdown_blocking(&mut ours, &policy(500, 500));
-        let what = format!("{tls:?} as {role:?}");
-        assert_outcome(&r, Outcome::Clean, &what);
-        assert_eq!(r.initiator, Initiator::Local, "{what}");
-        assert_eq!(r.stage, Stage::AwaitPeer, "{what}");
-        assert!(
-            r.close_notify_sent && r.close_notify_received && r.half_closed,
-            "{what}"
-        );
-        assert_eq!(r.tls_version.map(|v| v.as_str()), Some(tls.name()));
-        assert!(r.session_resumable, "{what}");
-        assert!(r.elapsed < ms(500), "{what}: {:?}", r.elapsed);
-        drop(ours);
-        peer.join().unwrap();
-    }
-}
-
-#[test]
-fn the_peer_initiates_and_we_answer_clean_peer() {
-    for (tls, role) in matrix() {
-        let ctx = Contexts::new(tls);
-        let Pair { mut ours, peer } = ctx.pair(role);
-        let peer = spawn_peer(peer, |mut p| {
-            p.shutdown().unwrap();
-            read_until_close_notify(&mut p).expect("our answer");
-            wait_eof(p.get_mut())
-        });
-        // The application reads until the peer's close_notify, then shuts down.
-        assert!(read_until_close_notify(&mut ours).unwrap().is_empty());
-        let r = shutdown_blocking(&mut ours, &policy(500, 500));
-        let what = format!("{tls:?} as {role:?}");
-        assert_outcome(&r, Outcome::Clean, &what);
-        assert_eq!(r.initiator, Initiator::Peer, "{what}");
-        assert!(r.close_notify_sent && r.close_notify_received, "{what}");
-        assert_eq!(r.ssl_calls, 1, "{what}: answering needs one SSL_shutdown");
-        drop(ours);
-        assert_eq!(
-            peer.join().unwrap(),
-            None,
-            "{what}: peer saw an error, not EOF"
-        );
-    }
-}
 
 #[test]
 fn both_send_close_notify_at_the_same_moment_clean() {
@@ -83,134 +34,6 @@ fn both_send_close_notify_at_the_same_moment_clean() {
         assert_outcome(&r, Outcome::Clean, &format!("{tls:?} as {role:?}"));
         assert!(r.close_notify_sent && r.close_notify_received);
         drop(ours);
-        peer.join().unwrap();
-    }
-}
-
-#[test]
-fn silent_peer_times_out_in_await_peer_with_a_fin() {
-    for (tls, role) in matrix() {
-        let ctx = Contexts::new(tls);
-        let Pair { mut ours, peer } = ctx.pair(role);
-        let (go, wait) = mpsc::channel::<()>();
-        let peer = spawn_peer(peer, move |mut p| {
-            wait.recv().unwrap();
-            // Our close_notify arrived; then a FIN, not an RST.
-            read_until_close_notify(&mut p).expect("our close_notify");
-            wait_eof(p.get_mut())
-        });
-        let r = shutdown_blocking(&mut ours, &policy(500, 200));
-        let what = format!("{tls:?} as {role:?}");
-        assert_outcome(&r, Outcome::TimedOut, &what);
-        assert_eq!(r.stage, Stage::AwaitPeer, "{what}");
-        assert!(
-            r.elapsed >= ms(200) && r.elapsed < ms(400),
-            "{what}: {:?}",
-            r.elapsed
-        );
-        assert!(r.close_notify_sent && !r.close_notify_received, "{what}");
-        assert_eq!(
-            r.session_resumable,
-            dropped_session_resumable(role),
-            "{what}"
-        );
-        drop(ours);
-        go.send(()).unwrap();
-        assert_eq!(peer.join().unwrap(), None, "{what}: the peer saw a reset");
-    }
-}
-
-#[test]
-fn peer_not_reading_times_out_in_flush_and_resets() {
-    for (tls, role) in matrix() {
-        for (reset, expect_rst) in [
-            (ResetOnTimeout::FlushOnly, true),
-            (ResetOnTimeout::Never, false),
-        ] {
-            let ctx = Contexts::new(tls);
-            let Pair { mut ours, peer } = ctx.pair(role);
-            // Unread input makes close() send an RST whatever the policy: read the
-            // TLS 1.3 tickets a client receives after the handshake.
-            if tls == Tls::V13 && role == Role::Client {
-                read_tickets(&mut ours);
-            }
-            fill_send_buffer(ours.get_ref());
-            let (go, wait) = mpsc::channel::<()>();
-            let peer = spawn_peer(peer, move |mut p| {
-                wait.recv().unwrap();
-                wait_eof(p.get_mut())
-            });
-            let p = policy(200, 500)
-                .to_builder()
-                .reset_on_timeout(reset)
-                .build()
-                .unwrap();
-            let r = shutdown_blocking(&mut ours, &p);
-            let what = format!("{tls:?} as {role:?} {reset:?}");
-            assert_outcome(&r, Outcome::TimedOut, &what);
-            assert_eq!(r.stage, Stage::Flush, "{what}");
-            assert!(
-                r.elapsed >= ms(200) && r.elapsed < ms(400),
-                "{what}: {:?}",
-                r.elapsed
-            );
-            assert!(!r.close_notify_sent && !r.half_closed, "{what}");
-            assert_eq!(r.ssl_calls, 1, "{what}: retried without readiness");
-            drop(ours);
-            go.send(()).unwrap();
-            let seen = peer.join().unwrap();
-            if expect_rst {
-                assert_eq!(seen, Some(std::io::ErrorKind::ConnectionReset), "{what}");
-            } else {
-                assert_eq!(seen, None, "{what}: expected the queued bytes, then a FIN");
-            }
-        }
-    }
-}
-
-#[test]
-fn peer_closes_without_close_notify_truncated() {
-    for (tls, role) in matrix() {
-        let ctx = Contexts::new(tls);
-        let Pair { mut ours, peer } = ctx.pair(role);
-        let peer = spawn_peer(peer, |mut p| {
-            read_until_close_notify(&mut p).expect("our close_notify");
-            drop(p); // TCP FIN, no close_notify
-        });
-        let r = shutdown_blocking(&mut ours, &policy(500, 1000));
-        let what = format!("{tls:?} as {role:?}");
-        assert_outcome(&r, Outcome::Truncated, &what);
-        assert_eq!(r.stage, Stage::AwaitPeer, "{what}");
-        assert!(!r.close_notify_received, "{what}");
-        assert_eq!(
-            r.session_resumable,
-            dropped_session_resumable(role),
-            "{what}"
-        );
-        assert!(r.elapsed < ms(1000), "{what}: waited for the timeout");
-        peer.join().unwrap();
-    }
-}
-
-#[test]
-fn peer_resets_while_we_await_reset_with_errno() {
-    for (tls, role) in matrix() {
-        let ctx = Contexts::new(tls);
-        let Pair { mut ours, peer } = ctx.pair(role);
-        let peer = spawn_peer(peer, |mut p| {
-            read_until_close_notify(&mut p).expect("our close_notify");
-            reset_on_drop(p.get_ref());
-        });
-        let r = shutdown_blocking(&mut ours, &policy(500, 1000));
-        let what = format!("{tls:?} as {role:?}");
-        assert_outcome(&r, Outcome::Reset, &what);
-        assert_eq!(r.os_error, Some(libc::ECONNRESET), "{what}");
-        assert_eq!(r.stage, Stage::AwaitPeer, "{what}");
-        assert_eq!(
-            r.session_resumable,
-            dropped_session_resumable(role),
-            "{what}"
-        );
         peer.join().unwrap();
     }
 }
@@ -236,126 +59,6 @@ fn peer_reset_before_we_start_reset_in_flush() {
             r.os_error
         );
         assert_eq!(r.stage, Stage::Flush, "{what}");
-    }
-}
-
-#[test]
-fn peer_sends_a_fatal_alert_peer_alert_with_its_name() {
-    for (tls, role) in matrix() {
-        let ctx = Contexts::new(tls);
-        let Pair { mut ours, peer } = ctx.pair(role);
-        let (go, wait) = mpsc::channel::<()>();
-        let peer = spawn_peer(peer, move |mut p| {
-            // Our forged record makes the peer's OpenSSL raise a real fatal alert.
-            let err = p.ssl_read(&mut [0u8; 64]).unwrap_err();
-            assert_eq!(err.code(), ErrorCode::SSL);
-            wait.recv().unwrap();
-        });
-        write_raw(&mut ours, &forged_record());
-        assert!(wait_for(ours.get_ref().as_raw_fd(), libc::POLLIN, ms(5000)));
-        let r = shutdown_blocking(&mut ours, &policy(500, 1000));
-        let what = format!("{tls:?} as {role:?}");
-        assert_outcome(&r, Outcome::PeerAlert, &what);
-        let alert = r.alert.expect("alert");
-        assert_eq!(alert.alert, Alert::BadRecordMac, "{what}");
-        assert_eq!(alert.alert.name(), "bad_record_mac");
-        assert_eq!(alert.direction, AlertDirection::Received);
-        assert_eq!(
-            r.session_resumable,
-            dropped_session_resumable(role),
-            "{what}"
-        );
-        go.send(()).unwrap();
-        peer.join().unwrap();
-    }
-}
-
-#[test]
-fn data_after_our_close_notify_is_drained_up_to_the_limit() {
-    for (tls, role) in matrix() {
-        for (sent, limit, outcome) in [
-            (10_000usize, 65_536u64, Outcome::Clean),
-            (200_000, 65_536, Outcome::DrainLimit),
-        ] {
-            let ctx = Contexts::new(tls);
-            let Pair { mut ours, peer } = ctx.pair(role);
-            let peer = spawn_peer(peer, move |mut p| {
-                read_until_close_notify(&mut p).expect("our close_notify");
-                // Legal: TLS lets the peer keep writing after our close_notify.
-                if std::io::Write::write_all(&mut p, &vec![7u8; sent]).is_ok() {
-                    let _ = p.shutdown();
-                }
-                wait_eof(p.get_mut());
-            });
-            let p = Policy::builder()
-                .peer_timeout(ms(1000))
-                .drain_limit(limit)
-                .build()
-                .unwrap();
-            let r = shutdown_blocking(&mut ours, &p);
-            let what = format!("{tls:?} as {role:?} sending {sent}");
-            assert_outcome(&r, outcome, &what);
-            if outcome == Outcome::Clean {
-                assert_eq!(r.discarded_bytes, sent as u64, "{what}");
-            } else {
-                assert!(r.discarded_bytes > limit, "{what}: {}", r.discarded_bytes);
-                assert!(
-                    r.discarded_bytes < limit + 16_385,
-                    "{what}: read past the limit"
-                );
-            }
-            drop(ours);
-            peer.join().unwrap();
-        }
-    }
-}
-
-#[test]
-fn garbage_after_the_handshake_protocol_error_with_our_alert() {
-    for (tls, role) in matrix() {
-        let (text_alert, text_detail) = text_garbage_rejection(tls);
-        let cases: [(&[u8], Alert, &str); 2] = [
-            (b"this is not TLS\n", text_alert, text_detail),
-            (
-                &[],
-                Alert::BadRecordMac,
-                "decryption failed or bad record mac",
-            ),
-        ];
-        for (garbage, alert, detail) in cases {
-            let garbage = if garbage.is_empty() {
-                forged_record()
-            } else {
-                garbage.to_vec()
-            };
-            let ctx = Contexts::new(tls);
-            let Pair { mut ours, peer } = ctx.pair(role);
-            let (go, wait) = mpsc::channel::<()>();
-            let peer = spawn_peer(peer, move |mut p| {
-                read_until_close_notify(&mut p).expect("our close_notify");
-                write_raw(&mut p, &garbage);
-                wait.recv().unwrap();
-            });
-            let r = shutdown_blocking(&mut ours, &policy(500, 1000));
-            let what = format!("{tls:?} as {role:?} {alert}");
-            assert_outcome(&r, Outcome::ProtocolError, &what);
-            let a = r
-                .alert
-                .unwrap_or_else(|| panic!("{what}: no alert in {r:?}"));
-            assert_eq!(
-                (a.alert, a.direction),
-                (alert, AlertDirection::Sent),
-                "{what}"
-            );
-            assert_eq!(r.detail, Some(detail), "{what}");
-            assert_eq!(
-                r.session_resumable,
-                dropped_session_resumable(role),
-                "{what}"
-            );
-            go.send(()).unwrap();
-            peer.join().unwrap();
-        }
     }
 }
 

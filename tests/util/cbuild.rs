@@ -3,6 +3,7 @@
 //! run (under valgrind with `CLOSENOTIFY_VALGRIND=1`). Used by `tests/c_api.rs`
 //! and `tests/c_server.rs`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -264,5 +265,110 @@ pub fn assert_no_valgrind_errors(status: std::process::ExitStatus, context: &str
             Some(99),
             "valgrind found memory errors or leaks: {context}"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// cn_test and its report lines.
+// ---------------------------------------------------------------------------
+
+/// `tests/c/cn_test.c`, compiled once per test binary against the C library of
+/// this tree.
+pub fn cn_test() -> &'static Path {
+    static CN_TEST: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let built = CN_TEST.get_or_init(|| {
+        let (dir, flags) = prepare()?;
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/cn_test.c");
+        compile(&src, &dir, "cn_test", &flags)
+    });
+    match built {
+        Ok(path) => path,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+impl Ran {
+    /// The report line of `cn_test`.
+    #[track_caller]
+    pub fn c_report(&self) -> Fields {
+        self.assert_success();
+        let stdout = self.stdout_text();
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("outcome="))
+            .unwrap_or_else(|| panic!("no report line: {}", self.context()));
+        Fields::parse(line, self.context())
+    }
+}
+
+/// `key=value` pairs of one report line.
+pub struct Fields {
+    map: HashMap<String, String>,
+    /// What the failure messages show: the program's run, the peer's transcript.
+    pub context: String,
+}
+
+impl Fields {
+    pub fn parse(line: &str, context: String) -> Fields {
+        let map = line
+            .split_whitespace()
+            .map(|kv| {
+                let (k, v) = kv
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("not key=value: {kv:?} in {context}"));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        Fields { map, context }
+    }
+
+    #[track_caller]
+    pub fn str(&self, key: &str) -> &str {
+        self.map
+            .get(key)
+            .unwrap_or_else(|| panic!("no `{key}` in the report: {}", self.context))
+    }
+
+    #[track_caller]
+    pub fn num(&self, key: &str) -> i64 {
+        let v = self.str(key);
+        v.parse()
+            .unwrap_or_else(|_| panic!("`{key}={v}` is not a number: {}", self.context))
+    }
+
+    #[track_caller]
+    pub fn flag(&self, key: &str) -> bool {
+        match self.num(key) {
+            0 => false,
+            1 => true,
+            other => panic!("`{key}={other}` is not 0/1: {}", self.context),
+        }
+    }
+
+    /// Asserts `key` has `value` (numbers compare as text, as printed).
+    #[track_caller]
+    pub fn expect(&self, key: &str, value: &str) -> &Self {
+        assert_eq!(self.str(key), value, "`{key}`: {}", self.context);
+        self
+    }
+
+    #[track_caller]
+    pub fn expect_flags(&self, expected: &[(&str, bool)]) -> &Self {
+        for &(key, value) in expected {
+            assert_eq!(self.flag(key), value, "`{key}`: {}", self.context);
+        }
+        self
+    }
+
+    /// Asserts `lo <= key < hi`.
+    #[track_caller]
+    pub fn expect_range(&self, key: &str, lo: i64, hi: i64) -> &Self {
+        let v = self.num(key);
+        assert!(
+            lo <= v && v < hi,
+            "`{key}={v}` not in [{lo}, {hi}): {}",
+            self.context
+        );
+        self
     }
 }

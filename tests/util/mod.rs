@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cbuild;
+pub mod examples;
 pub mod process;
 
 use std::io::{Read, Write};
@@ -34,9 +35,12 @@ pub mod sys {
     }
 }
 
-#[path = "../../examples/common/mod.rs"]
-mod common;
-pub use common::*;
+pub mod peers;
+pub use peers::*;
+
+/// The line protocol the examples speak around TLS (STARTTLS, STOPTLS).
+#[path = "../../examples/common/line.rs"]
+pub mod line;
 
 /// Every (version, our role) combination.
 pub fn matrix() -> Vec<(Tls, Role)> {
@@ -103,6 +107,41 @@ impl Contexts {
 
 /// Our side on tokio-openssl, over a tokio `TcpStream`.
 pub type TokioStream = tokio_openssl::SslStream<tokio::net::TcpStream>;
+
+/// `Behaviour::start`'s part on our side (`OurPart`), played on a tokio stream.
+pub async fn play_our_part_tokio(behaviour: Behaviour, ours: &mut TokioStream) {
+    use tokio::io::AsyncReadExt;
+    match behaviour.our_part() {
+        OurPart::Nothing => {}
+        OurPart::ReadUntilCloseNotify => {
+            let mut buf = [0u8; 1024];
+            while matches!(ours.read(&mut buf).await, Ok(n) if n > 0) {}
+        }
+        OurPart::FillSendBuffer => {
+            let tls13_client = ours.ssl().version2() == Some(openssl::ssl::SslVersion::TLS1_3)
+                && !ours.ssl().is_server();
+            let mut wait = ms(5000);
+            while tls13_client && wait_for(ours.get_ref().as_raw_fd(), libc::POLLIN, wait) {
+                // A read processes the tickets (and answers `Pending`: no data);
+                // they may come in more than one segment.
+                wait = ms(50);
+                let mut buf = [0u8; 64];
+                std::future::poll_fn(|cx| {
+                    let mut rb = tokio::io::ReadBuf::new(&mut buf);
+                    let _ = tokio::io::AsyncRead::poll_read(
+                        std::pin::Pin::new(&mut *ours),
+                        cx,
+                        &mut rb,
+                    );
+                    std::task::Poll::Ready(())
+                })
+                .await;
+            }
+            fill_send_buffer(ours.get_ref());
+        }
+        OurPart::ProvokeFatalAlert => provoke_fatal_alert(ours.get_ref()),
+    }
+}
 
 impl Contexts {
     /// As `pair`, with our side a tokio-openssl stream registered with the current
@@ -334,28 +373,81 @@ impl RawClient {
         ctx: &Contexts,
         tweak: impl FnOnce(&mut openssl::ssl::SslRef),
     ) -> (RawClient, SslStream<TcpStream>) {
+        RawClient::pair(ctx, Role::Client, tweak)
+    }
+
+    /// A raw `SSL*` in `role`, handshaken with a rust-openssl peer in the other.
+    pub fn pair(
+        ctx: &Contexts,
+        role: Role,
+        tweak: impl FnOnce(&mut openssl::ssl::SslRef),
+    ) -> (RawClient, SslStream<TcpStream>) {
         let (client_tcp, server_tcp) = tcp_pair();
-        let server_ctx = ctx.server.clone();
-        let server = thread::spawn(move || {
-            let ssl = openssl::ssl::Ssl::new(&server_ctx).unwrap();
-            ssl.accept(server_tcp).expect("server handshake")
+        let (ours_tcp, peer_tcp) = match role {
+            Role::Client => (client_tcp, server_tcp),
+            Role::Server => (server_tcp, client_tcp),
+        };
+        let (ours_ctx, peer_ctx) = match role {
+            Role::Client => (&ctx.client, ctx.server.clone()),
+            Role::Server => (&ctx.server, ctx.client.clone()),
+        };
+        let peer = thread::spawn(move || {
+            let ssl = openssl::ssl::Ssl::new(&peer_ctx).unwrap();
+            match role {
+                Role::Client => ssl.accept(peer_tcp).expect("peer handshake"),
+                Role::Server => ssl.connect(peer_tcp).expect("peer handshake"),
+            }
         });
-        let mut ssl = openssl::ssl::Ssl::new(&ctx.client).unwrap();
+        let mut ssl = openssl::ssl::Ssl::new(ours_ctx).unwrap();
         tweak(&mut ssl);
         let ptr = ssl.as_ptr();
         // SAFETY: `ptr` is a fresh SSL; the socket outlives it inside RawClient.
         unsafe {
-            assert_eq!(sys::SSL_set_fd(ptr, client_tcp.as_raw_fd()), 1);
-            assert_eq!(ffi::SSL_connect(ptr), 1, "raw client handshake");
+            assert_eq!(sys::SSL_set_fd(ptr, ours_tcp.as_raw_fd()), 1);
+            let done = match role {
+                Role::Client => ffi::SSL_connect(ptr),
+                Role::Server => ffi::SSL_accept(ptr),
+            };
+            assert_eq!(done, 1, "raw handshake");
         }
-        let server = server.join().unwrap();
-        (
-            RawClient {
-                ssl,
-                tcp: client_tcp,
-            },
-            server,
-        )
+        let peer = peer.join().unwrap();
+        (RawClient { ssl, tcp: ours_tcp }, peer)
+    }
+
+    /// Reads (raw `SSL_read`) until the peer's close_notify or an error.
+    pub fn read_until_close_notify(&mut self) {
+        let mut buf = [0u8; 4096];
+        // SAFETY: the SSL is valid; `buf` is writable for its length.
+        while unsafe { ffi::SSL_read(self.ssl.as_ptr(), buf.as_mut_ptr().cast(), buf.len() as i32) }
+            > 0
+        {}
+    }
+
+    /// Plays our part of `behaviour` on the raw `SSL*`, as `Behaviour::start`
+    /// plays it on a stream.
+    pub fn play(&mut self, behaviour: Behaviour) {
+        match behaviour.our_part() {
+            OurPart::Nothing => {}
+            OurPart::ReadUntilCloseNotify => self.read_until_close_notify(),
+            OurPart::FillSendBuffer => {
+                let tls13_client = self.ssl.version2() == Some(openssl::ssl::SslVersion::TLS1_3)
+                    && !self.ssl.is_server();
+                if tls13_client {
+                    // The tickets, maybe in more than one segment.
+                    self.tcp.set_nonblocking(true).unwrap();
+                    let mut wait = ms(5000);
+                    while wait_for(self.tcp.as_raw_fd(), libc::POLLIN, wait) {
+                        let mut buf = [0u8; 64];
+                        // SAFETY: as above; the tickets are processed, no data comes.
+                        unsafe { ffi::SSL_read(self.ssl.as_ptr(), buf.as_mut_ptr().cast(), 64) };
+                        wait = ms(50);
+                    }
+                    self.tcp.set_nonblocking(false).unwrap();
+                }
+                fill_send_buffer(&self.tcp);
+            }
+            OurPart::ProvokeFatalAlert => provoke_fatal_alert(&self.tcp),
+        }
     }
 
     pub fn conn(&self) -> closenotify::RawConnection {
