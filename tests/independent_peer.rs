@@ -184,7 +184,10 @@ fn script<'a>(when: When, actions: &[&'a str]) -> Vec<&'a str> {
 
 /// The line the peer prints for the last record of `actions`.
 fn last_sent(actions: &[&str]) -> String {
-    let last = actions.iter().rev().find(|a| !matches!(**a, "cork" | "flush"));
+    let last = actions
+        .iter()
+        .rev()
+        .find(|a| !matches!(**a, "cork" | "flush"));
     match last.expect("an action").split(':').collect::<Vec<_>>()[..] {
         ["alert", level, desc] => {
             let (l, d): (u8, u8) = (level.parse().unwrap(), desc.parse().unwrap());
@@ -198,10 +201,7 @@ fn last_sent(actions: &[&str]) -> String {
             };
             format!("sent {name} {hex}")
         }
-        ["data", n] => format!(
-            "sent application_data {}",
-            "64".repeat(n.parse().unwrap())
-        ),
+        ["data", n] => format!("sent application_data {}", "64".repeat(n.parse().unwrap())),
         ["hello-request"] => "sent handshake 00000000".into(),
         ["key-update", r] => format!("sent key_update requested={r}"),
         ["fin"] => "sent fin".into(),
@@ -412,11 +412,12 @@ fn a_warning_then_silence_names_the_warning() {
                 let (r, _) = end_with(tls, when, &[&format!("alert:1:{code}")]);
                 let seen = warning(alert);
                 let want = match (tls, alert) {
-                    (Tls::V12, Alert::NoRenegotiation) => {
-                        Want::new(Outcome::ProtocolError, &[seen, ours(Alert::HandshakeFailure)])
-                            .because(ours(Alert::HandshakeFailure))
-                            .detail("no renegotiation")
-                    }
+                    (Tls::V12, Alert::NoRenegotiation) => Want::new(
+                        Outcome::ProtocolError,
+                        &[seen, ours(Alert::HandshakeFailure)],
+                    )
+                    .because(ours(Alert::HandshakeFailure))
+                    .detail("no renegotiation"),
                     (_, Alert::UserCanceled) => Want::new(Outcome::TimedOut, &[seen]),
                     (Tls::V12, a) if a == unknown => Want::new(Outcome::TimedOut, &[seen]),
                     (Tls::V13, _) => Want::new(Outcome::PeerAlert, &[seen]).because(seen),
@@ -436,7 +437,11 @@ fn five_warnings_are_too_many_protocol_error() {
         let uc = "alert:1:90";
         let (r, _) = end_with(tls, When::After, &[uc, uc, uc, uc, uc]);
         assert_eq!(r.outcome, Outcome::ProtocolError, "{tls:?}: {r}");
-        assert_eq!(r.alert, Some(ours(Alert::UnexpectedMessage)), "{tls:?}: {r}");
+        assert_eq!(
+            r.alert,
+            Some(ours(Alert::UnexpectedMessage)),
+            "{tls:?}: {r}"
+        );
         assert_eq!(r.detail, Some("too many warn alerts"), "{tls:?}: {r}");
         assert!(!r.close_notify_received, "{tls:?}: {r}");
         // The log is full with the first four warnings (AlertLog::CAPACITY).
@@ -529,7 +534,11 @@ fn close_notify_at_fatal_level() {
 fn close_notify_split_over_two_records_is_refused_protocol_error() {
     for tls in BOTH {
         for when in WHEN {
-            let (r, _) = end_with(tls, when, &["cork", "record:21:01", "record:21:00", "flush"]);
+            let (r, _) = end_with(
+                tls,
+                when,
+                &["cork", "record:21:01", "record:21:00", "flush"],
+            );
             let refused = ours(Alert::UnexpectedMessage);
             let want = Want::new(Outcome::ProtocolError, &[refused])
                 .because(refused)
@@ -565,7 +574,12 @@ fn close_notify_with_trailing_bytes_is_refused_protocol_error() {
 fn hello_request_then_close_notify_is_clean() {
     for when in WHEN {
         let (r, _) = end_with(Tls::V12, when, &["hello-request", "alert:1:0"]);
-        check(&r, Tls::V12, &Want::new(Outcome::Clean, &[]), &format!("{when:?}"));
+        check(
+            &r,
+            Tls::V12,
+            &Want::new(Outcome::Clean, &[]),
+            &format!("{when:?}"),
+        );
     }
 }
 
@@ -584,7 +598,9 @@ fn close_notify_in_the_middle_of_a_renegotiation_is_quiet() {
     assert_eq!(err.code(), ErrorCode::WANT_READ, "{err}");
     assert!(!ours.ssl().is_init_finished(), "no renegotiation started");
     // The peer read our ClientHello (handshake type 1), then sent close_notify.
-    peer.proc.wait_line("our ClientHello", READY, |l| l.starts_with("got handshake 01"));
+    peer.proc.wait_line("our ClientHello", READY, |l| {
+        l.starts_with("got handshake 01")
+    });
     peer.sent("sent alert 0100", &ours);
     let r = shutdown_blocking(&mut ours, &policy());
     assert_eq!(r.outcome, Outcome::Quiet, "{r}");
@@ -624,7 +640,12 @@ fn close_notify_then_more_records_is_clean() {
     for tls in BOTH {
         for when in WHEN {
             let (r, _) = end_with(tls, when, &after);
-            check(&r, tls, &Want::new(Outcome::Clean, &[]), &format!("{when:?}"));
+            check(
+                &r,
+                tls,
+                &Want::new(Outcome::Clean, &[]),
+                &format!("{when:?}"),
+            );
             assert_eq!(r.discarded_bytes, 0, "{tls:?} {when:?}: {r}");
         }
     }
@@ -708,5 +729,9 @@ fn c_report_names_our_alert_and_the_peers_warning() {
         assert_eq!(fields.get(key), Some(&value), "`{key}`: {}", ran.context());
     }
     let lines = peer.finish();
-    assert_eq!(lines.last().map(String::as_str), Some("end=eof bytes=0"), "{lines:?}");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("end=eof bytes=0"),
+        "{lines:?}"
+    );
 }
