@@ -367,14 +367,15 @@ fn tls12_user_canceled_then_close_notify_is_clean_and_names_the_warning() {
     user_canceled_then_close_notify(Tls::V12);
 }
 
-/// OpenSSL 3.2+ no longer records a TLS 1.3 close_notify as the last warning
+/// OpenSSL 3.6 and 4.0 (`cfg(ossl320)`: the matrix has nothing between 3.0 and
+/// 3.6) no longer record a TLS 1.3 close_notify as the last warning
 /// (`s3.warn_alert`), which SSL_get_error compares with close_notify to answer
 /// SSL_ERROR_ZERO_RETURN: after a user_canceled it answers SSL_ERROR_SYSCALL,
 /// as for an EOF, and the report says truncated.
 #[test]
 #[cfg_attr(
     ossl320,
-    ignore = "OpenSSL 3.2+ (run on 3.6.3; 4.0 reads the same in its source), TLS 1.3, user_canceled then close_notify, after our \
+    ignore = "OpenSSL 3.6.3 and 4.0.3, TLS 1.3, user_canceled then close_notify, after our \
               close_notify or before it, and read to the end: observed truncated \
               (close_notify_received false, alerts [received warning user_canceled(90)]), \
               expected clean (close_notify_received true, same alerts)"
@@ -386,8 +387,8 @@ fn tls13_user_canceled_then_close_notify_is_clean_and_names_the_warning() {
 /// The same with the close_notify at level fatal, which TLS 1.3 ignores (RFC
 /// 8446 §6): no version records it as the last warning.
 #[test]
-#[ignore = "every OpenSSL version (run on 1.1.1w, 3.0.19 and 3.6.3), TLS 1.3, user_canceled then \
-            close_notify at level fatal: observed truncated (close_notify_received false, alerts \
+#[ignore = "OpenSSL 1.1.1w, 3.0.19, 3.6.3 and 4.0.3, TLS 1.3, user_canceled then close_notify \
+            at level fatal: observed truncated (close_notify_received false, alerts \
             [received warning user_canceled(90)]), expected clean (close_notify_received true)"]
 fn tls13_user_canceled_then_fatal_level_close_notify_is_clean() {
     let (r, _) = end_with(Tls::V13, When::After, &["alert:1:90", "alert:2:0"]);
@@ -461,7 +462,7 @@ fn too_many_warnings(n: usize) -> Want {
 /// must name both; with four warnings before it, the log is full and the alert
 /// behind the outcome is left out.
 #[test]
-#[ignore = "every OpenSSL version (run on 1.1.1w, 3.0.19 and 3.6.3), TLS 1.2 and 1.3, five \
+#[ignore = "OpenSSL 1.1.1w, 3.0.19, 3.6.3 and 4.0.3, TLS 1.2 and 1.3, five \
             user_canceled warnings (and TLS 1.2: four, then close_notify): report.alerts is \
             [received warning user_canceled(90); 4], without sent fatal unexpected_message(10), \
             which is report.alert: a full AlertLog drops the alert behind the outcome"]
@@ -492,13 +493,13 @@ fn tls12_four_user_canceled_then_close_notify_are_too_many() {
 }
 
 /// The same in TLS 1.3: 1.1.1 and 3.0 count the close_notify too (`alert_level
-/// == SSL3_AL_WARNING`), 3.2+ count only user_canceled there, so the close is
-/// clean (but see tls13_user_canceled_then_close_notify_is_clean...).
+/// == SSL3_AL_WARNING`), 3.6 and 4.0 count only user_canceled there, so the
+/// close should be clean (but see tls13_user_canceled_then_close_notify_...).
 #[test]
 #[cfg_attr(
     ossl320,
-    ignore = "OpenSSL 3.2+ (run on 3.6.3; 4.0 reads the same in its source), TLS 1.3, four user_canceled then close_notify: \
-              observed truncated (close_notify_received false), expected clean"
+    ignore = "OpenSSL 3.6.3 and 4.0.3, TLS 1.3, four user_canceled then close_notify: observed \
+              truncated (close_notify_received false), expected clean"
 )]
 fn tls13_four_user_canceled_then_close_notify_depends_on_the_openssl_version() {
     let uc = "alert:1:90";
