@@ -14,7 +14,7 @@
 //! "after": the peer sends them once our close_notify has reached it.
 //!
 //! What OpenSSL does with each ending comes from `ssl3_read_bytes`
-//! (ssl/record/rec_layer_s3.c), the same on 1.1.1, 3.0 and 3.2+ except where a
+//! (ssl/record/rec_layer_s3.c), the same on 1.1.1, 3.0, 3.6 and 4.0 except where a
 //! test says so by name: an alert record must hold exactly two bytes (a split or
 //! padded close_notify is `invalid alert`); a TLS 1.2 warning is ignored, except
 //! no_renegotiation, which becomes OpenSSL's own handshake_failure; in TLS 1.3
@@ -210,10 +210,10 @@ fn last_sent(actions: &[&str]) -> String {
 }
 
 /// One scripted ending: the peer performs `actions` (`when`), our client shuts
-/// down with `shutdown_blocking`. Returns the report and the peer's lines,
-/// having checked that nothing reached the peer after our close_notify and that
-/// the call ended within its bound.
-fn end_with(tls: Tls, when: When, actions: &[&str]) -> (Report, Vec<String>) {
+/// down with `shutdown_blocking`. Returns the report, having checked that
+/// nothing reached the peer after our close_notify and that the call ended
+/// within its bound.
+fn end_with(tls: Tls, when: When, actions: &[&str]) -> Report {
     let mut peer = Peer::start(tls, &script(when, actions));
     let mut ours = peer.connect(tls);
     if when == When::First {
@@ -227,9 +227,8 @@ fn end_with(tls: Tls, when: When, actions: &[&str]) -> (Report, Vec<String>) {
         "took {took:?}: {report}"
     );
     drop(ours);
-    let lines = peer.finish();
-    expect_nothing_after_our_close_notify(&lines, &report);
-    (report, lines)
+    expect_nothing_after_our_close_notify(&peer.finish(), &report);
+    report
 }
 
 /// The peer's last line: it read our close_notify, then our FIN, and nothing in
@@ -348,7 +347,7 @@ fn check(r: &Report, tls: Tls, want: &Want, what: &str) {
 fn user_canceled_then_close_notify(tls: Tls) {
     let want = Want::new(Outcome::Clean, &[warning(Alert::UserCanceled)]);
     for when in WHEN {
-        let (r, _) = end_with(tls, when, &["alert:1:90", "alert:1:0"]);
+        let r = end_with(tls, when, &["alert:1:90", "alert:1:0"]);
         check(&r, tls, &want, &format!("{when:?}"));
     }
     let mut peer = Peer::start(tls, &["wait", "data:100", "alert:1:90", "alert:1:0"]);
@@ -391,7 +390,7 @@ fn tls13_user_canceled_then_close_notify_is_clean_and_names_the_warning() {
             at level fatal: observed truncated (close_notify_received false, alerts \
             [received warning user_canceled(90)]), expected clean (close_notify_received true)"]
 fn tls13_user_canceled_then_fatal_level_close_notify_is_clean() {
-    let (r, _) = end_with(Tls::V13, When::After, &["alert:1:90", "alert:2:0"]);
+    let r = end_with(Tls::V13, When::After, &["alert:1:90", "alert:2:0"]);
     let want = Want::new(Outcome::Clean, &[warning(Alert::UserCanceled)]);
     check(&r, Tls::V13, &want, "user_canceled, fatal close_notify");
 }
@@ -401,7 +400,7 @@ fn tls13_user_canceled_then_fatal_level_close_notify_is_clean() {
 #[test]
 fn user_canceled_then_eof_is_truncated_and_names_the_warning() {
     for tls in BOTH {
-        let (r, _) = end_with(tls, When::After, &["alert:1:90", "fin"]);
+        let r = end_with(tls, When::After, &["alert:1:90", "fin"]);
         let want = Want::new(Outcome::Truncated, &[warning(Alert::UserCanceled)]);
         check(&r, tls, &want, "user_canceled, fin");
     }
@@ -418,7 +417,7 @@ fn a_warning_then_silence_names_the_warning() {
         for when in WHEN {
             for code in [100u8, 90, 222] {
                 let alert = Alert::from_code(code);
-                let (r, _) = end_with(tls, when, &[&format!("alert:1:{code}")]);
+                let r = end_with(tls, when, &[&format!("alert:1:{code}")]);
                 let seen = warning(alert);
                 let want = match (tls, alert) {
                     (Tls::V12, Alert::NoRenegotiation) => Want::new(
@@ -444,7 +443,7 @@ fn a_warning_then_silence_names_the_warning() {
 fn five_warnings_are_too_many_protocol_error() {
     let uc = "alert:1:90";
     for tls in BOTH {
-        let (r, _) = end_with(tls, When::After, &[uc, uc, uc, uc, uc]);
+        let r = end_with(tls, When::After, &[uc, uc, uc, uc, uc]);
         check(&r, tls, &too_many_warnings(5), "5 user_canceled");
     }
 }
@@ -469,7 +468,7 @@ fn too_many_warnings(n: usize) -> Want {
 fn five_warnings_list_the_alert_behind_the_outcome() {
     for tls in BOTH {
         let uc = "alert:1:90";
-        let (r, _) = end_with(tls, When::After, &[uc, uc, uc, uc, uc]);
+        let r = end_with(tls, When::After, &[uc, uc, uc, uc, uc]);
         let alert = r.alert.expect("an alert");
         assert!(
             r.alerts.iter().any(|a| a == alert),
@@ -483,7 +482,7 @@ fn five_warnings_list_the_alert_behind_the_outcome() {
 #[test]
 fn tls12_four_user_canceled_then_close_notify_are_too_many() {
     let uc = "alert:1:90";
-    let (r, _) = end_with(Tls::V12, When::After, &[uc, uc, uc, uc, "alert:1:0"]);
+    let r = end_with(Tls::V12, When::After, &[uc, uc, uc, uc, "alert:1:0"]);
     check(
         &r,
         Tls::V12,
@@ -503,7 +502,7 @@ fn tls12_four_user_canceled_then_close_notify_are_too_many() {
 )]
 fn tls13_four_user_canceled_then_close_notify_depends_on_the_openssl_version() {
     let uc = "alert:1:90";
-    let (r, _) = end_with(Tls::V13, When::After, &[uc, uc, uc, uc, "alert:1:0"]);
+    let r = end_with(Tls::V13, When::After, &[uc, uc, uc, uc, "alert:1:0"]);
     let want = if cfg!(ossl320) {
         Want::new(Outcome::Clean, &[warning(Alert::UserCanceled); 4])
     } else {
@@ -517,7 +516,7 @@ fn tls13_four_user_canceled_then_close_notify_depends_on_the_openssl_version() {
 #[test]
 fn close_notify_at_fatal_level() {
     for tls in BOTH {
-        let (r, _) = end_with(tls, When::After, &["alert:2:0"]);
+        let r = end_with(tls, When::After, &["alert:2:0"]);
         let want = match tls {
             Tls::V12 => {
                 let fatal = received(Alert::CloseNotify, AlertLevel::Fatal);
@@ -540,7 +539,7 @@ fn close_notify_at_fatal_level() {
 fn close_notify_split_over_two_records_is_refused_protocol_error() {
     for tls in BOTH {
         for when in WHEN {
-            let (r, _) = end_with(
+            let r = end_with(
                 tls,
                 when,
                 &["cork", "record:21:01", "record:21:00", "flush"],
@@ -560,7 +559,7 @@ fn close_notify_split_over_two_records_is_refused_protocol_error() {
 fn close_notify_with_trailing_bytes_is_refused_protocol_error() {
     for tls in BOTH {
         for payload in ["record:21:010000", "record:21:01000100"] {
-            let (r, _) = end_with(tls, When::After, &[payload]);
+            let r = end_with(tls, When::After, &[payload]);
             let refused = ours(Alert::UnexpectedMessage);
             let want = Want::new(Outcome::ProtocolError, &[refused])
                 .because(refused)
@@ -579,7 +578,7 @@ fn close_notify_with_trailing_bytes_is_refused_protocol_error() {
 #[test]
 fn hello_request_then_close_notify_is_clean() {
     for when in WHEN {
-        let (r, _) = end_with(Tls::V12, when, &["hello-request", "alert:1:0"]);
+        let r = end_with(Tls::V12, when, &["hello-request", "alert:1:0"]);
         check(
             &r,
             Tls::V12,
@@ -626,7 +625,7 @@ fn close_notify_in_the_middle_of_a_renegotiation_is_quiet() {
 fn key_update_then_close_notify_is_clean() {
     for when in WHEN {
         for requested in ["key-update:0", "key-update:1"] {
-            let (r, _) = end_with(Tls::V13, when, &[requested, "alert:1:0"]);
+            let r = end_with(Tls::V13, when, &[requested, "alert:1:0"]);
             let what = format!("{when:?}, {requested}");
             check(&r, Tls::V13, &Want::new(Outcome::Clean, &[]), &what);
         }
@@ -645,7 +644,7 @@ fn close_notify_then_more_records_is_clean() {
     let after = ["cork", "alert:1:0", "data:100", "alert:2:20", "flush"];
     for tls in BOTH {
         for when in WHEN {
-            let (r, _) = end_with(tls, when, &after);
+            let r = end_with(tls, when, &after);
             check(
                 &r,
                 tls,
