@@ -257,7 +257,8 @@ impl fmt::Display for AlertRecord {
 /// a `protocol_error` (kept off the wire after our close_notify). close_notify
 /// itself is not listed ([`Report::close_notify_sent`] and
 /// [`Report::close_notify_received`] say it). At most [`AlertLog::CAPACITY`]
-/// are kept: the first ones.
+/// are kept: the first ones, and always the alert behind the outcome
+/// ([`Report::alert`]), which takes the last place when the log is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AlertLog {
     records: [Option<AlertRecord>; AlertLog::CAPACITY],
@@ -272,6 +273,12 @@ impl AlertLog {
         if let Some(slot) = self.records.iter_mut().find(|r| r.is_none()) {
             *slot = Some(record);
         }
+    }
+
+    /// Adds `record`, in the last place if the log is full.
+    pub(crate) fn push_last(&mut self, record: AlertRecord) {
+        let slot = self.records.iter().position(Option::is_none);
+        self.records[slot.unwrap_or(Self::CAPACITY - 1)] = Some(record);
     }
 
     /// The alerts, in order.

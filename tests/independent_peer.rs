@@ -370,15 +370,8 @@ fn tls12_user_canceled_then_close_notify_is_clean_and_names_the_warning() {
 /// 3.6) no longer record a TLS 1.3 close_notify as the last warning
 /// (`s3.warn_alert`), which SSL_get_error compares with close_notify to answer
 /// SSL_ERROR_ZERO_RETURN: after a user_canceled it answers SSL_ERROR_SYSCALL,
-/// as for an EOF, and the report says truncated.
+/// as for an EOF. closenotify reads SSL_RECEIVED_SHUTDOWN then: clean.
 #[test]
-#[cfg_attr(
-    ossl320,
-    ignore = "OpenSSL 3.6.3 and 4.0.3, TLS 1.3, user_canceled then close_notify, after our \
-              close_notify or before it, and read to the end: observed truncated \
-              (close_notify_received false, alerts [received warning user_canceled(90)]), \
-              expected clean (close_notify_received true, same alerts)"
-)]
 fn tls13_user_canceled_then_close_notify_is_clean_and_names_the_warning() {
     user_canceled_then_close_notify(Tls::V13);
 }
@@ -386,9 +379,6 @@ fn tls13_user_canceled_then_close_notify_is_clean_and_names_the_warning() {
 /// The same with the close_notify at level fatal, which TLS 1.3 ignores (RFC
 /// 8446 §6): no version records it as the last warning.
 #[test]
-#[ignore = "OpenSSL 1.1.1w, 3.0.19, 3.6.3 and 4.0.3, TLS 1.3, user_canceled then close_notify \
-            at level fatal: observed truncated (close_notify_received false, alerts \
-            [received warning user_canceled(90)]), expected clean (close_notify_received true)"]
 fn tls13_user_canceled_then_fatal_level_close_notify_is_clean() {
     let r = end_with(Tls::V13, When::After, &["alert:1:90", "alert:2:0"]);
     let want = Want::new(Outcome::Clean, &[warning(Alert::UserCanceled)]);
@@ -458,13 +448,9 @@ fn too_many_warnings(n: usize) -> Want {
 }
 
 /// When OpenSSL turns the peer's warnings into an error of its own, `alerts`
-/// must name both; with four warnings before it, the log is full and the alert
-/// behind the outcome is left out.
+/// must name both; with four warnings before it, the log is full, and the alert
+/// behind the outcome takes the last place.
 #[test]
-#[ignore = "OpenSSL 1.1.1w, 3.0.19, 3.6.3 and 4.0.3, TLS 1.2 and 1.3, five \
-            user_canceled warnings (and TLS 1.2: four, then close_notify): report.alerts is \
-            [received warning user_canceled(90); 4], without sent fatal unexpected_message(10), \
-            which is report.alert: a full AlertLog drops the alert behind the outcome"]
 fn five_warnings_list_the_alert_behind_the_outcome() {
     for tls in BOTH {
         let uc = "alert:1:90";
@@ -495,11 +481,6 @@ fn tls12_four_user_canceled_then_close_notify_are_too_many() {
 /// == SSL3_AL_WARNING`), 3.6 and 4.0 count only user_canceled there, so the
 /// close should be clean (but see tls13_user_canceled_then_close_notify_...).
 #[test]
-#[cfg_attr(
-    ossl320,
-    ignore = "OpenSSL 3.6.3 and 4.0.3, TLS 1.3, four user_canceled then close_notify: observed \
-              truncated (close_notify_received false), expected clean"
-)]
 fn tls13_four_user_canceled_then_close_notify_depends_on_the_openssl_version() {
     let uc = "alert:1:90";
     let r = end_with(Tls::V13, When::After, &[uc, uc, uc, uc, "alert:1:0"]);

@@ -755,7 +755,7 @@ impl<C: Connection + ?Sized> Step<'_, C> {
                 .find(|a| (a.alert, a.direction) == (alert.alert, alert.direction));
             match seen {
                 Some(seen) => facts.alert = Some(seen),
-                None => alerts.push(alert),
+                None => alerts.push_last(alert),
             }
         }
         if std::mem::take(&mut facts.begun) {

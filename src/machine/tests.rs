@@ -654,9 +654,24 @@ fn alerts_seen_by_openssl_and_the_one_behind_the_outcome_are_both_reported() {
             AlertLevel::Fatal
         )]
     );
-    let mut full = AlertLog::default();
-    for _ in 0..AlertLog::CAPACITY + 2 {
-        full.push(warning);
+    // A full log (five warnings are too many for OpenSSL): the first ones are
+    // kept, and the alert behind the outcome takes the last place.
+    let mut conn = Script::usable()
+        .shutdown(Ok(ShutdownAnswer::Sent))
+        .read(Err(TlsError::Protocol {
+            alert: Some(Alert::UnexpectedMessage.code()),
+            detail: "too many warn alerts",
+        }));
+    for _ in 0..AlertLog::CAPACITY + 1 {
+        conn.alerts.push(warning);
     }
-    assert_eq!(full.len(), AlertLog::CAPACITY, "the first ones are kept");
+    assert_eq!(
+        conn.alerts.len(),
+        AlertLog::CAPACITY,
+        "the first ones are kept"
+    );
+    let r = done(Harness::new(conn, &policy()).poll(t0, Ready::ALL));
+    let mut want = vec![warning; AlertLog::CAPACITY - 1];
+    want.push(r.alert.expect("ours"));
+    assert_eq!(r.alerts.iter().collect::<Vec<_>>(), want);
 }

@@ -80,6 +80,24 @@ impl<B: Backend + ?Sized> Backend for &mut B {
     }
 }
 
+/// An `SSL_read` that looks like an EOF but came with the peer's close_notify is
+/// the close_notify. `SSL_get_error` answers ZERO_RETURN only when the last
+/// warning alert OpenSSL noted was close_notify; a TLS 1.3 close_notify after a
+/// user_canceled (OpenSSL 3.6+ notes only user_canceled there), or sent at level
+/// fatal (which TLS 1.3 ignores), leaves it at SYSCALL with nothing queued,
+/// which reads as an EOF. `SSL_RECEIVED_SHUTDOWN` tells them apart (the
+/// shutdown suspends `SSL_OP_IGNORE_UNEXPECTED_EOF`, which would set it for a
+/// real EOF).
+fn close_notify_or<B: Backend + ?Sized>(
+    conn: &B,
+    read: Result<usize, TlsError>,
+) -> Result<usize, TlsError> {
+    match read {
+        Err(TlsError::Eof) if ssl::received_close_notify(conn.ssl()) => Err(TlsError::CloseNotify),
+        other => other,
+    }
+}
+
 /// Size of the buffer application data is read into and discarded: one record.
 const DISCARD_BUF: usize = 16 * 1024;
 
@@ -112,13 +130,15 @@ impl<B: Backend> Connection for B {
     }
     fn read_discard(&mut self) -> Result<usize, TlsError> {
         let mut buf = [MaybeUninit::<u8>::uninit(); DISCARD_BUF];
-        Backend::read(self, &mut buf)
+        let read = Backend::read(self, &mut buf);
+        close_notify_or(self, read)
     }
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsError> {
         // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and a backend writes
         // only initialised bytes into the buffer, so `buf` stays initialised.
         let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
-        Backend::read(self, uninit)
+        let read = Backend::read(self, uninit);
+        close_notify_or(self, read)
     }
     fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
         ssl::accept_moving_write_buffer(self.ssl());

@@ -295,7 +295,6 @@ pub(crate) fn has_pending(ssl: &SslRef) -> bool {
 // answers through tokio-openssl's poll methods.
 
 /// The peer's close_notify has arrived (`SSL_RECEIVED_SHUTDOWN`).
-#[cfg(feature = "tokio")]
 pub(crate) fn received_close_notify(ssl: &SslRef) -> bool {
     // SAFETY: `ssl` is valid; SSL_get_shutdown only reads its flags.
     unsafe { ffi::SSL_get_shutdown(ssl.as_ptr()) & ffi::SSL_RECEIVED_SHUTDOWN != 0 }
