@@ -504,6 +504,8 @@ static int run_errors(void)
     CHECK(close(sp[0]) == 0);
     CHECK(close(sp[1]) == 0);
     printf("errors: ok\n");
+    /* The OpenSSL this program and the library run with. */
+    printf("openssl: %s\n", OpenSSL_version(OPENSSL_VERSION));
     return 0;
 }
 
