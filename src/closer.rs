@@ -13,7 +13,7 @@ use openssl::ssl::SslStream;
 
 use crate::deadline::DeadlineQueue;
 use crate::machine::{Progress, Ready};
-use crate::ossl;
+use crate::ossl::{self, Owned};
 use crate::policy::Policy;
 use crate::report::Report;
 use crate::shutdown::Shutdown;
@@ -73,7 +73,7 @@ struct Slot<T> {
 }
 
 struct Entry<T> {
-    shutdown: Shutdown<Stream>,
+    shutdown: Shutdown<Owned>,
     tag: T,
     /// The deadline of the wait in progress as it stands in the queue (`None`
     /// before the first wait, and once `handle_timeouts` popped it); queue
@@ -241,7 +241,7 @@ impl<T> Closer<T> {
             return Err(Rejected { stream, tag, error });
         }
         ossl::prepare_for_closer(&mut stream);
-        let mut shutdown = prepare(Shutdown::new(stream, &self.policy));
+        let mut shutdown = prepare(Shutdown::new(stream, &self.policy)).map_conn(Owned::new);
         // Registered just now: epoll reports what is already waiting, so the
         // machine need not try a read before it waits. The connection is closed
         // with its report, and `now` is always fresh.
@@ -261,7 +261,7 @@ impl<T> Closer<T> {
         // Waiting now: hand OpenSSL's record buffers back until the peer's alert
         // arrives (with RELEASE_BUFFERS, the ones it then needs are freed again).
         if let Some(entry) = self.slots[index].entry.as_mut() {
-            ossl::free_buffers(entry.shutdown.get_mut());
+            ossl::free_buffers(entry.shutdown.get_mut().stream_mut());
         }
         Ok(())
     }

@@ -105,6 +105,20 @@ impl<C: Connection> Shutdown<C> {
         self.machine.setup()
     }
 
+    /// The same shutdown over another form of its connection (the Closer's
+    /// backend for the stream it was given), before the first call.
+    pub(crate) fn map_conn<D: Connection>(mut self, f: impl FnOnce(C) -> D) -> Shutdown<D> {
+        debug_assert!(!self.machine.is_started(), "mapped after the start");
+        let conn = f(self.conn.take().expect(TAKEN));
+        let policy = self.machine.policy().clone();
+        let machine = std::mem::replace(&mut self.machine, Machine::new(&policy));
+        Shutdown {
+            conn: Some(conn),
+            machine,
+            clock: self.clock,
+        }
+    }
+
     /// The `now` values come from one of this crate's adapters, always current
     /// on the clock it runs on: they are taken as they are.
     pub(crate) fn adapter_clock(&mut self) {

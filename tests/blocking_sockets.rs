@@ -1,7 +1,9 @@
-//! Every entry point is bounded by its policy whatever the socket's mode: a
-//! blocking socket is switched to non-blocking mode while the shutdown runs and
-//! switched back when it ends. And the report's `elapsed` is the time that really
-//! passed, whatever `now` the caller hands in.
+//! Every entry point is bounded by its policy whatever the socket's mode: on a
+//! rust-openssl stream, a blocking socket is switched to non-blocking mode while
+//! the shutdown runs and switched back when it ends; a raw `SSL*` (and the
+//! Closer's streams) read and write with `MSG_DONTWAIT`, and the socket's mode is
+//! never touched. And the report's `elapsed` is the time that really passed,
+//! whatever `now` the caller hands in.
 //!
 //! The misbehaving peers hold the connection for at most `HOLD`: long enough that a
 //! shutdown blocking inside OpenSSL shows, short enough that such a failure does
@@ -30,9 +32,15 @@ fn silent(
 }
 
 /// The first `poll` returns at once, the shutdown times out in `await_peer` within
-/// its 300 ms policy, and the socket is blocking again afterwards.
+/// its 300 ms policy, and the socket is blocking afterwards. `switched`: the
+/// socket is non-blocking while the shutdown runs (else its mode is untouched).
 #[track_caller]
-fn assert_bounded<C: closenotify::Connection>(mut sd: Shutdown<C>, fd: i32, what: &str) -> Report {
+fn assert_bounded<C: closenotify::Connection>(
+    mut sd: Shutdown<C>,
+    fd: i32,
+    switched: bool,
+    what: &str,
+) -> Report {
     let start = Instant::now();
     let first = sd.poll(Instant::now(), Ready::NONE);
     assert!(
@@ -41,7 +49,11 @@ fn assert_bounded<C: closenotify::Connection>(mut sd: Shutdown<C>, fd: i32, what
         start.elapsed()
     );
     assert!(matches!(first, Progress::Wait(_)), "{what}: {first:?}");
-    assert!(!is_blocking(fd), "{what}: not switched to non-blocking");
+    assert_eq!(
+        !is_blocking(fd),
+        switched,
+        "{what}: the socket's mode meanwhile"
+    );
     let r = drive(sd, fd);
     assert_outcome(&r, Outcome::TimedOut, what);
     assert_eq!(r.stage, Stage::AwaitPeer, "{what}");
@@ -69,7 +81,7 @@ fn shutdown_poll_on_a_blocking_std_socket_is_bounded_by_the_policy() {
         assert!(is_blocking(fd));
         let (release, held) = mpsc::channel();
         let peer = spawn_peer(peer, silent(held));
-        assert_bounded(Shutdown::new(&mut ours, &policy(300, 300)), fd, &what);
+        assert_bounded(Shutdown::new(&mut ours, &policy(300, 300)), fd, true, &what);
         release.send(()).unwrap();
         peer.join().unwrap();
     }
@@ -85,7 +97,12 @@ fn raw_connection_on_a_blocking_fd_is_bounded_by_the_policy() {
         assert!(is_blocking(fd));
         let (release, held) = mpsc::channel();
         let peer = spawn_peer(peer, silent(held));
-        assert_bounded(Shutdown::new(raw.conn(), &policy(300, 300)), fd, &what);
+        assert_bounded(
+            Shutdown::new(raw.conn(), &policy(300, 300)),
+            fd,
+            false,
+            &what,
+        );
         release.send(()).unwrap();
         peer.join().unwrap();
     }

@@ -191,7 +191,6 @@ impl Machine {
         &self.policy
     }
 
-    #[cfg(any(feature = "capi", test))]
     pub fn is_started(&self) -> bool {
         !matches!(self.state, State::Idle(_))
     }

@@ -28,8 +28,14 @@ pub trait Backend {
     fn ssl_mut(&mut self) -> &mut SslRef;
     /// The socket the `SSL` runs on: the half-close, `SO_LINGER`, `SIOCOUTQ`.
     fn socket(&self) -> BorrowedFd<'_>;
+    /// The shutdown begins (first thing): the backends that own their I/O put
+    /// the shutdown's own BIO in place.
+    fn attach(&mut self) {}
+    /// The shutdown is over (last thing): undoes `attach`.
+    fn detach(&mut self) {}
     /// Whether a blocking socket must be switched to non-blocking mode for the
-    /// shutdown (false when the backend's I/O never blocks, as tokio's).
+    /// shutdown (false when the backend's I/O never blocks: tokio's, or the
+    /// shutdown's own BIO's).
     fn switches_blocking(&self) -> bool {
         true
     }
@@ -59,6 +65,12 @@ impl<B: Backend + ?Sized> Backend for &mut B {
     }
     fn socket(&self) -> BorrowedFd<'_> {
         (**self).socket()
+    }
+    fn attach(&mut self) {
+        (**self).attach()
+    }
+    fn detach(&mut self) {
+        (**self).detach()
     }
     fn switches_blocking(&self) -> bool {
         (**self).switches_blocking()
@@ -106,6 +118,7 @@ impl<B: Backend> Connection for B {
         ssl::status(self.ssl())
     }
     fn begin(&mut self) {
+        self.attach();
         let fd = self.switches_blocking().then(|| self.socket().as_raw_fd());
         ssl::begin(self.ssl_mut(), fd)
     }
@@ -120,6 +133,7 @@ impl<B: Backend> Connection for B {
         let fd = self.socket().as_raw_fd();
         ssl::end(self.ssl_mut(), fd);
         self.set_sealed(false);
+        self.detach();
     }
     fn shutdown(&mut self) -> Result<ShutdownAnswer, TlsError> {
         Backend::shutdown(self)

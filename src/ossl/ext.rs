@@ -26,6 +26,9 @@ extern "C" {
     pub fn BIO_method_type(b: *const BIO) -> c_int;
     pub fn BIO_s_null() -> *const BIO_METHOD;
     pub fn BIO_up_ref(b: *mut BIO) -> c_int;
+    pub fn BIO_free(b: *mut BIO) -> c_int;
+    pub fn BIO_test_flags(b: *const BIO, flags: c_int) -> c_int;
+    pub fn SSL_set0_rbio(s: *mut SSL, rbio: *mut BIO);
     pub fn SSL_set_info_callback(s: *mut SSL, cb: InfoCallback);
     pub fn SSL_get_info_callback(s: *const SSL) -> InfoCallback;
     pub fn SSL_CTX_get_info_callback(ctx: *mut SSL_CTX) -> InfoCallback;

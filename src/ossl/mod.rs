@@ -14,6 +14,9 @@
 mod classify;
 mod core;
 mod ext;
+mod fdbio;
+mod fdio;
+mod owned;
 mod raw;
 mod reasons;
 mod ssl;
@@ -21,6 +24,7 @@ mod stream;
 #[cfg(feature = "tokio")]
 pub(crate) mod tokio;
 
+pub(crate) use self::owned::Owned;
 pub use self::raw::RawConnection;
 pub(crate) use self::stream::{free_buffers, prepare_for_closer, saved_report};
 

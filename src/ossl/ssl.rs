@@ -32,6 +32,8 @@ struct Saved {
     report: Option<Report>,
     /// What `record_alert` saw since `begin`.
     alerts: AlertLog,
+    /// A `RawConnection` on this SSL is alive (`claim`).
+    claimed: bool,
     /// `begin` installed `record_alert` as the SSL's info callback; this is the
     /// callback it replaced (the SSL's own, or `None`: the context's applies).
     watching: Option<InfoCallback>,
@@ -169,6 +171,22 @@ unsafe extern "C" fn record_alert(ssl: *const ffi::SSL, where_: c_int, ret: c_in
         // SAFETY: the application's callback, with the arguments OpenSSL gave us.
         unsafe { callback(ssl, where_, ret) };
     }
+}
+
+/// Marks `ssl` as having a raw shutdown object; false (and nothing changed) if
+/// one is alive already.
+pub(crate) fn claim(ssl: &mut SslRef) -> bool {
+    let mut claimed = false;
+    with_saved(ssl, |s| {
+        claimed = !s.claimed;
+        s.claimed = true;
+    });
+    claimed
+}
+
+/// Undoes `claim`.
+pub(crate) fn release(ssl: &mut SslRef) {
+    with_saved(ssl, |s| s.claimed = false);
 }
 
 /// The alerts seen since `begin`.
