@@ -280,8 +280,9 @@ typedef int (*closenotify_sink)(void *ctx, const uint8_t *data, size_t len);
 
 /*
  The call is not valid now: a report requested before the step API said
- `CLOSENOTIFY_WAIT_DONE`, or unsent data or an error handed over after the
- first step.
+ `CLOSENOTIFY_WAIT_DONE`, unsent data or an error handed over after the
+ first step, or a second shutdown object on an `SSL*` whose first is not
+ freed yet.
  */
 #define CLOSENOTIFY_ERR_WRONG_STATE 3
 
@@ -503,8 +504,10 @@ void closenotify_policy_init(closenotify_policy *policy);
  `CLOSENOTIFY_ERR_INVALID_ARGUMENT` before either socket is touched.
 
  Returns `CLOSENOTIFY_OK` (the report is written), `CLOSENOTIFY_ERR_NULL_ARGUMENT`
- (`ssl` or `report` NULL) or `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (bad fd, an `ssl`
- not on `fd`, or a bad policy; `closenotify_last_error` says which).
+ (`ssl` or `report` NULL), `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (bad fd, an `ssl`
+ not on `fd`, or a bad policy; `closenotify_last_error` says which) or
+ `CLOSENOTIFY_ERR_WRONG_STATE` (a shutdown object on this `ssl` is not freed
+ yet).
 
  # Safety
  `ssl` is a valid `SSL*` used by no other thread during the call; `fd` is its
@@ -536,9 +539,11 @@ closenotify_result closenotify_shutdown_blocking(SSL *ssl,
  `ssl` must read and write through OpenSSL's socket (or fd) BIO on `fd`, as for
  `closenotify_shutdown_blocking`.
 
- Returns `CLOSENOTIFY_OK`, `CLOSENOTIFY_ERR_NULL_ARGUMENT` (`ssl` or `out` NULL) or
+ Returns `CLOSENOTIFY_OK`, `CLOSENOTIFY_ERR_NULL_ARGUMENT` (`ssl` or `out` NULL),
  `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (bad fd, an `ssl` not on `fd`, or a bad
- policy); `*out` is written only on success.
+ policy) or `CLOSENOTIFY_ERR_WRONG_STATE` (another shutdown object on this
+ `ssl` is not freed yet: two would fight over the socket; nothing is
+ touched); `*out` is written only on success.
 
  # Safety
  `ssl` is a valid `SSL*` that outlives the shutdown object and is used by no

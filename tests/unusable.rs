@@ -282,3 +282,37 @@ fn raw_connection_refuses_tokio_openssls_ssl() {
     });
     server.join().unwrap();
 }
+
+/// One SSL*, one shutdown: a second `RawConnection` on an `SSL*` whose first is
+/// alive is refused, without touching the socket (whose mode the first may
+/// have to restore); once the first is gone, a second is fine.
+#[test]
+fn a_second_raw_connection_on_one_ssl_is_refused_while_the_first_lives() {
+    let ctx = Contexts::new(Tls::V13);
+    let (raw, peer) = RawClient::connect(&ctx, |_| {});
+    let fd = raw.tcp.as_raw_fd();
+    let first = raw.conn();
+    let flags = fd_flags(fd);
+    // SAFETY: the SSL and its socket live as long as `raw`.
+    let ptr = foreign_types::ForeignType::as_ptr(&raw.ssl);
+    let err = unsafe { RawConnection::new(ptr, fd) }.unwrap_err();
+    assert!(matches!(err, Error::Busy(_)), "{err}");
+    assert!(err.to_string().contains("another shutdown"), "{err}");
+    assert_eq!(
+        std::io::Error::from(err).kind(),
+        std::io::ErrorKind::ResourceBusy
+    );
+    assert_eq!(fd_flags(fd), flags, "the socket was touched");
+    // A shutdown of the first, dropped half way, then a second object.
+    let mut sd = closenotify::Shutdown::new(first, &policy(200, 200));
+    let _ = sd.poll(std::time::Instant::now(), closenotify::Ready::NONE);
+    drop(sd);
+    let second = raw.conn();
+    drop(second);
+    drop(peer);
+}
+
+fn fd_flags(fd: i32) -> i32 {
+    // SAFETY: F_GETFL takes no pointer.
+    unsafe { libc::fcntl(fd, libc::F_GETFL) }
+}

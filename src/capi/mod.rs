@@ -58,8 +58,9 @@ pub const CLOSENOTIFY_ERR_NULL_ARGUMENT: closenotify_result = closenotify_result
 /// mode, a zero or absurd timeout. `closenotify_last_error` says which.
 pub const CLOSENOTIFY_ERR_INVALID_ARGUMENT: closenotify_result = closenotify_result(2);
 /// The call is not valid now: a report requested before the step API said
-/// `CLOSENOTIFY_WAIT_DONE`, or unsent data or an error handed over after the
-/// first step.
+/// `CLOSENOTIFY_WAIT_DONE`, unsent data or an error handed over after the
+/// first step, or a second shutdown object on an `SSL*` whose first is not
+/// freed yet.
 pub const CLOSENOTIFY_ERR_WRONG_STATE: closenotify_result = closenotify_result(3);
 /// closenotify panicked (a bug); the shutdown object must only be freed.
 pub const CLOSENOTIFY_ERR_PANIC: closenotify_result = closenotify_result(4);

@@ -51,6 +51,7 @@ unsafe fn to_args(
     // SAFETY: the caller's contract, forwarded.
     let conn = unsafe { RawConnection::new(ssl, fd) }.map_err(|e| match e {
         Error::InvalidArgument(msg) if ssl.is_null() => fail(CLOSENOTIFY_ERR_NULL_ARGUMENT, msg),
+        Error::Busy(msg) => fail(CLOSENOTIFY_ERR_WRONG_STATE, msg),
         other => fail(CLOSENOTIFY_ERR_INVALID_ARGUMENT, other.to_string()),
     })?;
     Ok((conn, policy))
@@ -72,8 +73,10 @@ unsafe fn to_args(
 /// `CLOSENOTIFY_ERR_INVALID_ARGUMENT` before either socket is touched.
 ///
 /// Returns `CLOSENOTIFY_OK` (the report is written), `CLOSENOTIFY_ERR_NULL_ARGUMENT`
-/// (`ssl` or `report` NULL) or `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (bad fd, an `ssl`
-/// not on `fd`, or a bad policy; `closenotify_last_error` says which).
+/// (`ssl` or `report` NULL), `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (bad fd, an `ssl`
+/// not on `fd`, or a bad policy; `closenotify_last_error` says which) or
+/// `CLOSENOTIFY_ERR_WRONG_STATE` (a shutdown object on this `ssl` is not freed
+/// yet).
 ///
 /// # Safety
 /// `ssl` is a valid `SSL*` used by no other thread during the call; `fd` is its
@@ -121,9 +124,11 @@ pub unsafe extern "C" fn closenotify_shutdown_blocking(
 /// `ssl` must read and write through OpenSSL's socket (or fd) BIO on `fd`, as for
 /// `closenotify_shutdown_blocking`.
 ///
-/// Returns `CLOSENOTIFY_OK`, `CLOSENOTIFY_ERR_NULL_ARGUMENT` (`ssl` or `out` NULL) or
+/// Returns `CLOSENOTIFY_OK`, `CLOSENOTIFY_ERR_NULL_ARGUMENT` (`ssl` or `out` NULL),
 /// `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (bad fd, an `ssl` not on `fd`, or a bad
-/// policy); `*out` is written only on success.
+/// policy) or `CLOSENOTIFY_ERR_WRONG_STATE` (another shutdown object on this
+/// `ssl` is not freed yet: two would fight over the socket; nothing is
+/// touched); `*out` is written only on success.
 ///
 /// # Safety
 /// `ssl` is a valid `SSL*` that outlives the shutdown object and is used by no

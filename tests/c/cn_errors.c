@@ -216,6 +216,22 @@ static void check_handover(SSL_CTX *ctx, int fd, const closenotify_policy *polic
     CHECK_LAST_ERROR("shutdown is NULL");
     closenotify_shutdown *sd = NULL;
     CHECK_RC(closenotify_shutdown_new(ssl, fd, policy, &sd), CLOSENOTIFY_OK);
+
+    /* One SSL*, one shutdown: a second object (or a blocking shutdown) while the
+     * first lives is refused, and the first's state is untouched; once it is
+     * freed, a new one is fine. */
+    closenotify_shutdown *second = NULL;
+    int flags = fcntl(fd, F_GETFL);
+    CHECK_RC(closenotify_shutdown_new(ssl, fd, policy, &second), CLOSENOTIFY_ERR_WRONG_STATE);
+    CHECK(second == NULL);
+    CHECK_LAST_ERROR("another shutdown of this SSL");
+    closenotify_report busy = sentinel_report();
+    CHECK_RC(closenotify_shutdown_blocking(ssl, fd, policy, &busy), CLOSENOTIFY_ERR_WRONG_STATE);
+    CHECK(is_sentinel(&busy));
+    CHECK(fcntl(fd, F_GETFL) == flags);
+    closenotify_shutdown_free(sd);
+    CHECK_RC(closenotify_shutdown_new(ssl, fd, policy, &sd), CLOSENOTIFY_OK);
+
     CHECK_RC(closenotify_shutdown_set_unsent(sd, NULL, 1), CLOSENOTIFY_ERR_NULL_ARGUMENT);
     CHECK_LAST_ERROR("data is NULL");
 
