@@ -73,13 +73,15 @@
 //!   [`half_close(false)`](crate::PolicyBuilder::half_close) is refused with
 //!   [`Error::InvalidPolicy`] before the stream is touched, and
 //!   [`Report::half_closed`] says whether that inner `poll_shutdown` succeeded.
-//! - **Socket calls need a socket.** The reset on timeout (`SO_LINGER`) and the
-//!   linger stage (`SIOCOUTQ`) act on the fd of `S: AsFd`. When that fd is not a
-//!   stream socket (a pipe, a file), a policy that asks for either is refused with
-//!   [`Error::InvalidPolicy`]: set
-//!   [`reset_on_timeout(ResetOnTimeout::Never)`](crate::PolicyBuilder::reset_on_timeout)
-//!   and no linger timeout. The half-close is then whatever `S::poll_shutdown`
-//!   does, and [`Report::half_closed`] only says that it returned `Ok`.
+//! - **Socket calls need a socket.** The linger stage (`SIOCOUTQ`) and the reset
+//!   on timeout (`SO_LINGER`) act on the fd of `S: AsFd`. When that fd is not a
+//!   stream socket (a pipe, a file), a policy with a linger timeout is refused
+//!   with [`Error::InvalidPolicy`]. The reset is only needed when a timeout
+//!   happens, so it is not checked on every close (a system call each): on such
+//!   an fd, a timeout that should arm it cannot, and its report's
+//!   [`detail`](Report::detail) says so. The half-close is whatever
+//!   `S::poll_shutdown` does, and [`Report::half_closed`] only says that it
+//!   returned `Ok`.
 //! - **The fd's mode is left alone.** tokio's I/O objects are non-blocking already;
 //!   the blocking call's switch to non-blocking mode does not happen here.
 //! - **`ssl_calls` may count one more read.** The blocking call waits for
@@ -128,7 +130,7 @@ use tokio_openssl::SslStream;
 use crate::error::Error;
 use crate::machine::{Progress, Ready};
 use crate::ossl::tokio::TokioConnection;
-use crate::policy::{Mode, Policy, ResetOnTimeout};
+use crate::policy::{Mode, Policy};
 use crate::report::Report;
 use crate::shutdown::Shutdown;
 use crate::socket;
@@ -309,21 +311,16 @@ fn check<S: AsFd>(stream: &SslStream<S>, policy: &Policy) -> Result<(), Error> {
                 .into(),
         ));
     }
-    let mut needs = Vec::new();
-    if policy.reset_on_timeout() != ResetOnTimeout::Never {
-        needs.push("reset_on_timeout (SO_LINGER)");
-    }
-    if !policy.linger_timeout().is_zero() {
-        needs.push("linger_timeout (SIOCOUTQ)");
-    }
-    if needs.is_empty() {
+    // The linger stage reads the socket's send queue at every check: it needs a
+    // socket, checked now. (The reset on timeout needs one only at a timeout,
+    // and is not checked on every close: see the module documentation.)
+    if policy.linger_timeout().is_zero() {
         return Ok(());
     }
     socket::check_stream_socket(stream.get_ref().as_fd()).map_err(|err| {
         Error::InvalidPolicy(format!(
-            "{} needs a socket, and the stream's fd is not a stream socket ({err}): use \
-             reset_on_timeout(ResetOnTimeout::Never) and no linger timeout",
-            needs.join(" and ")
+            "linger_timeout (SIOCOUTQ) needs a socket, and the stream's fd is not a \
+             stream socket ({err}): use no linger timeout"
         ))
     })
 }

@@ -678,6 +678,7 @@ impl<C: Connection + ?Sized> Step<'_, C> {
         if reset {
             if let Err(err) = self.conn.arm_reset() {
                 log::debug!("closenotify: cannot arm the reset: {err}");
+                facts.detail = Some("the reset on timeout could not be armed (SO_LINGER failed)");
             }
         }
         self.finish(facts, state, Outcome::TimedOut)

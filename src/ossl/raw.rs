@@ -82,6 +82,7 @@ impl RawConnection {
     /// Classifies the failure of the application's own last `SSL_read` or
     /// `SSL_write` on this connection the way the shutdown classifies its own
     /// calls (see `FdIo::classify_failure`).
+    #[cfg(any(feature = "capi", test))]
     pub(crate) fn classify_failure(&self, code: ErrorCode, errno: i32) -> TlsError {
         self.io.classify_failure(code, errno)
     }
