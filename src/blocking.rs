@@ -124,7 +124,7 @@ fn level_readiness<C: Connection>(sd: &mut Shutdown<C>) {
     if let Some(setup) = sd.setup() {
         setup.level_readiness = true;
     }
-    sd.adapter_clock();
+    sd.adapter_clock(Instant::now);
 }
 
 /// Runs the machine to its report, waiting on `fd` with `poll(2)` in between.

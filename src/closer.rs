@@ -249,7 +249,7 @@ impl<T> Closer<T> {
             setup.level_readiness = true;
             setup.closed_after_report = true;
         }
-        shutdown.adapter_clock();
+        shutdown.adapter_clock(Instant::now);
         let now = Instant::now();
         self.pending += 1;
         self.slots[index].entry = Some(Entry {

@@ -43,8 +43,10 @@ enum Clock {
     /// A caller's: a stale `now` is raised to the real time since the first call.
     Callers(Option<(Instant, Instant)>),
     /// One of this crate's adapters, which always passes the current time of the
-    /// clock it runs on (tokio's, under a paused runtime).
-    Adapter,
+    /// clock it runs on (std's, or tokio's, under a paused runtime): `now` is
+    /// taken as it is, and the clock is read once more when a call ends the
+    /// shutdown (the time that call took).
+    Adapter(fn() -> Instant),
 }
 
 impl<C: Connection> Shutdown<C> {
@@ -55,6 +57,14 @@ impl<C: Connection> Shutdown<C> {
             conn: Some(conn),
             machine: Machine::new(policy),
             clock: Clock::Callers(None),
+        }
+    }
+
+    /// The time a call ended, on the clock `now` comes from.
+    fn end_of_call(&self) -> Instant {
+        match self.clock {
+            Clock::Callers(_) => Instant::now(),
+            Clock::Adapter(clock) => clock(),
         }
     }
 
@@ -120,9 +130,9 @@ impl<C: Connection> Shutdown<C> {
     }
 
     /// The `now` values come from one of this crate's adapters, always current
-    /// on the clock it runs on: they are taken as they are.
-    pub(crate) fn adapter_clock(&mut self) {
-        self.clock = Clock::Adapter;
+    /// on `clock`: they are taken as they are.
+    pub(crate) fn adapter_clock(&mut self, clock: fn() -> Instant) {
+        self.clock = Clock::Adapter(clock);
     }
 
     /// The first [`poll`](Shutdown::poll) has run: the builder methods are ignored
@@ -147,9 +157,7 @@ impl<C: Connection> Shutdown<C> {
     /// once, whatever the socket reports), so that a fast peer cannot keep one call
     /// going.
     pub fn poll(&mut self, now: Instant, ready: Ready) -> Progress {
-        let now = self.now(now);
-        let conn = self.conn.as_mut().expect(TAKEN);
-        self.machine.poll(conn, now, ready, None).1
+        self.drive(now, ready, None).1
     }
 
     /// Like [`poll`](Shutdown::poll), but application data that arrives after our
@@ -171,15 +179,33 @@ impl<C: Connection> Shutdown<C> {
     /// and if that read brings data instead, it returns the data with the report,
     /// `timed_out` in stage `await_peer`.
     pub fn poll_read(&mut self, now: Instant, ready: Ready, buf: &mut [u8]) -> (usize, Progress) {
+        self.drive(now, ready, Some(buf))
+    }
+
+    /// One call of the machine. A report it made now gets the time this call
+    /// took (the machine only knows the `now` of its start), and is kept on the
+    /// connection for a second shutdown.
+    fn drive(&mut self, now: Instant, ready: Ready, out: Option<&mut [u8]>) -> (usize, Progress) {
         let now = self.now(now);
         let conn = self.conn.as_mut().expect(TAKEN);
-        self.machine.poll(conn, now, ready, Some(buf))
+        let (n, progress) = self.machine.poll(conn, now, ready, out);
+        let end = self.end_of_call();
+        let saves = self.machine.saves_report();
+        let Some(report) = self.machine.take_fresh_report() else {
+            return (n, progress);
+        };
+        report.elapsed += end.saturating_duration_since(now);
+        let report = *report;
+        if saves {
+            self.conn.as_mut().expect(TAKEN).save_report(&report);
+        }
+        (n, Progress::Done(report))
     }
 
     /// The `now` to hand the machine.
     fn now(&mut self, now: Instant) -> Instant {
         match &mut self.clock {
-            Clock::Adapter => now,
+            Clock::Adapter(_) => now,
             Clock::Callers(origin @ None) => {
                 *origin = Some((now, Instant::now()));
                 now
@@ -290,6 +316,25 @@ mod tests {
         }
         let conn = sd.into_inner();
         assert_eq!((conn.began, conn.ended), (1, 1));
+    }
+
+    /// A shutdown that ends in the call that starts it reports the time that
+    /// call took, saved with the report for a second shutdown.
+    #[test]
+    fn a_one_call_shutdown_reports_the_time_it_took() {
+        let mut conn = Script::usable().shutdown(Ok(ShutdownAnswer::Received));
+        conn.status.as_mut().unwrap().received = true;
+        conn.shutdown_takes = Duration::from_millis(5);
+        let mut holder = conn;
+        let mut sd = Shutdown::new(&mut holder, &policy());
+        let r = match sd.poll(Instant::now(), Ready::NONE) {
+            Progress::Done(r) => r,
+            Progress::Wait(w) => panic!("waits: {w:?}"),
+        };
+        assert!(r.elapsed >= Duration::from_millis(5), "{:?}", r.elapsed);
+        assert_eq!(sd.report(), Some(r));
+        drop(sd);
+        assert_eq!(holder.saved, Some(r), "the saved report is the same");
     }
 
     /// A stale `now` counts as the time that really passed: the deadline and the

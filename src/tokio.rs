@@ -359,7 +359,7 @@ where
         // module documentation on a paused clock). Not level readiness: a generic
         // `S` offers no readiness to wait for, so the machine tries one read
         // before waiting (which registers the wake-up).
-        sd.adapter_clock();
+        sd.adapter_clock(tokio_now);
         Driver { sd, io }
     }
 
@@ -406,8 +406,13 @@ where
         let ready = if io { Ready::ALL } else { Ready::NONE };
         // tokio's clock, the timer's: once the timer has fired, the machine sees
         // its deadline passed too, whatever clock tokio runs on.
-        (TokioInstant::now().into_std(), ready)
+        (tokio_now(), ready)
     }
+}
+
+/// tokio's clock (the timer's), as a std `Instant`.
+fn tokio_now() -> std::time::Instant {
+    TokioInstant::now().into_std()
 }
 
 /// Arms the timer for `deadline` and polls it: `Ready` once the deadline has

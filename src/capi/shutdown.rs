@@ -152,7 +152,7 @@ pub unsafe extern "C" fn closenotify_shutdown_new(
         };
         let mut machine = Shutdown::new(conn, &policy);
         // Every step reads the clock.
-        machine.adapter_clock();
+        machine.adapter_clock(Instant::now);
         let boxed = Box::new(closenotify_shutdown { machine });
         // SAFETY: `out` is non-NULL and writable, per the contract.
         unsafe { out.write(Box::into_raw(boxed)) };

@@ -98,6 +98,9 @@ struct Facts {
     transport_tainted: bool,
     /// `Connection::begin` ran and `Connection::end` has not yet.
     begun: bool,
+    /// The report was made by this machine and not yet taken by its driver
+    /// (`Machine::take_fresh_report`).
+    fresh: bool,
 }
 
 impl Facts {
@@ -119,6 +122,7 @@ impl Facts {
             linger_bytes: None,
             transport_tainted: false,
             begun: false,
+            fresh: false,
         }
     }
 }
@@ -221,6 +225,25 @@ impl Machine {
         }
     }
 
+    /// The report this machine made in the last call, once: its driver completes
+    /// it (the time the last call itself took, which the machine, given only the
+    /// `now` of its start, cannot know) and keeps it on the connection when
+    /// [`saves_report`](Machine::saves_report) says so. `None` for a report found
+    /// on the connection, and on every later call.
+    pub fn take_fresh_report(&mut self) -> Option<&mut Report> {
+        let facts = self.facts.as_mut()?;
+        match &mut self.state {
+            State::Done(report) if std::mem::take(&mut facts.fresh) => Some(report),
+            _ => None,
+        }
+    }
+
+    /// Whether the final report is to be kept on the connection, for a second
+    /// shutdown (off when the connection is closed right after, as in the Closer).
+    pub fn saves_report(&self) -> bool {
+        self.save_report
+    }
+
     /// OpenSSL calls made so far.
     #[cfg(test)]
     pub fn calls(&self) -> u32 {
@@ -248,7 +271,6 @@ impl Machine {
         let mut step = Step {
             policy: &self.policy,
             read_limit: self.read_limit,
-            save_report: self.save_report,
             level_readiness: self.level_readiness,
             conn,
             now,
@@ -262,7 +284,6 @@ impl Machine {
                 self.level_readiness = setup.level_readiness;
                 self.save_report = !setup.closed_after_report;
                 step.read_limit = self.read_limit;
-                step.save_report = self.save_report;
                 step.level_readiness = self.level_readiness;
                 let facts = self.facts.insert(Facts::new(now));
                 step.start(facts, &mut self.state, setup, out)
@@ -316,7 +337,6 @@ impl Machine {
 struct Step<'a, C: Connection + ?Sized> {
     policy: &'a Policy,
     read_limit: Option<u64>,
-    save_report: bool,
     level_readiness: bool,
     conn: &'a mut C,
     now: Instant,
@@ -789,9 +809,7 @@ impl<C: Connection + ?Sized> Step<'_, C> {
             transport_reusable,
             ssl_calls: facts.calls,
         };
-        if self.save_report {
-            self.conn.save_report(&report);
-        }
+        facts.fresh = true;
         log::debug!("closenotify: done: {report}");
         *state = State::Done(report);
         Progress::Done(report)

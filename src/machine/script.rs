@@ -43,13 +43,28 @@ impl<C: BorrowMut<Script>> Harness<C> {
         }
     }
     pub fn poll(&mut self, now: Instant, ready: Ready) -> Progress {
-        self.machine
-            .poll(self.conn.borrow_mut(), now, ready, None)
-            .1
+        self.poll_read_opt(now, ready, None).1
     }
     pub fn poll_read(&mut self, now: Instant, ready: Ready, buf: &mut [u8]) -> (usize, Progress) {
-        self.machine
-            .poll(self.conn.borrow_mut(), now, ready, Some(buf))
+        self.poll_read_opt(now, ready, Some(buf))
+    }
+    /// As `Shutdown` drives the machine, minus the real clock: a report made in
+    /// this call is kept on the connection.
+    fn poll_read_opt(
+        &mut self,
+        now: Instant,
+        ready: Ready,
+        out: Option<&mut [u8]>,
+    ) -> (usize, Progress) {
+        let (n, progress) = self.machine.poll(self.conn.borrow_mut(), now, ready, out);
+        let saves = self.machine.saves_report();
+        if let Some(report) = self.machine.take_fresh_report() {
+            if saves {
+                let report = *report;
+                self.conn.borrow_mut().save_report(&report);
+            }
+        }
+        (n, progress)
     }
     pub fn get_ref(&self) -> &Script {
         self.conn.borrow()
@@ -93,6 +108,8 @@ pub(crate) struct Script {
     pub saved: Option<Report>,
     /// What OpenSSL's info callback would have seen.
     pub alerts: AlertLog,
+    /// How long each `SSL_shutdown` takes (real time).
+    pub shutdown_takes: std::time::Duration,
     /// OpenSSL calls (shutdown, read, write) answered so far.
     pub calls: u32,
     /// Of those, the ones that answered WANT_READ or WANT_WRITE.
@@ -165,6 +182,7 @@ impl Connection for Script {
         self.ended += 1;
     }
     fn shutdown(&mut self) -> Result<ShutdownAnswer, TlsError> {
+        std::thread::sleep(self.shutdown_takes);
         let r = self
             .shutdowns
             .pop_front()

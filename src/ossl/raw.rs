@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr::NonNull;
 
 use foreign_types::ForeignTypeRef;
-use openssl::ssl::{ErrorCode, SslRef};
+use openssl::ssl::SslRef;
 use openssl_sys as ffi;
 
 use super::core::Backend;
@@ -83,7 +83,7 @@ impl RawConnection {
     /// `SSL_write` on this connection the way the shutdown classifies its own
     /// calls (see `FdIo::classify_failure`).
     #[cfg(any(feature = "capi", test))]
-    pub(crate) fn classify_failure(&self, code: ErrorCode, errno: i32) -> TlsError {
+    pub(crate) fn classify_failure(&self, code: openssl::ssl::ErrorCode, errno: i32) -> TlsError {
         self.io.classify_failure(code, errno)
     }
 }
