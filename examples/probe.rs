@@ -145,7 +145,11 @@ fn main() -> ExitCode {
 
 /// Asks every question in every version, in turn (a server such as `openssl
 /// s_server` serves one connection at a time).
-fn run(target: Target, settings: Settings, versions: &[Tls]) -> Result<Probe, (String, Option<Alert>)> {
+fn run(
+    target: Target,
+    settings: Settings,
+    versions: &[Tls],
+) -> Result<Probe, (String, Option<Alert>)> {
     let started = Instant::now();
     let mut probed = Vec::new();
     let mut rows = Vec::new();
@@ -171,7 +175,10 @@ fn run(target: Target, settings: Settings, versions: &[Tls]) -> Result<Probe, (S
         rows.push(questions::idle(&target, tls, &settings));
         if let Some(req) = &settings.request {
             let request = questions::request(&target, tls, &settings, req);
-            let full = request.bytes.filter(|_| request.answer == "close_notify");
+            // The size of a response that ended, for comparison.
+            let full = request
+                .bytes
+                .filter(|_| matches!(request.answer, "close_notify" | "fin"));
             rows.push(request);
             rows.push(questions::unread_input(&target, tls, &settings, req, full));
         }
@@ -199,7 +206,13 @@ fn no_handshake(versions: &[Version]) -> (String, Option<Alert>) {
         true => first.error.clone().unwrap_or_default(),
         false => versions
             .iter()
-            .map(|v| format!("TLS {}: {}", output::short(v.tls), v.error.as_deref().unwrap_or("")))
+            .map(|v| {
+                format!(
+                    "TLS {}: {}",
+                    output::short(v.tls),
+                    v.error.as_deref().unwrap_or("")
+                )
+            })
             .collect::<Vec<_>>()
             .join("; "),
     };
@@ -225,7 +238,10 @@ fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
         };
         let switch = |o: &mut Options, f: fn(&mut Options)| match &inline {
             Some(v) => Err(format!("{flag} takes no value (got '{v}')")),
-            None => Ok(f(o)),
+            None => {
+                f(o);
+                Ok(())
+            }
         };
         let mut value = || {
             inline
@@ -309,10 +325,13 @@ fn request(r: &str, o: &Options) -> Result<Request, String> {
         },
     };
     let (host, port) = split_host_port(&o.target).expect("checked by parse");
-    let mut name = o.servername.clone().unwrap_or_else(|| match host.contains(':') {
-        true => format!("[{host}]"),
-        false => host.to_string(),
-    });
+    let mut name = o
+        .servername
+        .clone()
+        .unwrap_or_else(|| match host.contains(':') {
+            true => format!("[{host}]"),
+            false => host.to_string(),
+        });
     if port != 443 {
         name = format!("{name}:{port}");
     }

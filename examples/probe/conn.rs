@@ -223,10 +223,9 @@ impl Target {
                 (Some(alert), format!("the server sent {alert}"))
             }
             TlsError::Eof => (None, format!("the server closed the connection{hint}")),
-            TlsError::Os(errno) if is_timeout(errno) => (
-                None,
-                format!("no answer within {:?}", self.timeout),
-            ),
+            TlsError::Os(errno) if is_timeout(errno) => {
+                (None, format!("no answer within {:?}", self.timeout))
+            }
             TlsError::Os(errno) => (None, io::Error::from_raw_os_error(errno).to_string()),
             TlsError::Protocol { detail, .. } if detail == "wrong version number" => (
                 None,
@@ -248,7 +247,10 @@ impl Target {
 /// A client context for one version: no certificate check (the probe asks how
 /// connections end, not whom it talks to), and a callback that keeps the last
 /// session the server gives.
-fn context(tls: Tls, slot: Arc<Mutex<Option<SslSession>>>) -> Result<SslContext, openssl::error::ErrorStack> {
+fn context(
+    tls: Tls,
+    slot: Arc<Mutex<Option<SslSession>>>,
+) -> Result<SslContext, openssl::error::ErrorStack> {
     let mut ctx = SslContextBuilder::new(SslMethod::tls_client())?;
     ctx.set_verify(SslVerifyMode::NONE);
     ctx.set_min_proto_version(Some(tls.version()))?;
@@ -321,7 +323,9 @@ impl Conn {
         let sock = SockRef::from(self.stream.get_ref());
         sock.set_tcp_cork(true).ok();
         let result = f(self);
-        SockRef::from(self.stream.get_ref()).set_tcp_cork(false).ok();
+        SockRef::from(self.stream.get_ref())
+            .set_tcp_cork(false)
+            .ok();
         result
     }
 
@@ -350,13 +354,11 @@ impl Conn {
                     }
                 }
                 Err(e) => {
-                    let sent = data.len() - rest.len();
                     return Err(match TlsError::from(&e) {
                         TlsError::Os(errno @ (libc::EPIPE | libc::ECONNRESET)) => SendError {
                             text: format!(
-                                "{} while we sent ({sent} of {} bytes)",
-                                crate::questions::errno(Some(errno)),
-                                data.len()
+                                "{} while we were sending",
+                                crate::questions::errno(Some(errno))
                             ),
                             reset: true,
                         },

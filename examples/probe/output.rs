@@ -13,7 +13,9 @@ const WIDTH: usize = 100;
 /// question, tls, outcome, initiator, stage, elapsed (right-aligned); the answer
 /// follows, wrapped within the rest of the width.
 const COLUMNS: [usize; 6] = [16, 3, 14, 5, 10, 8];
-const HEADINGS: [&str; 7] = ["question", "tls", "outcome", "by", "stage", "elapsed", "answer"];
+const HEADINGS: [&str; 7] = [
+    "question", "tls", "outcome", "by", "stage", "elapsed", "answer",
+];
 
 /// The table and the verdict, for people.
 pub fn print_table(probe: &Probe) {
@@ -173,11 +175,9 @@ fn phrase(row: &Row, settings: &Settings) -> Option<String> {
         (Question::Idle, "kept_open") => {
             format!("keeps idle connections over {}", secs(settings.idle))
         }
-        (Question::Idle, "close_notify") => match row.waits_for_ours {
-            Some(true) => format!("closes idle after {}, waits for ours", when?),
-            Some(false) => format!("closes idle after {}, not waiting for ours", when?),
-            None => format!("closes idle after {}", when?),
-        },
+        (Question::Idle, "close_notify") => {
+            format!("closes idle after {}, {}", when?, waiting(row, settings))
+        }
         (Question::Idle, "fin") => format!("closes idle after {} without close_notify", when?),
         (Question::Idle, "rst") => format!("resets idle connections after {}", when?),
         (Question::Request, "close_notify") => "responses end with close_notify".into(),
@@ -194,6 +194,21 @@ fn phrase(row: &Row, settings: &Settings) -> Option<String> {
         (_, answer) => format!("{}: {answer}", row.question.title()),
     };
     Some(words)
+}
+
+/// Whether a server that sent close_notify waited for ours.
+fn waiting(row: &Row, settings: &Settings) -> String {
+    let at_once = crate::questions::AT_ONCE.as_secs_f64() * 1000.0;
+    match (row.fin_ms, row.waits_for_ours) {
+        (Some(ms), _) if ms >= at_once => format!(
+            "waits for ours up to {}",
+            secs(std::time::Duration::from_secs_f64(ms / 1000.0))
+        ),
+        (_, Some(true)) if row.fin_ms.is_some() => "half-closes and waits for ours".into(),
+        (_, Some(true)) => format!("waits for ours over {}", secs(settings.timeout)),
+        (_, Some(false)) => "not waiting for ours".into(),
+        _ => "then ?".into(),
+    }
 }
 
 fn sessions(clean: &str, unclean: &str) -> Option<String> {

@@ -12,7 +12,7 @@ use crate::common::Tls;
 use crate::conn::{End, Ended, Failure, Received, SendError, Target, Transport};
 
 /// After its close_notify, a FIN within this is "at once".
-const AT_ONCE: Duration = Duration::from_millis(100);
+pub const AT_ONCE: Duration = Duration::from_millis(100);
 /// The unread-input question sends at least this much after its request.
 const UNREAD_BYTES: usize = 32 * 1024;
 /// ... and then does not read for this long (at most half the timeout), so that
@@ -136,7 +136,7 @@ impl Row {
     }
 }
 
-/// 1. We send close_notify first: what comes back, and how soon. The first
+/// Question 1: we send close_notify first: what comes back, and how soon. The first
 /// connection of each version: its failure says whether the server speaks it.
 pub fn close_first(target: &Target, tls: Tls, s: &Settings) -> Result<Row, Failure> {
     let mut conn = target.connect(tls, None, false)?;
@@ -150,7 +150,10 @@ pub fn close_first(target: &Target, tls: Tls, s: &Settings) -> Result<Row, Failu
             "fin",
             format!("FIN without close_notify, in {}", ms(report.elapsed)),
         ),
-        Outcome::Reset => ("rst", format!("{}, in {}", errno(report.os_error), ms(report.elapsed))),
+        Outcome::Reset => (
+            "rst",
+            format!("{}, in {}", errno(report.os_error), ms(report.elapsed)),
+        ),
         Outcome::PeerAlert => ("alert", format!("alert {}", alert(&report))),
         Outcome::TimedOut if report.stage == Stage::Flush => (
             "not_reading",
@@ -167,7 +170,7 @@ pub fn close_first(target: &Target, tls: Tls, s: &Settings) -> Result<Row, Failu
     Ok(row)
 }
 
-/// 2. We send nothing: does the server close, when, how, and does it wait for
+/// Question 2: we send nothing: does the server close, when, how, and does it wait for
 /// our close_notify?
 pub fn idle(target: &Target, tls: Tls, s: &Settings) -> Row {
     let mut conn = match target.connect(tls, None, false) {
@@ -177,7 +180,7 @@ pub fn idle(target: &Target, tls: Tls, s: &Settings) -> Row {
     let mut got = Received::default();
     let ended = conn.read_until_end(conn.ready_at + s.idle, &mut got);
     let after = ended.at - conn.ready_at;
-    let closing = server_end(&mut conn, ended, s);
+    let closing = server_end(&mut conn, ended, false, s);
     let text = match ended.end {
         End::Open => format!("open after {}; {}", ms(s.idle), closing.text),
         _ => format!("after {}: {}", secs(after), closing.text),
@@ -192,7 +195,7 @@ pub fn idle(target: &Target, tls: Tls, s: &Settings) -> Row {
     row
 }
 
-/// 3. We send the request: does the response end with close_notify, is it cut,
+/// Question 3: we send the request: does the response end with close_notify, is it cut,
 /// or does the connection stay open?
 pub fn request(target: &Target, tls: Tls, s: &Settings, req: &Request) -> Row {
     let mut conn = match target.connect(tls, None, false) {
@@ -203,12 +206,10 @@ pub fn request(target: &Target, tls: Tls, s: &Settings, req: &Request) -> Row {
     let written = conn.write_all(&req.bytes, sent + s.timeout);
     let mut got = Received::default();
     let ended = conn.read_until_end(sent + s.timeout, &mut got);
-    let closing = server_end(&mut conn, ended, s);
+    let reset = written.as_ref().is_err_and(|e| e.reset);
+    let closing = server_end(&mut conn, ended, reset, s);
     let text = format!("{}, then {}", response(&got, None), closing.text);
     let mut row = closing.row(Question::Request, tls, sent_first(&written, text));
-    if written.is_err_and(|e| e.reset) {
-        row.reset = Some(true);
-    }
     row.bytes = Some(got.bytes);
     if ended.end != End::Open {
         row.ms = Some(millis(ended.at - sent));
@@ -216,7 +217,7 @@ pub fn request(target: &Target, tls: Tls, s: &Settings, req: &Request) -> Row {
     row
 }
 
-/// 4. We send the request and more than the server reads, from a client with a
+/// Question 4: we send the request and more than the server reads, from a client with a
 /// small receive window that does not read for a moment: does the response
 /// survive the server's close, or does an RST destroy it? `full` is the size of
 /// the whole response (question 3's), if known.
@@ -245,18 +246,18 @@ pub fn unread_input(
     std::thread::sleep(HOLD.min(s.timeout / 2));
     let mut got = Received::default();
     let ended = conn.read_until_end(sent + s.timeout, &mut got);
-    let closing = server_end(&mut conn, ended, s);
+    let reset = written.as_ref().is_err_and(|e| e.reset);
+    let closing = server_end(&mut conn, ended, reset, s);
     let text = response(&got, full);
-    let text = match (ended.end, full) {
-        (End::Rst(_), Some(full)) if got.bytes < full => {
-            format!("{text}: the RST destroyed the rest")
+    // An RST before close_notify (seen by a read, or by our write first).
+    let destroyed = matches!(ended.end, End::Rst(_)) || (ended.end == End::Fin && reset);
+    let text = match full {
+        Some(full) if destroyed && got.bytes < full => {
+            format!("{text}, then {}: it destroyed the rest", closing.text)
         }
         _ => format!("{text}, then {}", closing.text),
     };
     let mut row = closing.row(Question::UnreadInput, tls, sent_first(&written, text));
-    if written.is_err_and(|e| e.reset) {
-        row.reset = Some(true);
-    }
     row.bytes = Some(got.bytes);
     if ended.end != End::Open {
         row.ms = Some(millis(ended.at - sent));
@@ -264,7 +265,7 @@ pub fn unread_input(
     row
 }
 
-/// 5. After a clean close (ours, bidirectional) and after an unclean one (no
+/// Question 5: after a clean close (ours, bidirectional) and after an unclean one (no
 /// close_notify, a FIN): does the next connection resume the session?
 pub fn sessions(target: &Target, tls: Tls, s: &Settings) -> [Row; 2] {
     [
@@ -286,7 +287,10 @@ fn session_after(target: &Target, tls: Tls, s: &Settings, clean: bool) -> Row {
         // Waiting for the server's close_notify reads its TLS 1.3 tickets.
         conn.shutdown(&s.policy(), None)
     } else {
-        conn.wait_for_session(Instant::now() + s.timeout.min(Duration::from_secs(1)), QUIET);
+        conn.wait_for_session(
+            Instant::now() + s.timeout.min(Duration::from_secs(1)),
+            QUIET,
+        );
         let quiet = Policy::builder().mode(Mode::Quiet).build().expect("valid");
         conn.shutdown(&quiet, None) // nothing sent; the drop below sends a FIN
     };
@@ -355,15 +359,17 @@ impl Closing {
 /// Follows the server's end of a connection to its last packet: after its
 /// close_notify, whether a FIN or an RST follows while we send nothing, then
 /// whether our close_notify is read or meets an RST. Our shutdown answers in
-/// every case; after a failed read it names that failure.
-fn server_end(conn: &mut crate::conn::Conn, ended: Ended, s: &Settings) -> Closing {
+/// every case; after a failed read it names that failure. `reset`: our write
+/// already met the server's RST (which it consumed: our reads then end in an
+/// EOF).
+fn server_end(conn: &mut crate::conn::Conn, ended: Ended, reset: bool, s: &Settings) -> Closing {
     let policy = s.policy();
     let closing = |answer, text: String, report: Report| Closing {
         answer,
         text,
         fin_ms: None,
         waits_for_ours: None,
-        reset: false,
+        reset,
         report,
     };
     match ended.end {
@@ -372,6 +378,10 @@ fn server_end(conn: &mut crate::conn::Conn, ended: Ended, s: &Settings) -> Closi
             let report = conn.shutdown(&policy, None);
             let text = format!("ours: {}", our_close(&report));
             closing("kept_open", text, report)
+        }
+        End::Fin if reset => {
+            let report = conn.shutdown(&policy, ended.error);
+            closing("rst", "the RST, no close_notify".into(), report)
         }
         End::Fin => {
             let report = conn.shutdown(&policy, ended.error);
@@ -388,6 +398,13 @@ fn server_end(conn: &mut crate::conn::Conn, ended: Ended, s: &Settings) -> Closi
         End::Rejected(why) => {
             let report = conn.shutdown(&policy, ended.error);
             closing("rejected", format!("rejected by our side: {why}"), report)
+        }
+        End::CloseNotify if reset => {
+            // What followed is gone with the RST's error, which our write took.
+            let report = conn.shutdown(&policy, None);
+            let mut c = closing("close_notify", "close_notify, then the RST".into(), report);
+            c.waits_for_ours = Some(false);
+            c
         }
         End::CloseNotify => after_close_notify(conn, ended, s),
     }
@@ -429,14 +446,14 @@ fn after_close_notify(conn: &mut crate::conn::Conn, ended: Ended, s: &Settings) 
             c.fin_ms = Some(millis(waited));
             let fin = match waited < AT_ONCE {
                 true => "FIN at once".to_string(),
-                false => format!("FIN {} later", secs(waited)),
+                false => format!("FIN {} later", ms(waited)),
             };
             format!("close_notify, {fin}; {}", ours(conn, &mut c))
         }
         Transport::Rst(e) => {
             c.reset = true;
             c.waits_for_ours = Some(false);
-            format!("close_notify, then {} {} later", errno(Some(e)), secs(waited))
+            format!("close_notify, then {} {} later", errno(Some(e)), ms(waited))
         }
         Transport::Bytes => "close_notify, then bytes that are not TLS".to_string(),
         Transport::Open => {
@@ -447,7 +464,7 @@ fn after_close_notify(conn: &mut crate::conn::Conn, ended: Ended, s: &Settings) 
                 Transport::Fin => format!(
                     "close_notify; waits for ours ({} without it), FIN {} after ours",
                     secs(waited),
-                    secs(at.saturating_duration_since(ended.at + waited))
+                    ms(at.saturating_duration_since(ended.at + waited))
                 ),
                 Transport::Rst(e) => {
                     c.reset = true;
