@@ -75,12 +75,18 @@ fn probe(args: &[&str]) -> Ran {
     Job::start(cmd, "probe", args, b"").wait(RUN)
 }
 
-/// Runs `probe ADDR --json ARGS`, expecting success; returns its document.
-fn probe_json(addr: &str, args: &[&str]) -> Value {
-    let mut all = vec![addr, "--json"];
+/// Runs `probe ADDR --json ARGS` against `server`, expecting success; returns
+/// its document.
+fn probe_json(server: &Server, args: &[&str]) -> Value {
+    let mut all = vec![server.addr.as_str(), "--json"];
     all.extend_from_slice(args);
     let ran = probe(&all);
-    ran.assert_success();
+    assert!(
+        ran.status.success(),
+        "{}\n--- the server ---\n{}",
+        ran.context(),
+        server.proc.transcript()
+    );
     let doc: Value = serde_json::from_slice(&ran.stdout)
         .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", ran.context()));
     check_document(&doc);
@@ -266,6 +272,32 @@ fn python_server(mode: &str, extra: &[&str]) -> Server {
     }
 }
 
+/// `openssl s_server -www EXTRA` on a port it picks, serving connections one
+/// after the other until killed.
+fn s_server(extra: &[&str]) -> Server {
+    require("openssl", "version");
+    let pems = Pems::write();
+    let mut args = vec![
+        "s_server",
+        "-accept",
+        "127.0.0.1:0",
+        "-cert",
+        pems.cert(),
+        "-key",
+        pems.key(),
+        "-www",
+    ];
+    args.extend_from_slice(extra);
+    let mut proc = Proc::spawn("openssl", &args);
+    let line = proc.wait_line("ACCEPT line", START, |l| l.starts_with("ACCEPT "));
+    let addr = line["ACCEPT ".len()..].trim().to_string();
+    Server {
+        proc,
+        addr,
+        _pems: pems,
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The servers, one test each.
 // ---------------------------------------------------------------------------
@@ -308,7 +340,7 @@ fn nginx_never_answers_close_notify_and_lingers_on_unread_input() {
         &["-p", &dir, "-c", &file, "-e", "stderr"],
     );
     let doc = probe_json(
-        &server.addr,
+        &server,
         &["--request", "http", "--idle-timeout-ms", IDLE_WAIT],
     );
 
@@ -352,7 +384,6 @@ fn nginx_never_answers_close_notify_and_lingers_on_unread_input() {
             "no RST on unread input",
         ],
     );
-    drop(server);
 }
 
 /// HAProxy (Debian 12's 2.6) terminating TLS, answering every request itself,
@@ -387,7 +418,7 @@ fn haproxy_answers_close_notify_and_resets_on_unread_input() {
     std::fs::write(&file, conf).unwrap();
     let server = start(pems, port, "haproxy", &["-f", &file, "-db"]);
     let doc = probe_json(
-        &server.addr,
+        &server,
         &["--request", "http", "--idle-timeout-ms", IDLE_WAIT],
     );
 
@@ -421,7 +452,6 @@ fn haproxy_answers_close_notify_and_resets_on_unread_input() {
             "never truncates",
         ],
     );
-    drop(server);
 }
 
 /// `openssl s_server -www -no_ticket`: one connection at a time, no idle
@@ -438,24 +468,7 @@ fn haproxy_answers_close_notify_and_resets_on_unread_input() {
 ///   and keeps the session after an unclean close.
 #[test]
 fn s_server_with_a_session_cache_forgets_sessions_ended_without_close_notify() {
-    require("openssl", "version");
-    let pems = Pems::write();
-    let mut proc = Proc::spawn(
-        "openssl",
-        &[
-            "s_server",
-            "-accept",
-            "127.0.0.1:0",
-            "-cert",
-            pems.cert(),
-            "-key",
-            pems.key(),
-            "-www",
-            "-no_ticket",
-        ],
-    );
-    let line = proc.wait_line("ACCEPT line", START, |l| l.starts_with("ACCEPT "));
-    let addr = line["ACCEPT ".len()..].trim().to_string();
+    let server = s_server(&["-no_ticket"]);
     let args = [
         "--request",
         "http",
@@ -464,7 +477,7 @@ fn s_server_with_a_session_cache_forgets_sessions_ended_without_close_notify() {
         "--timeout-ms",
         "600",
     ];
-    let doc = probe_json(&addr, &args);
+    let doc = probe_json(&server, &args);
 
     expect(&doc, "idle", json!({"answer": "kept_open"}));
     if openssl_111() {
@@ -503,7 +516,6 @@ fn s_server_with_a_session_cache_forgets_sessions_ended_without_close_notify() {
             ],
         );
     }
-    drop(proc);
 }
 
 /// Whether the `openssl` tool is 1.1.1 (the OpenSSL matrix puts each version's
@@ -540,7 +552,7 @@ fn gnutls_serv_answers_close_notify_and_closes_without_waiting() {
         ],
     );
     let args = ["--request", "http", "--idle-timeout-ms", "500"];
-    let doc = probe_json(&server.addr, &args);
+    let doc = probe_json(&server, &args);
 
     expect(
         &doc,
@@ -563,7 +575,6 @@ fn gnutls_serv_answers_close_notify_and_closes_without_waiting() {
         &doc,
         &["keeps idle connections over 0.5 s", "never truncates"],
     );
-    drop(server);
 }
 
 /// Python's `http.server` over `ssl`, as its documentation sets it up: it never
@@ -575,7 +586,7 @@ fn gnutls_serv_answers_close_notify_and_closes_without_waiting() {
 fn python_http_server_truncates_and_its_rst_destroys_a_large_response() {
     let server = python_server("https", &[]);
     let args = ["--request", "http:/big", "--idle-timeout-ms", IDLE_WAIT];
-    let doc = probe_json(&server.addr, &args);
+    let doc = probe_json(&server, &args);
 
     expect(
         &doc,
@@ -612,7 +623,6 @@ fn python_http_server_truncates_and_its_rst_destroys_a_large_response() {
             "an RST on unread input destroys the response",
         ],
     );
-    drop(server);
 }
 
 /// Our STARTTLS SMTP server (`probe_server.py smtp`): it ends TLS with
@@ -635,7 +645,7 @@ fn starttls_smtp_server_waits_a_second_for_our_close_notify() {
         "--timeout-ms",
         "2000",
     ];
-    let doc = probe_json(&server.addr, &args);
+    let doc = probe_json(&server, &args);
 
     assert_eq!(doc["starttls"], "smtp", "{doc:#}");
     expect(
@@ -659,7 +669,6 @@ fn starttls_smtp_server_waits_a_second_for_our_close_notify() {
     );
     expect(&doc, "session_clean", json!({"answer": "resumed"}));
     expect_verdict(&doc, &["waits for ours up to 1.", "never truncates"]);
-    drop(server);
 }
 
 // ---------------------------------------------------------------------------
@@ -672,24 +681,8 @@ fn starttls_smtp_server_waits_a_second_for_our_close_notify() {
 /// TLS was expected: the hint to use --starttls.
 #[test]
 fn failures_exit_1_naming_the_cause() {
-    require("openssl", "version");
-    let pems = Pems::write();
-    let mut proc = Proc::spawn(
-        "openssl",
-        &[
-            "s_server",
-            "-accept",
-            "127.0.0.1:0",
-            "-cert",
-            pems.cert(),
-            "-key",
-            pems.key(),
-            "-www",
-            "-tls1_3",
-        ],
-    );
-    let line = proc.wait_line("ACCEPT line", START, |l| l.starts_with("ACCEPT "));
-    let addr = line["ACCEPT ".len()..].trim().to_string();
+    let server = s_server(&["-tls1_3"]);
+    let addr = server.addr.clone();
 
     let ran = probe(&[&addr, "--tls1.2"]);
     assert_eq!(ran.code(), Some(1), "{}", ran.context());
@@ -704,7 +697,10 @@ fn failures_exit_1_naming_the_cause() {
     let doc: Value = serde_json::from_slice(&ran.stdout).expect("JSON");
     assert_eq!(doc["alert"], "protocol_version", "{doc:#}");
 
-    let doc = probe_json(&addr, &["--idle-timeout-ms", "100", "--timeout-ms", "1000"]);
+    let doc = probe_json(
+        &server,
+        &["--idle-timeout-ms", "100", "--timeout-ms", "1000"],
+    );
     assert_eq!(
         doc["versions"],
         json!([
@@ -716,7 +712,7 @@ fn failures_exit_1_naming_the_cause() {
     let rows = doc["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 4, "{doc:#}");
     assert!(rows.iter().all(|r| r["tls"] == "TLSv1.3"), "{doc:#}");
-    drop(proc);
+    drop(server);
 
     let closed = free_port();
     let ran = probe(&[&format!("127.0.0.1:{closed}")]);

@@ -33,7 +33,14 @@ pub fn print_table(probe: &Probe) {
     for note in notes(probe) {
         println!("{note}");
     }
-    println!("verdict: {}", verdict(probe));
+    let verdict = format!("verdict: {}", verdict(probe));
+    let lines = wrap(&verdict, WIDTH);
+    println!("{}", lines[0]);
+    for line in wrap(&lines[1..].join(" "), WIDTH - 9) {
+        if !line.is_empty() {
+            println!("         {line}");
+        }
+    }
 }
 
 fn heading(probe: &Probe) -> String {
@@ -175,9 +182,10 @@ fn phrase(row: &Row, settings: &Settings) -> Option<String> {
         (Question::Idle, "kept_open") => {
             format!("keeps idle connections over {}", secs(settings.idle))
         }
-        (Question::Idle, "close_notify") => {
-            format!("closes idle after {}, {}", when?, waiting(row, settings))
-        }
+        (Question::Idle, "close_notify") => match waiting(row, settings) {
+            Some(waiting) => format!("closes idle after {}, {waiting}", when?),
+            None => format!("closes idle after {}", when?),
+        },
         (Question::Idle, "fin") => format!("closes idle after {} without close_notify", when?),
         (Question::Idle, "rst") => format!("resets idle connections after {}", when?),
         (Question::Request, "close_notify") => "responses end with close_notify".into(),
@@ -196,19 +204,20 @@ fn phrase(row: &Row, settings: &Settings) -> Option<String> {
     Some(words)
 }
 
-/// Whether a server that sent close_notify waited for ours.
-fn waiting(row: &Row, settings: &Settings) -> String {
+/// Whether a server that sent close_notify waited for ours: its FIN came
+/// later (it gave up then), at once but ours was read (it half-closed), never
+/// (it still waits), or ours met an RST.
+fn waiting(row: &Row, settings: &Settings) -> Option<String> {
     let at_once = crate::questions::AT_ONCE.as_secs_f64() * 1000.0;
-    match (row.fin_ms, row.waits_for_ours) {
+    Some(match (row.fin_ms, row.waits_for_ours?) {
         (Some(ms), _) if ms >= at_once => format!(
             "waits for ours up to {}",
             secs(std::time::Duration::from_secs_f64(ms / 1000.0))
         ),
-        (_, Some(true)) if row.fin_ms.is_some() => "half-closes and waits for ours".into(),
-        (_, Some(true)) => format!("waits for ours over {}", secs(settings.timeout)),
-        (_, Some(false)) => "not waiting for ours".into(),
-        _ => "then ?".into(),
-    }
+        (Some(_), true) => "half-closes and waits for ours".into(),
+        (None, true) => format!("waits for ours over {}", secs(settings.timeout)),
+        (_, false) => "not waiting for ours".into(),
+    })
 }
 
 fn sessions(clean: &str, unclean: &str) -> Option<String> {

@@ -140,19 +140,17 @@ impl Row {
 /// connection of each version: its failure says whether the server speaks it.
 pub fn close_first(target: &Target, tls: Tls, s: &Settings) -> Result<Row, Failure> {
     let mut conn = target.connect(tls, None, false)?;
+    let started = Instant::now();
     let report = conn.shutdown(&s.policy(), None);
+    // Our clock, around the whole shutdown: the report's elapsed time counts
+    // from its first step, which may be the last.
+    let took = started.elapsed();
     let (answer, text) = match report.outcome {
-        Outcome::Clean => (
-            "close_notify",
-            format!("close_notify back in {}", ms(report.elapsed)),
-        ),
-        Outcome::Truncated => (
-            "fin",
-            format!("FIN without close_notify, in {}", ms(report.elapsed)),
-        ),
+        Outcome::Clean => ("close_notify", format!("close_notify back in {}", ms(took))),
+        Outcome::Truncated => ("fin", format!("FIN without close_notify, in {}", ms(took))),
         Outcome::Reset => (
             "rst",
-            format!("{}, in {}", errno(report.os_error), ms(report.elapsed)),
+            format!("{}, in {}", errno(report.os_error), ms(took)),
         ),
         Outcome::PeerAlert => ("alert", format!("alert {}", alert(&report))),
         Outcome::TimedOut if report.stage == Stage::Flush => (
@@ -164,7 +162,7 @@ pub fn close_first(target: &Target, tls: Tls, s: &Settings) -> Result<Row, Failu
         other => (other.as_str(), report.to_string()),
     };
     let mut row = Row::new(Question::CloseFirst, tls, answer, text);
-    row.ms = Some(millis(report.elapsed));
+    row.ms = Some(millis(took));
     row.reset = Some(report.outcome == Outcome::Reset);
     row.report = Some(report);
     Ok(row)
@@ -294,8 +292,8 @@ fn session_after(target: &Target, tls: Tls, s: &Settings, clean: bool) -> Row {
         let quiet = Policy::builder().mode(Mode::Quiet).build().expect("valid");
         conn.shutdown(&quiet, None) // nothing sent; the drop below sends a FIN
     };
-    // A copy: after an unclean close our report marks the session not
-    // resumable, and the client would not offer it; the server decides here.
+    // A copy: after a close that was not orderly our report marks the session
+    // not resumable, and OpenSSL would not offer it; here the server decides.
     let session = conn.session_copy();
     drop(conn);
     let mut row = match session {
@@ -318,12 +316,9 @@ fn session_after(target: &Target, tls: Tls, s: &Settings, clean: bool) -> Row {
                     };
                     let (answer, verb) = match resumed {
                         true => ("resumed", "resumed"),
-                        false => ("not_resumed", "not resumed (full handshake)"),
+                        false => ("not_resumed", "not resumed: a full handshake"),
                     };
-                    let text = format!(
-                        "{verb} after a {} close; our report said {said}",
-                        report.outcome
-                    );
+                    let text = format!("{verb} (our report: {said})");
                     let mut row = Row::new(question, tls, answer, text);
                     row.resumed = Some(resumed);
                     row
@@ -434,7 +429,7 @@ fn after_close_notify(conn: &mut crate::conn::Conn, ended: Ended, s: &Settings) 
         true => {
             c.reset = true;
             c.waits_for_ours = Some(false);
-            "ours met an RST (it had closed)"
+            "ours met an RST"
         }
         false => {
             c.waits_for_ours = Some(true);
