@@ -671,6 +671,33 @@ fn starttls_smtp_server_waits_a_second_for_our_close_notify() {
     expect_verdict(&doc, &["waits for ours up to 1.", "never truncates"]);
 }
 
+/// The IMAP and FTP dialects of `--starttls` reach TLS with the same server in
+/// those dialects (`* OK`, `a1 STARTTLS`, `a1 OK`; a two-line `220`, `AUTH TLS`,
+/// `234`); the wrong dialect fails at once, quoting the greeting.
+#[test]
+fn starttls_imap_and_ftp_reach_tls_and_the_wrong_dialect_fails() {
+    for mode in ["imap", "ftp"] {
+        let server = python_server(mode, &[]);
+        let args = ["--starttls", mode, "--tls1.3", "--idle-timeout-ms", "100"];
+        let doc = probe_json(&server, &args);
+        assert_eq!(doc["starttls"], mode, "{doc:#}");
+        let first = row(&doc, "close_first", "TLSv1.3");
+        assert_eq!(first["answer"], "close_notify", "{mode}: {first:#}");
+        assert_eq!(first["report"]["outcome"], "clean", "{mode}: {first:#}");
+        let idle = row(&doc, "idle", "TLSv1.3");
+        assert_eq!(idle["answer"], "kept_open", "{mode}: {idle:#}");
+
+        let wrong = if mode == "imap" { "smtp" } else { "imap" };
+        let ran = probe(&[&server.addr, "--starttls", wrong]);
+        assert_eq!(ran.code(), Some(1), "{}", ran.context());
+        let greeting = match mode {
+            "imap" => "\"* OK [CAPABILITY IMAP4rev1 STARTTLS] probe_server.py\"",
+            _ => "\"220-probe_server.py\"",
+        };
+        assert!(ran.stderr.contains(greeting), "{}", ran.context());
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Failures and the command line.
 // ---------------------------------------------------------------------------

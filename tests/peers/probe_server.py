@@ -23,6 +23,10 @@ picks, and prints that port as its first line on stdout.
          that follows the client's QUIT: the server then closes with that
          input unread (an RST).
 
+  imap, ftp  The same server with the plaintext phase of IMAP (`* OK`
+         greeting, `a1 STARTTLS`, `a1 OK`) or FTP (a two-line `220`
+         greeting, `AUTH TLS`, `234`).
+
 Errors of a connection go to stderr; the server keeps serving.
 """
 
@@ -71,6 +75,19 @@ def https(args):
     server.serve_forever()
 
 
+# The plaintext phase of each dialect: the greeting, the command that starts
+# TLS, the answer to it.
+DIALECTS = {
+    "smtp": (b"220 probe_server.py ESMTP\r\n", b"STARTTLS", b"220 go ahead\r\n"),
+    "imap": (
+        b"* OK [CAPABILITY IMAP4rev1 STARTTLS] probe_server.py\r\n",
+        b"A1 STARTTLS",
+        b"a1 OK begin TLS now\r\n",
+    ),
+    "ftp": (b"220-probe_server.py\r\n220 ready\r\n", b"AUTH TLS", b"234 go ahead\r\n"),
+}
+
+
 class Smtp(socketserver.StreamRequestHandler):
     def handle(self):
         args = self.server.args
@@ -79,19 +96,19 @@ class Smtp(socketserver.StreamRequestHandler):
         # the server closes, so what an RST destroys does not depend on timing.
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         raw.settimeout(args.idle)
-        self.send(raw, b"220 probe_server.py ESMTP\r\n")
+        greeting, command, go_ahead = DIALECTS[args.mode]
+        raw.sendall(greeting)
         while True:
             line = self.read_line(raw)
             if line is None:
                 return
-            verb = line.split(b" ")[0].upper()
-            if verb == b"EHLO":
-                self.send(raw, b"250-probe_server.py\r\n250 STARTTLS\r\n")
-            elif verb == b"STARTTLS":
-                self.send(raw, b"220 go ahead\r\n")
+            if line.upper().startswith(b"EHLO"):
+                raw.sendall(b"250-probe_server.py\r\n250 STARTTLS\r\n")
+            elif line.upper() == command:
+                raw.sendall(go_ahead)
                 break
             else:
-                self.send(raw, b"530 STARTTLS first\r\n")
+                raw.sendall(b"530 STARTTLS first\r\n")
         tls = self.server.ctx.wrap_socket(raw, server_side=True)
         reader = tls.makefile("rb")
         try:
@@ -103,11 +120,11 @@ class Smtp(socketserver.StreamRequestHandler):
                     break
                 if not line:  # the client's close_notify (or EOF: SSLEOFError)
                     break
-                verb = line.strip().split(b" ")[0].upper()
-                if verb == b"QUIT":
+                words = line.strip().upper().split()  # IMAP's: a tag first
+                if b"QUIT" in words or b"LOGOUT" in words:
                     tls.sendall(b"221 bye\r\n")
                     break
-                if verb in (b"EHLO", b"NOOP"):
+                if words[:1] in ([b"EHLO"], [b"NOOP"]):
                     tls.sendall(b"250 ok\r\n")
                 else:
                     tls.sendall(b"502 not here\r\n")
@@ -131,9 +148,6 @@ class Smtp(socketserver.StreamRequestHandler):
             line += byte
         return line.strip()
 
-    def send(self, raw, data):
-        raw.sendall(data)
-
 
 class SmtpServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
@@ -149,14 +163,14 @@ def smtp(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["https", "smtp"])
+    p.add_argument("mode", choices=["https", "smtp", "imap", "ftp"])
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
     p.add_argument("--idle", type=float, default=1.0)
     p.add_argument("--unwrap", type=float, default=1.0)
     p.add_argument("--big-bytes", type=int, default=256 * 1024)
     args = p.parse_args()
-    {"https": https, "smtp": smtp}[args.mode](args)
+    {"https": https}.get(args.mode, smtp)(args)
 
 
 if __name__ == "__main__":
