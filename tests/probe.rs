@@ -571,6 +571,7 @@ fn gnutls_serv_answers_close_notify_and_closes_without_waiting() {
         json!({"answer": "close_notify", "reset": true}),
     );
     expect(&doc, "session_clean", json!({"answer": "resumed"}));
+    expect(&doc, "session_unclean", json!({"answer": "resumed"}));
     expect_verdict(
         &doc,
         &["keeps idle connections over 0.5 s", "never truncates"],
