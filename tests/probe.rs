@@ -467,7 +467,7 @@ fn haproxy_answers_close_notify_and_resets_on_unread_input() {
 /// - 1.1.1 sends no close_notify at all (`SSL_set_shutdown`, then `close()`),
 ///   and keeps the session after an unclean close.
 #[test]
-fn s_server_with_a_session_cache_forgets_sessions_ended_without_close_notify() {
+fn s_server_3_forgets_sessions_ended_uncleanly_and_1_1_1_sends_no_close_notify() {
     let server = s_server(&["-no_ticket"]);
     let args = [
         "--request",
