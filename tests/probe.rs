@@ -1,4 +1,4 @@
-//! The probe (`examples/probe.rs`) against real servers on loopback: nginx,
+//! The probe (`examples/probe/`) against real servers on loopback: nginx,
 //! HAProxy, `openssl s_server`, `gnutls-serv`, Python's `http.server` over `ssl`,
 //! and a STARTTLS SMTP server of our own in Python (`tests/peers/probe_server.py`).
 //! Each server runs as a plain foreground process with a generated config in a
@@ -14,14 +14,13 @@
 mod util;
 
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use util::cbuild::profile_dir;
-use util::process::{python, require, Job, Pems, Proc, Ran};
+use util::examples;
+use util::process::{python, require, Pems, Proc, Ran};
 
 /// The bound of waiting for a server to listen.
 const START: Duration = Duration::from_secs(10);
@@ -35,44 +34,10 @@ const IDLE_WAIT: &str = "2500";
 // The probe.
 // ---------------------------------------------------------------------------
 
-/// The probe, built once per test binary with its profile and target directory
-/// (`cargo test --test probe` does not build examples), up to date.
-fn probe_binary() -> &'static Path {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let profile = profile_dir();
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "--example", "probe", "--manifest-path"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(profile.parent().expect("target directory"));
-        match profile.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => {}
-            Some("release") => {
-                cmd.arg("--release");
-            }
-            Some(other) => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "building the probe failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(profile.join("examples/probe"))
-    })
-    .as_deref()
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Runs the probe with `args`; returns what it left.
+/// Runs the probe with `args` (built with the other examples, up to date).
 fn probe(args: &[&str]) -> Ran {
-    let mut cmd = Command::new(probe_binary());
-    cmd.env_remove("RUST_LOG");
-    Job::start(cmd, "probe", args, b"").wait(RUN)
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    examples::run("probe", &args, b"", RUN)
 }
 
 /// Runs `probe ADDR --json ARGS` against `server`, expecting success; returns

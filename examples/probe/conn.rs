@@ -13,12 +13,11 @@ use std::time::{Duration, Instant};
 use closenotify::{Alert, Interest, Policy, Progress, Ready, Report, Shutdown, TlsError};
 use openssl::ssl::{
     ErrorCode, HandshakeError, Ssl, SslContext, SslContextBuilder, SslMethod, SslSession,
-    SslSessionCacheMode, SslStream, SslVerifyMode,
+    SslSessionCacheMode, SslStream, SslVerifyMode, SslVersion,
 };
 use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::common::starttls::{self, Dialect};
-use crate::common::Tls;
 
 /// The receive buffer of a slow client (`Target::connect` with `small_window`):
 /// the server's kernel keeps what does not fit.
@@ -26,6 +25,32 @@ pub const SMALL_WINDOW: usize = 4096;
 
 /// How many bytes of what the server sends are kept to be shown (all are counted).
 const KEEP: usize = 4096;
+
+/// A protocol version the probe asks in, each on its own connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tls {
+    V12,
+    V13,
+}
+
+impl Tls {
+    pub const BOTH: [Tls; 2] = [Tls::V12, Tls::V13];
+
+    pub fn version(self) -> SslVersion {
+        match self {
+            Tls::V12 => SslVersion::TLS1_2,
+            Tls::V13 => SslVersion::TLS1_3,
+        }
+    }
+
+    /// OpenSSL's name, as in the report: `TLSv1.2`, `TLSv1.3`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tls::V12 => "TLSv1.2",
+            Tls::V13 => "TLSv1.3",
+        }
+    }
+}
 
 /// The server under test, and how to reach it.
 pub struct Target {

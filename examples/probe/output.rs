@@ -4,7 +4,8 @@
 
 use serde_json::{json, Value};
 
-use crate::common::{report_json, Tls};
+use crate::common::report_json;
+use crate::conn::Tls;
 use crate::questions::{secs, Question, Row, Settings};
 use crate::Probe;
 

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use closenotify::{Mode, Outcome, Policy, Report, Stage};
 
-use crate::common::Tls;
-use crate::conn::{End, Ended, Failure, Received, SendError, Target, Transport};
+use crate::conn::{End, Ended, Failure, Received, SendError, Target, Tls, Transport};
 
 /// After its close_notify, a FIN within this is "at once".
 pub const AT_ONCE: Duration = Duration::from_millis(100);

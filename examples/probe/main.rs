@@ -44,12 +44,10 @@
 //! server cannot be reached, STARTTLS fails, or no handshake succeeds (the
 //! message names the alert the server sent); 2 for a bad command line.
 
+#[path = "../common/mod.rs"]
 mod common;
-#[path = "probe/conn.rs"]
 mod conn;
-#[path = "probe/output.rs"]
 mod output;
-#[path = "probe/questions.rs"]
 mod questions;
 
 use std::cell::Cell;
@@ -58,10 +56,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use closenotify::{Alert, MAX_TIMEOUT};
+use common::cli;
 use common::client::split_host_port;
 use common::starttls::Dialect;
-use common::{cli, Tls, BOTH};
-use conn::{Failure, Target};
+use conn::{Failure, Target, Tls};
 use questions::{Question, Request, Row, Settings};
 use serde_json::json;
 
@@ -223,7 +221,7 @@ fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
     let mut o = Options {
         target: String::new(),
         servername: None,
-        versions: BOTH.to_vec(),
+        versions: Tls::BOTH.to_vec(),
         starttls: None,
         request: None,
         timeout: DEFAULT_TIMEOUT,
