@@ -496,7 +496,8 @@ fn openssl_111() -> bool {
 /// `gnutls-serv --http` (Debian 12's GnuTLS 3.7): no idle timeout. It answers
 /// our close_notify; after a response it sends close_notify and a FIN and
 /// closes without reading ours (an RST answers it), and with our input unread
-/// it closes with an RST.
+/// it closes with an RST. (gnutls-serv has no option for the address: it
+/// listens on every interface, on the free port picked here.)
 #[test]
 fn gnutls_serv_answers_close_notify_and_closes_without_waiting() {
     let pems = Pems::write();
