@@ -60,6 +60,7 @@ use closenotify::{
 use common::cli;
 use common::client::{split_host_port, wait_for_hangup, ClientOptions, Close, IO_TIMEOUT};
 use common::line;
+use common::starttls::{self, Dialect};
 use openssl::ssl::{HandshakeError, MidHandshakeSslStream, SslStream, SslVerifyMode};
 use openssl::x509::{X509Ref, X509VerifyResult};
 use serde_json::json;
@@ -200,30 +201,6 @@ fn http_connect(tcp: &mut TcpStream, proxy: &str, target: &str) -> Result<(), St
     Err(format!("the proxy {proxy} sent more than 100 header lines"))
 }
 
-/// The client's side of STARTTLS: greeting, command, go-ahead, each line read
-/// byte by byte so that nothing of the TLS that follows is consumed.
-fn starttls(tcp: &mut TcpStream, server: &str) -> Result<(), String> {
-    let greeting = line::read_line(tcp)
-        .map_err(|e| format!("no greeting line from {server} (is it a STARTTLS server?): {e}"))?;
-    if !greeting.starts_with(b"220") {
-        return Err(format!(
-            "{server} greeted with {}, not 220",
-            line::describe(&greeting)
-        ));
-    }
-    tcp.write_all(line::STARTTLS)
-        .map_err(|e| format!("cannot send STARTTLS to {server}: {e}"))?;
-    let answer =
-        line::read_line(tcp).map_err(|e| format!("no answer to STARTTLS from {server}: {e}"))?;
-    if !answer.starts_with(b"220") {
-        return Err(format!(
-            "{server} refused STARTTLS: {}",
-            line::describe(&answer)
-        ));
-    }
-    Ok(())
-}
-
 /// The connection to the server, TLS established: direct or through the proxy,
 /// STARTTLS if asked, then the handshake with SNI and the certificate checked for
 /// `--servername`, else the host of `--connect`.
@@ -239,7 +216,7 @@ fn connect(options: &Options) -> Result<SslStream<TcpStream>, Failure> {
         None => open_tcp(server)?,
     };
     if options.starttls {
-        starttls(&mut tcp, server)?;
+        starttls::client(&mut tcp, Dialect::Line, server)?;
     }
     let (mut config, name) = options.common.configure(&connector)?;
     // The server's certificate, kept from the verification itself: OpenSSL 1.1.1

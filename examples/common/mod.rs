@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod client;
 pub mod line;
+pub mod starttls;
 
 use std::io;
 use std::os::fd::AsFd;
