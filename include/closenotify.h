@@ -5,12 +5,15 @@
  * Regenerate with `CLOSENOTIFY_BLESS=1 cargo test --test header`.
  * The guide to this API is docs/c-api.md.
  *
- * Language: C99 or later, or C++98 or later (the header uses stdbool.h and
- * stdint.h).
+ * Language: C99 or later, C++98 or later, or C89 with a compiler that provides
+ * stdbool.h and stdint.h (GCC, Clang), warning-free with -pedantic-errors.
  *
- * Ownership: the caller keeps its SSL* and its socket. No function here frees an
- * SSL* or closes an fd. Thread safety: a shutdown object (and the SSL* under it)
- * is used by one thread at a time. No function raises SIGPIPE.
+ * Ownership: the caller keeps its SSL* and its socket, except when it hands
+ * them to a closer (closenotify_closer_add, _add_shutdown): the closer frees
+ * the SSL* and closes the fd when their shutdown ends. No other function frees
+ * an SSL* or closes an fd. Thread safety: a shutdown object (and the SSL* under
+ * it), or a closer, is used by one thread at a time. No function raises
+ * SIGPIPE.
  *
  * ABI: names and numbers never change. closenotify_policy and
  * closenotify_report end in reserved words that later versions fill with new
@@ -51,6 +54,11 @@ extern "C" {
  versions, written as zero.
  */
 #define CLOSENOTIFY_REPORT_RESERVED 2
+
+/*
+ Connections being shut down on the host's event loop thread. Opaque.
+ */
+typedef struct closenotify_closer closenotify_closer;
 
 /*
  A shutdown in progress, for the step API. Opaque.
@@ -251,6 +259,21 @@ typedef struct {
 } closenotify_report;
 
 /*
+ A finished connection: the tag given to `closenotify_closer_add`, and how
+ the connection ended.
+ */
+typedef struct {
+  /*
+   The caller's tag.
+   */
+  uint64_t tag;
+  /*
+   How it ended.
+   */
+  closenotify_report report;
+} closenotify_closed;
+
+/*
  What `closenotify_shutdown_step` waits for.
  */
 typedef uint32_t closenotify_wait;
@@ -296,6 +319,13 @@ typedef int (*closenotify_sink)(void *ctx, const uint8_t *data, size_t len);
  shutdown was abandoned there (nothing more read; the report is not written).
  */
 #define CLOSENOTIFY_ERR_SINK 5
+
+/*
+ The system refused what a closer needs (an epoll instance, watching an fd,
+ waiting on it: ENOMEM, EMFILE ...); `closenotify_last_error` says what. Nothing
+ changed hands.
+ */
+#define CLOSENOTIFY_ERR_SYSTEM 6
 
 /*
  Send close_notify, half-close, wait for the peer's close_notify (default).
@@ -460,7 +490,7 @@ const char *closenotify_alert_name(int alert);
 
 /*
  The name of a result code: "ok", "null_argument", "invalid_argument",
- "wrong_state", "panic", "sink"; "unknown" for any other value. The string is
+ "wrong_state", "panic", "sink", "system"; "unknown" for any other value. The string is
  static.
  */
 const char *closenotify_result_name(closenotify_result result);
@@ -475,6 +505,163 @@ const char *closenotify_result_name(closenotify_result result);
  `buf` is NULL or writable for `len` bytes.
  */
 size_t closenotify_last_error(char *buf, size_t len);
+
+/*
+ Makes a closer, with `policy` (NULL: the defaults) for the connections added
+ without one of their own. Make one per event-loop thread; a closer is used by
+ one thread at a time.
+
+ Returns `CLOSENOTIFY_OK` (`*out` is written), `CLOSENOTIFY_ERR_NULL_ARGUMENT`
+ (`out` NULL), `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (a bad policy, or a STOPTLS
+ one; `closenotify_last_error` says which) or `CLOSENOTIFY_ERR_SYSTEM` (no
+ epoll instance).
+
+ # Safety
+ `policy` is NULL or readable; `out` is NULL or writable.
+ */
+closenotify_result closenotify_closer_new(const closenotify_policy *policy,
+                                          closenotify_closer **out);
+
+/*
+ Hands a connection over: its shutdown starts now, under `policy` (NULL: the
+ closer's), and `tag` comes back with its report. On `CLOSENOTIFY_OK` the
+ closer owns `ssl` and `fd` from then on: it frees the one (`SSL_free`) and
+ closes the other when the shutdown ends (or when the closer is freed); do not
+ use, free or close them again. On any error nothing changes hands and
+ nothing is done to either.
+
+ `ssl` must read and write through OpenSSL's socket (or fd) BIO on `fd`, as
+ `SSL_set_fd(ssl, fd)` sets it up. The fd's blocking mode does not matter: the
+ shutdown's calls never block and never raise SIGPIPE.
+
+ Returns `CLOSENOTIFY_OK`, `CLOSENOTIFY_ERR_NULL_ARGUMENT` (`closer` or `ssl`
+ NULL), `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (a bad fd, an `ssl` not on `fd`, a
+ bad or STOPTLS policy), `CLOSENOTIFY_ERR_WRONG_STATE` (a shutdown object on
+ this `ssl` is alive) or `CLOSENOTIFY_ERR_SYSTEM` (the fd cannot be watched).
+
+ # Safety
+ `closer` is NULL or a live closer; `ssl` is a valid `SSL*` the caller owns,
+ used by no other thread; `fd` is its socket, open; `policy` is NULL or
+ readable.
+ */
+closenotify_result closenotify_closer_add(closenotify_closer *closer,
+                                          SSL *ssl,
+                                          int fd,
+                                          const closenotify_policy *policy,
+                                          uint64_t tag);
+
+/*
+ Hands over a shutdown object from `closenotify_shutdown_new`, before its
+ first step, with what was handed to it (`closenotify_shutdown_set_unsent`,
+ `_set_error`) and its policy: for a connection whose last write stopped half
+ way or whose last call failed. `tag` comes back with its report. On
+ `CLOSENOTIFY_OK` the closer owns `sd` and the `SSL*` and fd it was made with:
+ do not step, free, use or close any of them again. On an error nothing
+ changes hands.
+
+ Returns `CLOSENOTIFY_OK`, `CLOSENOTIFY_ERR_NULL_ARGUMENT`,
+ `CLOSENOTIFY_ERR_INVALID_ARGUMENT` (a STOPTLS policy),
+ `CLOSENOTIFY_ERR_WRONG_STATE` (the shutdown has had its first step),
+ `CLOSENOTIFY_ERR_SYSTEM` (the fd cannot be watched) or
+ `CLOSENOTIFY_ERR_PANIC` (a bug in closenotify: `sd` is then gone, do not
+ free it).
+
+ # Safety
+ `closer` is NULL or a live closer; `sd` is NULL or a live shutdown object
+ whose `SSL*` and fd the caller owns.
+ */
+closenotify_result closenotify_closer_add_shutdown(closenotify_closer *closer,
+                                                   closenotify_shutdown *sd,
+                                                   uint64_t tag);
+
+/*
+ The fd to watch for readability in the host's event loop (an epoll
+ instance): when it is readable, call `closenotify_closer_process`. -1 for a
+ NULL closer. The fd belongs to the closer: do not close it.
+
+ # Safety
+ `closer` is NULL or a live closer.
+ */
+int closenotify_closer_fd(const closenotify_closer *closer);
+
+/*
+ Milliseconds until the closer's next deadline, for the host loop's poll
+ timeout: rounded up (waking before the deadline would only cost another
+ call), 0 if one has passed, -1 if there is none (nothing pending). Call
+ `closenotify_closer_process` when it runs out, whatever the fd says.
+
+ # Safety
+ `closer` is NULL (-1) or a live closer.
+ */
+int closenotify_closer_timeout_ms(const closenotify_closer *closer);
+
+/*
+ Makes all the progress possible now, without blocking: handles what the
+ closer's fd reported and the deadlines that passed, and closes the
+ connections that finished before this call. Call it when the closer's fd is
+ readable or its timeout ran out (calling it more often is harmless). The
+ reports wait for `closenotify_closer_reports`.
+
+ Returns `CLOSENOTIFY_OK`, `CLOSENOTIFY_ERR_NULL_ARGUMENT` or
+ `CLOSENOTIFY_ERR_SYSTEM` (epoll_wait failed; the next call tries again,
+ nothing is lost).
+
+ # Safety
+ `closer` is NULL or a live closer.
+ */
+closenotify_result closenotify_closer_process(closenotify_closer *closer);
+
+/*
+ Takes finished connections' reports, oldest first: writes up to `len` of
+ them to `out` and their number to `*n`. Each report is handed out exactly
+ once: those written are removed, the rest wait for the next call. Call it
+ after `closenotify_closer_process` (or `_finish`) until `*n` < `len`.
+
+ Returns `CLOSENOTIFY_OK` or `CLOSENOTIFY_ERR_NULL_ARGUMENT` (`closer` or `n`
+ NULL, or `out` NULL with `len` not 0).
+
+ # Safety
+ `closer` is NULL or a live closer; `out` is writable for `len` elements (or
+ NULL with `len` 0); `n` is NULL or writable.
+ */
+closenotify_result closenotify_closer_reports(closenotify_closer *closer,
+                                              closenotify_closed *out,
+                                              size_t len,
+                                              size_t *n);
+
+/*
+ Connections whose shutdown is still running (their reports are not out
+ yet). 0 for a NULL closer.
+
+ # Safety
+ `closer` is NULL or a live closer.
+ */
+size_t closenotify_closer_pending(const closenotify_closer *closer);
+
+/*
+ Blocks until every pending shutdown has ended (each within its policy) and
+ every connection is closed; the reports wait for
+ `closenotify_closer_reports`. For a program that exits.
+
+ Returns `CLOSENOTIFY_OK`, `CLOSENOTIFY_ERR_NULL_ARGUMENT` or
+ `CLOSENOTIFY_ERR_SYSTEM` (epoll_wait failed).
+
+ # Safety
+ `closer` is NULL or a live closer.
+ */
+closenotify_result closenotify_closer_finish(closenotify_closer *closer);
+
+/*
+ Frees the closer; NULL is fine. Connections still pending are aborted: each
+ `SSL` is freed and each fd closed at once, without waiting further and
+ without a report (their peers see a truncation; call
+ `closenotify_closer_finish` first to let them end under their policies).
+ Reports not yet taken are discarded.
+
+ # Safety
+ `closer` is NULL or a closer from `closenotify_closer_new` not yet freed.
+ */
+void closenotify_closer_free(closenotify_closer *closer);
 
 /*
  Fills `policy` with the defaults: bidirectional, 3000 ms flush and peer

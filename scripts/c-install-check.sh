@@ -107,7 +107,7 @@ static_prefix="$work/static"
 cargo cinstall --release --prefix "$static_prefix" --libdir lib --library-type staticlib \
     --target-dir "${CARGO_TARGET_DIR:-target}/cinstall" >/dev/null 2>&1 || fail "the static-only install failed"
 cflags=(-std=c11 -Wall -Wextra -Wpedantic -Werror)
-programs=(examples/c/*.c tests/c/cn_test.c tests/c/cn_errors.c)
+programs=(examples/c/*.c tests/c/cn_test.c tests/c/cn_errors.c tests/c/cn_closer.c)
 for src in "${programs[@]}"; do
     name=$(basename "$src" .c)
     # shellcheck disable=SC2046

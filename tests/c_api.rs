@@ -92,7 +92,7 @@ impl External {
 
 /// The C shutdown APIs: blocking, and the step API with and without poll()'s
 /// revents.
-const APIS: [&str; 3] = ["blocking", "step", "step-revents"];
+const APIS: [&str; 4] = ["blocking", "step", "step-revents", "closer"];
 
 /// `openssl s_server` for exactly one connection, on the port it chose (see
 /// `util::process::s_server`).
@@ -278,8 +278,9 @@ fn a_reset_peer_does_not_kill_a_c_program_with_default_sigpipe() {
 // failure of the application's last call (closenotify_shutdown_set_error).
 // ---------------------------------------------------------------------------
 
-/// The step APIs, the only ones that take a handover.
-const STEP_APIS: [&str; 2] = ["step", "step-revents"];
+/// The APIs that take a handover: the step APIs, and the closer (through a
+/// shutdown object given to `closenotify_closer_add_shutdown`).
+const HANDOVER_APIS: [&str; 3] = ["step", "step-revents", "closer"];
 
 /// `cn_test API unsent` against `peer.py sink`: cn_test fills the socket
 /// buffers until an SSL_write stalls half way through a record, and says so;
@@ -338,7 +339,7 @@ fn unsent_run(api: &str, tls: Tls, handover: bool) -> (Fields, Fields, Fields) {
 #[test]
 fn unsent_data_handed_over_is_sent_before_close_notify() {
     for tls in BOTH {
-        for api in STEP_APIS {
+        for api in HANDOVER_APIS {
             let (stalled, r, received) = unsent_run(api, tls, true);
             r.expect("outcome", "clean")
                 .expect("initiator", "0")
@@ -402,7 +403,7 @@ fn handed_over(r: &Fields, outcome: &str, os_error: i32, alert: &str) -> bool {
 /// control) it does not.
 fn failed_read_is_reported(mode: &str, scenario: &str, outcome: &str, os_error: i32, alert: &str) {
     for tls in BOTH {
-        for api in STEP_APIS {
+        for api in HANDOVER_APIS {
             let peer = python(tls, mode);
             let r = cn_run(api, scenario, tls, &peer, &[]);
             assert!(
@@ -447,7 +448,7 @@ fn a_read_failed_on_a_fatal_alert_is_reported_peer_alert() {
 #[test]
 fn a_want_read_handed_over_is_ignored() {
     for tls in BOTH {
-        for api in STEP_APIS {
+        for api in HANDOVER_APIS {
             let mut peer = python(tls, "answer");
             let r = cn_test(api, "want-read", tls, &peer, &[]);
             expect_clean_local(&r);

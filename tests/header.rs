@@ -75,7 +75,8 @@ fn header_compiles_in_every_c_and_cpp() {
                 #include <closenotify.h>\n\
                 int main(void) {\n\
                   closenotify_policy p; closenotify_report r; closenotify_shutdown *sd = 0;\n\
-                  closenotify_policy_init(&p); (void)r; (void)sd;\n\
+                  closenotify_closer *c = 0; closenotify_closed done;\n\
+                  closenotify_policy_init(&p); (void)r; (void)sd; (void)c; (void)done;\n\
                   return closenotify_version() == 0;\n\
                 }\n";
     let dir = std::env::temp_dir().join(format!("closenotify-header-{}", std::process::id()));

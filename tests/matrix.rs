@@ -324,15 +324,18 @@ enum Adapter {
     CBlocking,
     /// cn_test: the step API told poll()'s revents.
     CStep,
+    /// cn_test: handed to a C closer, whose fd is polled. The socket is
+    /// blocking: the closer copes.
+    CCloser,
 }
 
 fn adapters() -> Vec<Adapter> {
     // Under valgrind, every row once through the C library's event-loop path
     // (tests/c_api.rs runs the blocking path there).
     if cbuild::valgrind_mode() {
-        return vec![Adapter::CStep];
+        return vec![Adapter::CStep, Adapter::CCloser];
     }
-    let c = vec![Adapter::CBlocking, Adapter::CStep];
+    let c = vec![Adapter::CBlocking, Adapter::CStep, Adapter::CCloser];
     let mut all = vec![
         Adapter::Blocking,
         Adapter::Mio,
@@ -348,7 +351,7 @@ fn adapters() -> Vec<Adapter> {
 impl Adapter {
     fn roles(self) -> &'static [Role] {
         match self {
-            Adapter::CBlocking | Adapter::CStep => &[Role::Client],
+            Adapter::CBlocking | Adapter::CStep | Adapter::CCloser => &[Role::Client],
             _ => &ROLES,
         }
     }
@@ -359,7 +362,11 @@ impl Adapter {
     /// records than a level-triggered wait sees.
     fn slack(self) -> u32 {
         match self {
-            Adapter::Blocking | Adapter::Raw | Adapter::Closer | Adapter::CBlocking => 1,
+            Adapter::Blocking
+            | Adapter::Raw
+            | Adapter::Closer
+            | Adapter::CBlocking
+            | Adapter::CCloser => 1,
             _ => 2,
         }
     }
@@ -413,7 +420,7 @@ impl Adapter {
             Adapter::Tokio(multi_thread) => {
                 tokio_run(behaviour, ctx, role, policy, multi_thread, held)
             }
-            Adapter::CBlocking | Adapter::CStep => {
+            Adapter::CBlocking | Adapter::CStep | Adapter::CCloser => {
                 return c_run(self, behaviour, ctx, policy, release, held)
             }
         };
@@ -532,10 +539,10 @@ fn c_run(
     };
     let limit = cbuild::upper_ms(100).to_string();
     let mut args = vec![
-        if adapter == Adapter::CStep {
-            "step-revents"
-        } else {
-            "blocking"
+        match adapter {
+            Adapter::CStep => "step-revents",
+            Adapter::CCloser => "closer",
+            _ => "blocking",
         },
         scenario,
         &port,
@@ -551,7 +558,7 @@ fn c_run(
         "--reset",
         reset,
     ];
-    if adapter == Adapter::CStep {
+    if adapter != Adapter::CBlocking {
         args.extend(["--step-limit-ms", &limit]);
     }
     let ran = cbuild::run_c(cbuild::cn_test(), &args);

@@ -1,9 +1,9 @@
 /*
  * echo_server.c: a TLS echo server in plain C on the OpenSSL C API. One thread,
- * one poll() loop over the listening socket and every connection; each
- * connection is ended with closenotify's step API in that same loop, under the
- * server's own deadline handling: the C counterpart of closenotify's Rust
- * `Closer`.
+ * one poll() loop over the listening socket, every connection and a
+ * closenotify_closer: a connection that is done is handed to the closer with
+ * one call and forgotten; the closer's fd sits in the same poll() set, and its
+ * reports come back with the connection's tag.
  *
  *   echo_server --cert FILE --key FILE [--listen ADDR:PORT]
  *               [--flush-timeout-ms N] [--peer-timeout-ms N]
@@ -23,8 +23,8 @@
  *   --tls12               at most TLS 1.2 (default: TLS 1.2 or 1.3)
  *
  * Output, line-buffered on stdout: first `listening ADDR:PORT`, the address
- * actually bound; then ONE line per connection, printed once its fd is closed,
- * as key=value pairs (here wrapped):
+ * actually bound; then ONE line per connection, printed when its report comes
+ * back from the closer, as key=value pairs (here wrapped):
  *
  *   conn=3 peer=127.0.0.1:50412 outcome=clean initiator=peer stage=half_close
  *   alert=-1 alert_name=none os_error=0 close_notify_sent=1
@@ -33,7 +33,7 @@
  *   trigger=close_notify error=none closing_ms=0 bytes_in=11 bytes_out=11
  *
  * From `outcome` to `detail`: closenotify's report (`elapsed_ms` is the
- * library's, from its first step; `detail` with spaces as `_`). Then the
+ * library's, from the handover; `detail` with spaces as `_`). Then the
  * server's own: `trigger`, why it began closing (`close_notify`: the client's
  * arrived; `idle`; `error`: its own read or write failed); `error`, what its own
  * I/O saw (`none`, `eof`, `os:ERRNO`, `tls:REASON`, `timeout`); `closing_ms`,
@@ -58,30 +58,32 @@
  *
  * Design
  *
- * Deadlines. Every connection has exactly one deadline at a time, on the
- * monotonic clock: its handshake's, its idle timeout's, or, once closenotify
- * has it, now + `timeout_ms` as its last step said. poll()'s timeout is the
- * earliest of them, rounded up to whole milliseconds, so that poll() never
- * returns before a deadline (a step before closenotify's own deadline would
- * change nothing and cost a wake-up). After
- * poll(), each connection is serviced: first what poll() reported for it (data
- * that arrived counts, even past the deadline), then its deadline, if that has
- * passed and progress did not move it. A closing connection is stepped with
- * its revents, or with 0 when only its deadline brought it there: one call
- * either way, as the library checks its own deadline. A wait for the client
- * (idle, handshake) starts from a fresh clock reading when the server last
- * heard from it or answered it, not from the loop's: time the server spent on
- * other connections is never charged to this one. The earliest deadline is
- * a plain minimum over the array: poll() itself scans every descriptor on every
- * call, so the loop is O(n) per wake-up either way. With epoll, where readiness
- * costs O(ready), a heap or a timer wheel would be worth it (the Rust Closer
- * uses a deadline queue).
+ * Deadlines. Every connection being served has exactly one deadline at a time,
+ * on the monotonic clock: its handshake's or its idle timeout's. The closer
+ * keeps the deadlines of the connections it closes, and says how long until
+ * the earliest (closenotify_closer_timeout_ms, rounded up). poll()'s timeout is
+ * the earliest of all, rounded up to whole milliseconds, so that poll() never
+ * returns before a deadline. After poll(), each connection is serviced: first
+ * what poll() reported for it (data that arrived counts, even past the
+ * deadline), then its deadline, if that has passed and progress did not move
+ * it. The closer is processed when its fd is readable or its timeout has run
+ * out; then its reports are taken. A wait for the client (idle, handshake)
+ * starts from a fresh clock reading when the server last heard from it or
+ * answered it, not from the loop's: time the server spent on other
+ * connections is never charged to this one.
+ *
+ * Handing over. The closer owns the SSL* and the fd from the handover on: it
+ * frees the one and closes the other when the shutdown ends (at its next
+ * call, right after the report). The server keeps only what its report line
+ * needs (struct closing, a few dozen bytes instead of the connection's 16 KB
+ * buffer), and gives its address as the tag.
  *
  * Echo still unsent when the shutdown begins (a client that stopped reading).
  * OpenSSL requires a write that returned WANT_WRITE to be retried with the same
  * bytes: a close_notify cannot follow the half-written record. The server hands
- * closenotify the bytes of that write (closenotify_shutdown_set_unsent), which
- * sends them before close_notify, within the policy's flush timeout. When the
+ * closenotify the bytes of that write (closenotify_shutdown_set_unsent, on a
+ * shutdown object given to the closer with closenotify_closer_add_shutdown),
+ * which sends them before close_notify, within the policy's flush timeout. When the
  * timeout passes first, closenotify arms the reset (SO_LINGER {1, 0}), as the
  * policy says, so that close() frees the kernel of a client that does not
  * read.
@@ -90,7 +92,8 @@
  * SSL_ERROR_SSL: EOF without close_notify, reset, alert) must not see
  * SSL_shutdown, OpenSSL says. The server hands closenotify that failure
  * (closenotify_shutdown_set_error: SSL_get_error's code, the errno, and the
- * error queue the call left, untouched until then): nothing is sent, the
+ * error queue the call left, untouched until then; the same shutdown object
+ * goes to the closer): nothing is sent, the
  * session leaves the cache, and the report names the failure (`truncated`,
  * `reset` with its errno, `peer_alert`, `protocol_error`), as the server's own
  * `error` does in its words.
@@ -145,6 +148,9 @@
 
 #define NO_DEADLINE INT64_MAX
 
+/* pfds[0] is the listener, pfds[1] the closer, then the connections. */
+#define FIXED 2
+
 static const char *const USAGE =
     "usage: echo_server --cert FILE --key FILE [--listen ADDR:PORT]\n"
     "                   [--flush-timeout-ms N] [--peer-timeout-ms N]\n"
@@ -181,7 +187,6 @@ static int64_t ms_until(int64_t deadline, int64_t now)
 enum phase {
     PH_HANDSHAKE, /* SSL_accept until it succeeds */
     PH_ECHO,      /* read, write it back */
-    PH_CLOSING,   /* closenotify's step API */
 };
 
 enum trigger { TR_NONE, TR_CLOSE_NOTIFY, TR_IDLE, TR_ERROR };
@@ -200,30 +205,35 @@ static const char *trigger_name(enum trigger t)
     }
 }
 
-struct conn {
+/* What a connection's report line adds to the report: all the server keeps of
+ * a connection the closer has (its address is the tag). */
+struct closing {
     unsigned long id;
-    int fd;
-    SSL *ssl;
-    closenotify_shutdown *sd; /* PH_CLOSING only */
     char peer[INET6_ADDRSTRLEN + 8];
-    enum phase phase;
-    short events;     /* what poll() watches: POLLIN, POLLOUT, 0 for nothing */
-    short revents;    /* what the last poll() reported */
-    int again;        /* work left: service it without waiting */
-    int dead;         /* closed and reported: removed after this round */
-    int64_t deadline; /* the one deadline of the current phase */
-    int64_t handshake_limit;
-    int64_t last_read;
-    int64_t close_start;
     enum trigger trigger;
     char error[80];
-    /* The failed SSL call behind `error`: SSL_get_error's answer and the errno
-     * right after it, for closenotify_shutdown_set_error. */
-    int ssl_error, sys_errno;
+    int64_t start;
     /* Echo handed to closenotify as unsent: counted as echoed once its
      * close_notify, which follows it, is out. */
     size_t handed_over;
     uint64_t bytes_in, bytes_out;
+};
+
+struct conn {
+    struct closing info;
+    int fd;
+    SSL *ssl;
+    enum phase phase;
+    short events;     /* what poll() watches: POLLIN, POLLOUT, 0 for nothing */
+    short revents;    /* what the last poll() reported */
+    int again;        /* work left: service it without waiting */
+    int dead;         /* handed over or closed: removed after this round */
+    int64_t deadline; /* the one deadline of the current phase */
+    int64_t handshake_limit;
+    int64_t last_read;
+    /* The failed SSL call behind `error`: SSL_get_error's answer and the errno
+     * right after it, for closenotify_shutdown_set_error. */
+    int ssl_error, sys_errno;
     /* Echo not yet written: buf[sent..len). A write that returned WANT_WRITE is
      * retried with exactly the same pointer and length, as OpenSSL requires. */
     size_t len, sent;
@@ -232,6 +242,7 @@ struct conn {
 
 struct server {
     SSL_CTX *ctx;
+    closenotify_closer *closer;
     int listener; /* -1 once --max-conns connections were accepted */
     int accept_paused;
     closenotify_policy policy;
@@ -255,7 +266,7 @@ static void token(const char *s, char *out, size_t size)
 
 /*
  * What a failed SSL call says (`err` from SSL_get_error, the errno saved right
- * after the call, the error queue), as one token in c->error; `err` and the
+ * after the call, the error queue), as one token in c->info.error; `err` and the
  * errno are kept for closenotify. The error queue is left as it is: closenotify
  * reads (and empties) it when the connection is handed over; a failed
  * handshake empties it here.
@@ -267,26 +278,26 @@ static void describe_error(struct conn *c, int err, int saved_errno)
     unsigned long e = ERR_peek_last_error();
     if (e == 0) {
         if (err == SSL_ERROR_SYSCALL && saved_errno != 0)
-            snprintf(c->error, sizeof c->error, "os:%d", saved_errno);
+            snprintf(c->info.error, sizeof c->info.error, "os:%d", saved_errno);
         else if (err == SSL_ERROR_SYSCALL)
-            snprintf(c->error, sizeof c->error, "eof"); /* OpenSSL 1.1.1's EOF */
+            snprintf(c->info.error, sizeof c->info.error, "eof"); /* OpenSSL 1.1.1's EOF */
         else
-            snprintf(c->error, sizeof c->error, "ssl_error:%d", err);
+            snprintf(c->info.error, sizeof c->info.error, "ssl_error:%d", err);
     }
 #ifdef ERR_SYSTEM_ERROR
     else if (ERR_SYSTEM_ERROR(e))
-        snprintf(c->error, sizeof c->error, "os:%d", (int)(e & ERR_SYSTEM_MASK));
+        snprintf(c->info.error, sizeof c->info.error, "os:%d", (int)(e & ERR_SYSTEM_MASK));
 #endif
 #ifdef SSL_R_UNEXPECTED_EOF_WHILE_READING
     else if (ERR_GET_LIB(e) == ERR_LIB_SSL &&
              ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
-        snprintf(c->error, sizeof c->error, "eof"); /* OpenSSL 3's EOF */
+        snprintf(c->info.error, sizeof c->info.error, "eof"); /* OpenSSL 3's EOF */
 #endif
     else {
         const char *reason = ERR_reason_error_string(e);
         char tok[64];
         token(reason != NULL ? reason : "unknown", tok, sizeof tok);
-        snprintf(c->error, sizeof c->error, "tls:%s", tok);
+        snprintf(c->info.error, sizeof c->info.error, "tls:%s", tok);
     }
 }
 
@@ -305,7 +316,7 @@ static int wants(struct conn *c, int err)
     return 0;
 }
 
-/* SSL_free and close(): the fd is closed before the line that reports it. */
+/* SSL_free and close(), for a connection the closer never had. */
 static void conn_close(struct server *s, struct conn *c)
 {
     SSL_free(c->ssl); /* SSL_set_fd's BIO does not close the fd */
@@ -322,125 +333,129 @@ static void handshake_failed(struct server *s, struct conn *c)
     conn_close(s, c);
     printf("conn=%lu peer=%s outcome=handshake_failed trigger=handshake error=%s "
            "closing_ms=0 bytes_in=0 bytes_out=0\n",
-           c->id, c->peer, c->error);
+           c->info.id, c->info.peer, c->info.error);
 }
 
-/* A call of the API refused (a bug here, not a misbehaving client): the
- * connection is closed and reported all the same. */
+/* A call of the API refused (a bug here, not a misbehaving client; or the
+ * closer could not watch the fd): the connection, still the server's, is
+ * closed and reported all the same. */
 static void api_failed(struct server *s, struct conn *c, const char *call,
                        closenotify_result rc)
 {
     char msg[256];
     closenotify_last_error(msg, sizeof msg);
-    fprintf(stderr, "echo_server: conn %lu: %s: %s: %s\n", c->id, call,
+    fprintf(stderr, "echo_server: conn %lu: %s: %s: %s\n", c->info.id, call,
             closenotify_result_name(rc), msg);
     ERR_clear_error(); /* a failure not handed over */
-    closenotify_shutdown_free(c->sd);
-    c->sd = NULL;
     conn_close(s, c);
     printf("conn=%lu peer=%s outcome=api_error trigger=%s error=%s "
            "closing_ms=0 bytes_in=%" PRIu64 " bytes_out=%" PRIu64 "\n",
-           c->id, c->peer, trigger_name(c->trigger), closenotify_result_name(rc),
-           c->bytes_in, c->bytes_out);
+           c->info.id, c->info.peer, trigger_name(c->info.trigger), closenotify_result_name(rc),
+           c->info.bytes_in, c->info.bytes_out);
 }
 
 /* ------------------------------------------------------------------------- */
-/* Closing: closenotify's step API, with the server's deadlines.               */
+/* Closing: handed to the closer, reported when it is done.                    */
 /* ------------------------------------------------------------------------- */
 
-static void finish(struct server *s, struct conn *c)
+/* A report from the closer: the line of its connection. */
+static void reported(const closenotify_closed *done)
 {
-    closenotify_report r;
-    closenotify_result rc = closenotify_shutdown_report(c->sd, &r);
-    if (rc != CLOSENOTIFY_OK) {
-        api_failed(s, c, "closenotify_shutdown_report", rc);
-        return;
-    }
-    int64_t closing_ms = (now_ns() - c->close_start) / 1000000;
+    struct closing *k = (struct closing *)(uintptr_t)done->tag;
+    const closenotify_report *r = &done->report;
+    int64_t closing_ms = (now_ns() - k->start) / 1000000;
     /* The unsent echo went out before close_notify did. */
-    if (r.close_notify_sent)
-        c->bytes_out += c->handed_over;
-    /* The shutdown object first, then the SSL* it uses, then the fd. If a
-     * timeout armed SO_LINGER {1, 0}, this close() sends the RST. */
-    closenotify_shutdown_free(c->sd);
-    c->sd = NULL;
-    conn_close(s, c);
-
+    if (r->close_notify_sent)
+        k->bytes_out += k->handed_over;
     char detail[128];
-    token(r.detail != NULL ? r.detail : "none", detail, sizeof detail);
+    token(r->detail != NULL ? r->detail : "none", detail, sizeof detail);
     printf("conn=%lu peer=%s outcome=%s initiator=%s stage=%s alert=%d alert_name=%s "
            "os_error=%d close_notify_sent=%d close_notify_received=%d half_closed=%d "
            "session_resumable=%d discarded_bytes=%" PRIu64 " elapsed_ms=%" PRIu64
            " ssl_calls=%" PRIu32 " tls_version=0x%04x detail=%s trigger=%s error=%s "
            "closing_ms=%" PRId64 " bytes_in=%" PRIu64 " bytes_out=%" PRIu64 "\n",
-           c->id, c->peer, closenotify_outcome_name(r.outcome),
-           r.initiator == CLOSENOTIFY_INITIATOR_PEER ? "peer" : "local",
-           closenotify_stage_name(r.stage), r.alert, closenotify_alert_name(r.alert),
-           r.os_error, r.close_notify_sent ? 1 : 0, r.close_notify_received ? 1 : 0,
-           r.half_closed ? 1 : 0, r.session_resumable ? 1 : 0, r.discarded_bytes,
-           r.elapsed_ms, r.ssl_calls, (unsigned)r.tls_version, detail,
-           trigger_name(c->trigger), c->error, closing_ms, c->bytes_in, c->bytes_out);
+           k->id, k->peer, closenotify_outcome_name(r->outcome),
+           r->initiator == CLOSENOTIFY_INITIATOR_PEER ? "peer" : "local",
+           closenotify_stage_name(r->stage), r->alert, closenotify_alert_name(r->alert),
+           r->os_error, r->close_notify_sent ? 1 : 0, r->close_notify_received ? 1 : 0,
+           r->half_closed ? 1 : 0, r->session_resumable ? 1 : 0, r->discarded_bytes,
+           r->elapsed_ms, r->ssl_calls, (unsigned)r->tls_version, detail,
+           trigger_name(k->trigger), k->error, closing_ms, k->bytes_in, k->bytes_out);
+    free(k);
 }
 
-/* One step, told what poll() reported for the fd (0: only the deadline). */
-static void step(struct server *s, struct conn *c, short revents)
+/* The closer's turn: handles what its fd reported and its deadlines, then
+ * prints the reports of the connections that ended. */
+static int process(struct server *s)
 {
-    closenotify_wait wait;
-    int timeout_ms;
-    closenotify_result rc =
-        closenotify_shutdown_step_revents(c->sd, revents, &wait, &timeout_ms);
+    closenotify_result rc = closenotify_closer_process(s->closer);
     if (rc != CLOSENOTIFY_OK) {
-        api_failed(s, c, "closenotify_shutdown_step_revents", rc);
-        return;
+        char msg[256];
+        closenotify_last_error(msg, sizeof msg);
+        fprintf(stderr, "echo_server: closenotify_closer_process: %s\n", msg);
+        return -1;
     }
-    if (wait == CLOSENOTIFY_WAIT_DONE) {
-        finish(s, c);
-        return;
-    }
-    /* WAIT_TIMER (only with a linger timeout, not used here) watches nothing:
-     * events 0 takes the fd out of poll(), whose POLLHUP would spin. */
-    c->events = wait == CLOSENOTIFY_WAIT_READ    ? POLLIN
-                : wait == CLOSENOTIFY_WAIT_WRITE ? POLLOUT
-                                                 : 0;
-    /* timeout_ms is rounded up by the library: this deadline is not before
-     * its own, so waking for it ends the stage in one step. */
-    c->deadline = now_ns() + ms_to_ns((uint64_t)timeout_ms);
+    closenotify_closed done[64];
+    size_t n;
+    do {
+        rc = closenotify_closer_reports(s->closer, done, 64, &n);
+        if (rc != CLOSENOTIFY_OK)
+            return -1;
+        for (size_t i = 0; i < n; i++)
+            reported(&done[i]);
+        if (n > 0)
+            s->accept_paused = 0; /* descriptors are free again (or about to be) */
+    } while (n == 64);
+    return 0;
 }
 
 /*
- * Hands the connection to closenotify and takes the first step. What the
- * server could not finish is handed over with it: the failure of its own
- * SSL_read or SSL_write (OpenSSL then forbids SSL_shutdown: nothing is sent,
- * and the report names the failure), or else the echo still unsent, which
- * goes out before close_notify under the policy's flush timeout. A write that
- * returned WANT_WRITE is retried with the bytes of that call, buf[sent..len),
- * as OpenSSL requires; closenotify copies them.
+ * Hands the connection to the closer: one call, and the SSL* and the fd are
+ * the closer's. What the server could not finish is handed over with it,
+ * through a shutdown object: the failure of its own SSL_read or SSL_write
+ * (OpenSSL then forbids SSL_shutdown: nothing is sent, and the report names
+ * the failure), or else the echo still unsent, which goes out before
+ * close_notify under the policy's flush timeout. A write that returned
+ * WANT_WRITE is retried with the bytes of that call, buf[sent..len), as
+ * OpenSSL requires; closenotify copies them.
  */
 static void begin_close(struct server *s, struct conn *c, enum trigger why)
 {
-    c->trigger = why;
-    c->close_start = now_ns(); /* not the loop's `now`: others ran since */
-    closenotify_result rc = closenotify_shutdown_new(c->ssl, c->fd, &s->policy, &c->sd);
-    if (rc != CLOSENOTIFY_OK) {
-        api_failed(s, c, "closenotify_shutdown_new", rc);
+    c->info.trigger = why;
+    c->info.start = now_ns(); /* not the loop's `now`: others ran since */
+    struct closing *k = malloc(sizeof *k);
+    if (k == NULL) {
+        api_failed(s, c, "malloc", CLOSENOTIFY_ERR_SYSTEM);
         return;
     }
-    c->phase = PH_CLOSING;
-    if (why == TR_ERROR) {
-        rc = closenotify_shutdown_set_error(c->sd, c->ssl_error, c->sys_errno);
-        if (rc != CLOSENOTIFY_OK) {
-            api_failed(s, c, "closenotify_shutdown_set_error", rc);
-            return;
-        }
-    } else if (c->sent < c->len) {
-        rc = closenotify_shutdown_set_unsent(c->sd, c->buf + c->sent, c->len - c->sent);
-        if (rc != CLOSENOTIFY_OK) {
-            api_failed(s, c, "closenotify_shutdown_set_unsent", rc);
-            return;
-        }
-        c->handed_over = c->len - c->sent;
+    uint64_t tag = (uint64_t)(uintptr_t)k;
+    closenotify_result rc;
+    if (why == TR_ERROR || c->sent < c->len) {
+        closenotify_shutdown *sd = NULL;
+        rc = closenotify_shutdown_new(c->ssl, c->fd, &s->policy, &sd);
+        if (rc == CLOSENOTIFY_OK && why == TR_ERROR)
+            rc = closenotify_shutdown_set_error(sd, c->ssl_error, c->sys_errno);
+        else if (rc == CLOSENOTIFY_OK)
+            rc = closenotify_shutdown_set_unsent(sd, c->buf + c->sent, c->len - c->sent);
+        if (rc == CLOSENOTIFY_OK)
+            rc = closenotify_closer_add_shutdown(s->closer, sd, tag);
+        if (rc != CLOSENOTIFY_OK)
+            closenotify_shutdown_free(sd); /* NULL is fine; still ours on failure */
+        else if (why != TR_ERROR)
+            c->info.handed_over = c->len - c->sent;
+    } else {
+        rc = closenotify_closer_add(s->closer, c->ssl, c->fd, NULL, tag);
     }
-    step(s, c, 0);
+    if (rc != CLOSENOTIFY_OK) {
+        free(k);
+        api_failed(s, c, "handing over", rc);
+        return;
+    }
+    *k = c->info;
+    /* The closer's now: the connection leaves the server's array. */
+    c->ssl = NULL;
+    c->fd = -1;
+    c->dead = 1;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -448,7 +463,7 @@ static void begin_close(struct server *s, struct conn *c, enum trigger why)
 /* ------------------------------------------------------------------------- */
 
 /* The pending echo, written until done (1), blocked (0: c->events set), or
- * failed (-1: c->error set). */
+ * failed (-1: c->info.error set). */
 static int write_pending(struct conn *c)
 {
     while (c->sent < c->len) {
@@ -458,7 +473,7 @@ static int write_pending(struct conn *c)
         int saved = errno;
         if (ret > 0) {
             c->sent += (size_t)ret;
-            c->bytes_out += (uint64_t)ret;
+            c->info.bytes_out += (uint64_t)ret;
             continue;
         }
         int err = SSL_get_error(c->ssl, ret);
@@ -489,7 +504,7 @@ static void echo(struct server *s, struct conn *c)
         if (ret > 0) {
             c->len = (size_t)ret;
             c->sent = 0;
-            c->bytes_in += (uint64_t)ret;
+            c->info.bytes_in += (uint64_t)ret;
             c->last_read = now_ns();
             continue;
         }
@@ -551,10 +566,6 @@ static void service(struct server *s, struct conn *c, int64_t now)
         case PH_ECHO:
             echo(s, c);
             break;
-        case PH_CLOSING:
-            /* The library checks its own deadline in the same step. */
-            step(s, c, c->revents);
-            return;
         }
         /* Progress moved the deadline (or ended the connection). */
         if (c->dead || now < c->deadline)
@@ -562,14 +573,11 @@ static void service(struct server *s, struct conn *c, int64_t now)
     }
     switch (c->phase) {
     case PH_HANDSHAKE:
-        snprintf(c->error, sizeof c->error, "timeout");
+        snprintf(c->info.error, sizeof c->info.error, "timeout");
         handshake_failed(s, c);
         break;
     case PH_ECHO:
         begin_close(s, c, TR_IDLE);
-        break;
-    case PH_CLOSING:
-        step(s, c, 0);
         break;
     }
 }
@@ -605,7 +613,7 @@ static int grow(struct server *s)
     if (conns == NULL)
         return -1;
     s->conns = conns;
-    struct pollfd *pfds = realloc(s->pfds, (cap + 1) * sizeof *pfds);
+    struct pollfd *pfds = realloc(s->pfds, (cap + FIXED) * sizeof *pfds);
     if (pfds == NULL)
         return -1;
     s->pfds = pfds;
@@ -637,15 +645,15 @@ static void open_conn(struct server *s, int fd, const struct sockaddr *sa, sockl
     }
     /* An echo should not wait for Nagle. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    c->id = id;
+    c->info.id = id;
     c->fd = fd;
     c->ssl = ssl;
-    format_addr(sa, len, c->peer, sizeof c->peer);
+    format_addr(sa, len, c->info.peer, sizeof c->info.peer);
     c->phase = PH_HANDSHAKE;
     c->events = POLLIN;
     c->handshake_limit = now_ns() + ms_to_ns(HANDSHAKE_TIMEOUT_MS);
     c->deadline = c->handshake_limit;
-    snprintf(c->error, sizeof c->error, "none");
+    snprintf(c->info.error, sizeof c->info.error, "none");
     s->conns[s->nconns++] = c;
     /* The ClientHello is usually there already. */
     c->again = 1;
@@ -719,9 +727,11 @@ static int listen_on(const char *spec)
 /* The loop                                                                   */
 /* ------------------------------------------------------------------------- */
 
-/* Milliseconds until the earliest deadline, rounded up; -1 for none. */
+/* Milliseconds until the earliest deadline (the closer's included), rounded
+ * up; -1 for none. */
 static int poll_timeout(const struct server *s, int64_t now)
 {
+    int closer_ms = closenotify_closer_timeout_ms(s->closer);
     int64_t earliest = NO_DEADLINE;
     for (size_t i = 0; i < s->nconns; i++) {
         if (s->conns[i]->again)
@@ -729,28 +739,31 @@ static int poll_timeout(const struct server *s, int64_t now)
         if (s->conns[i]->deadline < earliest)
             earliest = s->conns[i]->deadline;
     }
-    if (earliest == NO_DEADLINE)
-        return -1;
-    int64_t ms = ms_until(earliest, now);
+    int64_t ms = earliest == NO_DEADLINE ? -1 : ms_until(earliest, now);
+    if (closer_ms >= 0 && (ms < 0 || closer_ms < ms))
+        ms = closer_ms;
     return ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
 static int run(struct server *s)
 {
     /* Until --max-conns connections were accepted and all are reported. */
-    while (s->listener >= 0 || s->nconns > 0) {
+    while (s->listener >= 0 || s->nconns > 0 || closenotify_closer_pending(s->closer) > 0) {
         int watch_listener = s->listener >= 0 && !s->accept_paused;
         s->pfds[0].fd = watch_listener ? s->listener : -1;
         s->pfds[0].events = POLLIN;
         s->pfds[0].revents = 0;
+        s->pfds[1].fd = closenotify_closer_fd(s->closer);
+        s->pfds[1].events = POLLIN;
+        s->pfds[1].revents = 0;
         for (size_t i = 0; i < s->nconns; i++) {
             struct conn *c = s->conns[i];
             /* A negative fd is skipped by poll(). */
-            s->pfds[i + 1].fd = c->events != 0 ? c->fd : -1;
-            s->pfds[i + 1].events = c->events;
-            s->pfds[i + 1].revents = 0;
+            s->pfds[i + FIXED].fd = c->events != 0 ? c->fd : -1;
+            s->pfds[i + FIXED].events = c->events;
+            s->pfds[i + FIXED].revents = 0;
         }
-        int n = poll(s->pfds, (nfds_t)s->nconns + 1, poll_timeout(s, now_ns()));
+        int n = poll(s->pfds, (nfds_t)s->nconns + FIXED, poll_timeout(s, now_ns()));
         if (n < 0 && errno != EINTR) {
             perror("echo_server: poll");
             return 1;
@@ -758,12 +771,12 @@ static int run(struct server *s)
         int64_t now = now_ns();
         size_t count = s->nconns;
         for (size_t i = 0; i < count; i++)
-            s->conns[i]->revents = n > 0 ? s->pfds[i + 1].revents : 0;
+            s->conns[i]->revents = n > 0 ? s->pfds[i + FIXED].revents : 0;
         int listener_ready = n > 0 && s->pfds[0].revents != 0;
 
         for (size_t i = 0; i < count; i++)
             service(s, s->conns[i], now);
-        /* Reported connections leave the array. */
+        /* Connections handed over or closed leave the array. */
         size_t kept = 0;
         for (size_t i = 0; i < count; i++) {
             if (s->conns[i]->dead)
@@ -772,6 +785,11 @@ static int run(struct server *s)
                 s->conns[kept++] = s->conns[i];
         }
         s->nconns = kept;
+        /* The closer, when its fd says so or its deadline has come (after the
+         * connections: one handed over just now may be done already). */
+        if ((n > 0 && s->pfds[1].revents != 0) || closenotify_closer_timeout_ms(s->closer) == 0)
+            if (process(s) != 0)
+                return 1;
         if (listener_ready)
             accept_all(s);
     }
@@ -867,6 +885,14 @@ int main(int argc, char **argv)
                                    ? idle_ms
                                    : HANDSHAKE_TIMEOUT_MS);
     s->max_conns = max_conns;
+    /* The closer of this thread, with the policy for every connection. */
+    closenotify_result rc = closenotify_closer_new(&s->policy, &s->closer);
+    if (rc != CLOSENOTIFY_OK) {
+        char msg[256];
+        closenotify_last_error(msg, sizeof msg);
+        fprintf(stderr, "echo_server: closenotify_closer_new: %s\n", msg);
+        goto out;
+    }
 
     s->listener = listen_on(listen_spec);
     if (s->listener == -2)
@@ -903,10 +929,14 @@ int main(int argc, char **argv)
     status = run(s);
 
 out:
-    /* Only after a failure is anything still open here. */
+    /* Only after a failure is anything still open here. The closer's pending
+     * shutdowns end under their policy (finish blocks, within it), and their
+     * lines are printed; then it is freed. */
+    if (s->closer != NULL && closenotify_closer_finish(s->closer) == CLOSENOTIFY_OK)
+        process(s);
+    closenotify_closer_free(s->closer);
     for (size_t i = 0; i < s->nconns; i++) {
         struct conn *c = s->conns[i];
-        closenotify_shutdown_free(c->sd);
         SSL_free(c->ssl);
         if (c->fd >= 0)
             close(c->fd);

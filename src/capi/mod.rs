@@ -30,6 +30,7 @@
 //! release that breaks this promise.
 #![allow(non_camel_case_types)]
 
+mod closer;
 mod policy;
 mod report;
 mod shutdown;
@@ -41,6 +42,7 @@ use std::sync::Mutex;
 
 use crate::report::{Alert, Outcome, Stage};
 
+pub use self::closer::*;
 pub use self::policy::*;
 pub use self::report::*;
 pub use self::shutdown::*;
@@ -67,6 +69,10 @@ pub const CLOSENOTIFY_ERR_PANIC: closenotify_result = closenotify_result(4);
 /// The sink of `closenotify_shutdown_blocking_read` returned non-zero: the
 /// shutdown was abandoned there (nothing more read; the report is not written).
 pub const CLOSENOTIFY_ERR_SINK: closenotify_result = closenotify_result(5);
+/// The system refused what a closer needs (an epoll instance, watching an fd,
+/// waiting on it: ENOMEM, EMFILE ...); `closenotify_last_error` says what. Nothing
+/// changed hands.
+pub const CLOSENOTIFY_ERR_SYSTEM: closenotify_result = closenotify_result(6);
 
 thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
@@ -141,7 +147,7 @@ pub extern "C" fn closenotify_alert_name(alert: c_int) -> *const c_char {
 }
 
 /// The name of a result code: "ok", "null_argument", "invalid_argument",
-/// "wrong_state", "panic", "sink"; "unknown" for any other value. The string is
+/// "wrong_state", "panic", "sink", "system"; "unknown" for any other value. The string is
 /// static.
 #[no_mangle]
 pub extern "C" fn closenotify_result_name(result: closenotify_result) -> *const c_char {
@@ -153,6 +159,7 @@ pub extern "C" fn closenotify_result_name(result: closenotify_result) -> *const 
             CLOSENOTIFY_ERR_WRONG_STATE => c"wrong_state",
             CLOSENOTIFY_ERR_PANIC => c"panic",
             CLOSENOTIFY_ERR_SINK => c"sink",
+            CLOSENOTIFY_ERR_SYSTEM => c"system",
             _ => UNKNOWN,
         };
         name.as_ptr()

@@ -33,7 +33,7 @@ pub const CLOSENOTIFY_WAIT_TIMER: closenotify_wait = closenotify_wait(3);
 
 /// A shutdown in progress, for the step API. Opaque.
 pub struct closenotify_shutdown {
-    machine: Shutdown<RawConnection>,
+    pub(super) machine: Shutdown<RawConnection>,
 }
 
 /// The policy (checked first), then the connection, of a call that starts a

@@ -4,7 +4,7 @@
 //! the socket through rust-openssl) is back in place before the stream is freed.
 
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr::NonNull;
 
 use foreign_types::ForeignTypeRef;
@@ -33,10 +33,24 @@ impl Owned {
         Owned { io, stream }
     }
 
+    /// The stream back (the shutdown's BIO detached first).
+    pub(crate) fn into_stream(mut self) -> Stream {
+        self.io.detach();
+        let Owned { io, stream } = self;
+        drop(io);
+        stream
+    }
+
     /// The stream, to free its buffers. Not to read or write, nor to reach its
     /// socket, while the shutdown runs (see `socket`).
     pub(crate) fn stream_mut(&mut self) -> &mut Stream {
         &mut self.stream
+    }
+}
+
+impl AsRawFd for Owned {
+    fn as_raw_fd(&self) -> RawFd {
+        self.io.fd()
     }
 }
 

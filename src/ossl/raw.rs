@@ -34,6 +34,9 @@ use crate::socket;
 #[derive(Debug)]
 pub struct RawConnection {
     io: FdIo,
+    /// The value owns the `SSL` and the fd (a C closer's connection): dropping it
+    /// frees the one and closes the other.
+    owns: bool,
 }
 
 impl RawConnection {
@@ -71,7 +74,38 @@ impl RawConnection {
         }
         // SAFETY: the caller's contract, forwarded.
         let io = unsafe { FdIo::new(ssl, fd) };
-        Ok(RawConnection { io })
+        Ok(RawConnection { io, owns: false })
+    }
+
+    /// As [`new`](RawConnection::new), and the value owns `ssl` and `fd` from
+    /// now on: dropping it frees the `SSL` (`SSL_free`) and closes the fd. On an
+    /// error, nothing changes hands.
+    ///
+    /// # Safety
+    /// As `new`; and `ssl` and `fd` are the caller's to give (nothing else frees
+    /// or closes them).
+    #[cfg(any(feature = "capi", test))]
+    pub(crate) unsafe fn owning(ssl: *mut ffi::SSL, fd: RawFd) -> Result<RawConnection, Error> {
+        // SAFETY: the caller's contract, forwarded.
+        let mut conn = unsafe { RawConnection::new(ssl, fd) }?;
+        conn.owns = true;
+        Ok(conn)
+    }
+
+    /// From now on the value owns the `SSL` and the fd (see `owning`).
+    ///
+    /// # Safety
+    /// They are the caller's to give: nothing else frees or closes them.
+    #[cfg(any(feature = "capi", test))]
+    pub(crate) unsafe fn take_ownership(&mut self) {
+        self.owns = true;
+    }
+
+    /// Gives up what `owning` (or `take_ownership`) took: the caller owns the
+    /// `SSL` and the fd again.
+    #[cfg(any(feature = "capi", test))]
+    pub(crate) fn disown(&mut self) {
+        self.owns = false;
     }
 
     /// The socket.
@@ -92,6 +126,16 @@ impl Drop for RawConnection {
     fn drop(&mut self) {
         self.io.detach();
         ssl::release(self.io.ssl_mut());
+        if self.owns {
+            let ssl = self.io.ssl().as_ptr();
+            // SAFETY: `owning`'s contract: the SSL and the fd are this value's,
+            // freed and closed once, here; nothing uses them afterwards (`io`
+            // only holds their addresses).
+            unsafe {
+                ffi::SSL_free(ssl);
+                libc::close(self.io.fd());
+            }
+        }
     }
 }
 

@@ -57,7 +57,8 @@ static void check_names(void)
     CHECK_STR(closenotify_result_name(CLOSENOTIFY_ERR_WRONG_STATE), "wrong_state");
     CHECK_STR(closenotify_result_name(CLOSENOTIFY_ERR_PANIC), "panic");
     CHECK_STR(closenotify_result_name(CLOSENOTIFY_ERR_SINK), "sink");
-    CHECK_STR(closenotify_result_name(6), "unknown");
+    CHECK_STR(closenotify_result_name(CLOSENOTIFY_ERR_SYSTEM), "system");
+    CHECK_STR(closenotify_result_name(7), "unknown");
     CHECK(CLOSENOTIFY_OK == 0);
 
     /* The RFC 8446 / 5246 alert registry, written out independently of the
@@ -312,6 +313,150 @@ static void check_handover(SSL_CTX *ctx, int fd, const closenotify_policy *polic
     SSL_free(ssl);
 }
 
+/*
+ * The closer's result codes, on SSLs whose handshake never ran (a shutdown of
+ * one is `quiet` at once, sending nothing) on socket pairs of their own: the
+ * closer closes what it takes.
+ */
+static void check_closer(SSL_CTX *ctx, const closenotify_policy *good)
+{
+    /* ---- making one ---- */
+    closenotify_closer *sentinel = (closenotify_closer *)&sentinel;
+    closenotify_closer *closer = sentinel;
+    CHECK_RC(closenotify_closer_new(good, NULL), CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_LAST_ERROR("out is NULL");
+    closenotify_policy bad = *good;
+    bad.peer_timeout_ms = 0;
+    CHECK_RC(closenotify_closer_new(&bad, &closer), CLOSENOTIFY_ERR_INVALID_ARGUMENT);
+    CHECK_LAST_ERROR("peer_timeout_ms");
+    CHECK(closer == sentinel);
+    /* The closer closes every connection: STOPTLS, which keeps it, is refused. */
+    closenotify_policy stoptls = *good;
+    stoptls.mode = CLOSENOTIFY_MODE_STOPTLS;
+    CHECK_RC(closenotify_closer_new(&stoptls, &closer), CLOSENOTIFY_ERR_INVALID_ARGUMENT);
+    CHECK_LAST_ERROR("use the step API for STOPTLS");
+    CHECK(closer == sentinel);
+    CHECK_RC(closenotify_closer_new(NULL, &closer), CLOSENOTIFY_OK); /* the defaults */
+    CHECK(closer != sentinel && closer != NULL);
+
+    /* ---- NULL closers: every call says so, or answers "nothing" ---- */
+    CHECK(closenotify_closer_fd(NULL) == -1);
+    CHECK(closenotify_closer_timeout_ms(NULL) == -1);
+    CHECK(closenotify_closer_pending(NULL) == 0);
+    CHECK_RC(closenotify_closer_process(NULL), CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_LAST_ERROR("closer is NULL");
+    CHECK_RC(closenotify_closer_finish(NULL), CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    closenotify_closed done[2];
+    size_t n = 99;
+    CHECK_RC(closenotify_closer_reports(NULL, done, 2, &n), CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_RC(closenotify_closer_reports(closer, done, 2, NULL), CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_RC(closenotify_closer_reports(closer, NULL, 2, &n), CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_LAST_ERROR("out or n is NULL");
+    CHECK(n == 99);
+    CHECK_RC(closenotify_closer_reports(closer, NULL, 0, &n), CLOSENOTIFY_OK);
+    CHECK(n == 0);
+    closenotify_closer_free(NULL); /* fine */
+
+    /* Empty: a fd to watch, no deadline, nothing pending, nothing to report. */
+    CHECK(closenotify_closer_fd(closer) >= 0);
+    CHECK(closenotify_closer_timeout_ms(closer) == -1);
+    CHECK(closenotify_closer_pending(closer) == 0);
+    CHECK_RC(closenotify_closer_process(closer), CLOSENOTIFY_OK);
+    CHECK_RC(closenotify_closer_finish(closer), CLOSENOTIFY_OK);
+
+    /* ---- refused connections stay the caller's, untouched ---- */
+    int sp[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sp) == 0);
+    SSL *ssl = SSL_new(ctx);
+    CHECK(ssl != NULL && SSL_set_fd(ssl, sp[0]) == 1);
+    CHECK_RC(closenotify_closer_add(NULL, ssl, sp[0], NULL, 1), CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_LAST_ERROR("closer is NULL");
+    CHECK_RC(closenotify_closer_add(closer, NULL, sp[0], NULL, 1),
+             CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_LAST_ERROR("null");
+    CHECK_RC(closenotify_closer_add(closer, ssl, -1, NULL, 1), CLOSENOTIFY_ERR_INVALID_ARGUMENT);
+    CHECK_LAST_ERROR("negative");
+    /* The SSL reads another fd than the one given. */
+    CHECK_RC(closenotify_closer_add(closer, ssl, sp[1], NULL, 1),
+             CLOSENOTIFY_ERR_INVALID_ARGUMENT);
+    CHECK_LAST_ERROR("fd");
+    CHECK_RC(closenotify_closer_add(closer, ssl, sp[0], &stoptls, 1),
+             CLOSENOTIFY_ERR_INVALID_ARGUMENT);
+    CHECK_LAST_ERROR("use the step API for STOPTLS");
+    CHECK_RC(closenotify_closer_add(closer, ssl, sp[0], &bad, 1),
+             CLOSENOTIFY_ERR_INVALID_ARGUMENT);
+    /* A shutdown object on this SSL is alive. */
+    closenotify_shutdown *sd = NULL;
+    CHECK_RC(closenotify_shutdown_new(ssl, sp[0], good, &sd), CLOSENOTIFY_OK);
+    CHECK_RC(closenotify_closer_add(closer, ssl, sp[0], NULL, 1), CLOSENOTIFY_ERR_WRONG_STATE);
+    CHECK_LAST_ERROR("another shutdown of this SSL");
+
+    /* ---- handing a shutdown object over ---- */
+    CHECK_RC(closenotify_closer_add_shutdown(NULL, sd, 1), CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_RC(closenotify_closer_add_shutdown(closer, NULL, 1), CLOSENOTIFY_ERR_NULL_ARGUMENT);
+    CHECK_LAST_ERROR("closer or shutdown is NULL");
+    closenotify_shutdown_free(sd);
+    sd = NULL;
+    CHECK_RC(closenotify_shutdown_new(ssl, sp[0], &stoptls, &sd), CLOSENOTIFY_OK);
+    CHECK_RC(closenotify_closer_add_shutdown(closer, sd, 1), CLOSENOTIFY_ERR_INVALID_ARGUMENT);
+    CHECK_LAST_ERROR("use the step API for STOPTLS");
+    closenotify_shutdown_free(sd); /* still ours */
+    sd = NULL;
+    CHECK_RC(closenotify_shutdown_new(ssl, sp[0], good, &sd), CLOSENOTIFY_OK);
+    closenotify_wait wait = 0xdead;
+    int timeout_ms = -1;
+    CHECK_RC(closenotify_shutdown_step(sd, &wait, &timeout_ms), CLOSENOTIFY_OK);
+    CHECK_RC(closenotify_closer_add_shutdown(closer, sd, 1), CLOSENOTIFY_ERR_WRONG_STATE);
+    CHECK_LAST_ERROR("before its first step");
+    closenotify_shutdown_free(sd); /* still ours */
+    CHECK(closenotify_closer_pending(closer) == 0);
+    /* Nothing was done to the fd: still open, and the other end saw nothing. */
+    CHECK(fcntl(sp[0], F_GETFD) != -1);
+    struct pollfd pfd = {.fd = sp[1], .events = POLLIN, .revents = 0};
+    CHECK(poll(&pfd, 1, 0) == 0);
+
+    /* ---- CLOSENOTIFY_ERR_SYSTEM: a fd the closer watches already ---- */
+    SSL *first = SSL_new(ctx);
+    CHECK(first != NULL && SSL_set_fd(first, sp[0]) == 1);
+    SSL_free(ssl); /* a fresh one: a finished shutdown is kept with its SSL */
+    ssl = SSL_new(ctx);
+    CHECK(ssl != NULL && SSL_set_fd(ssl, sp[0]) == 1);
+    /* The blocking mode of the fd does not matter; the closer keeps it. */
+    int flags = fcntl(sp[0], F_GETFL);
+    CHECK(flags != -1 && (flags & O_NONBLOCK) == 0);
+    /* A closer whose connections never finish on their own before `process`
+     * runs: add the first, then the second on the same fd. */
+    CHECK_RC(closenotify_closer_add(closer, first, sp[0], good, 7), CLOSENOTIFY_OK);
+    /* The first ended at once (no handshake: quiet) and is closed only at the
+     * next process call, so its fd is still watched. */
+    CHECK_RC(closenotify_closer_add(closer, ssl, sp[0], NULL, 8), CLOSENOTIFY_ERR_SYSTEM);
+    CHECK_LAST_ERROR("cannot watch fd");
+    CHECK_STR(closenotify_result_name(CLOSENOTIFY_ERR_SYSTEM), "system");
+    sd = NULL;
+    CHECK_RC(closenotify_shutdown_new(ssl, sp[0], good, &sd), CLOSENOTIFY_OK);
+    CHECK_RC(closenotify_closer_add_shutdown(closer, sd, 9), CLOSENOTIFY_ERR_SYSTEM);
+    CHECK_LAST_ERROR("cannot watch fd");
+    /* Still ours, at the same address: it steps and frees as before. */
+    CHECK_RC(closenotify_shutdown_step(sd, &wait, &timeout_ms), CLOSENOTIFY_OK);
+    CHECK(wait == CLOSENOTIFY_WAIT_DONE);
+    closenotify_shutdown_free(sd);
+    SSL_free(ssl);
+
+    /* ---- the one taken: its report, once, and its fd closed ---- */
+    CHECK_RC(closenotify_closer_process(closer), CLOSENOTIFY_OK);
+    n = 99;
+    CHECK_RC(closenotify_closer_reports(closer, done, 2, &n), CLOSENOTIFY_OK);
+    CHECK(n == 1 && done[0].tag == 7);
+    CHECK(done[0].report.outcome == CLOSENOTIFY_OUTCOME_QUIET);
+    CHECK(done[0].report.detail != NULL);
+    CHECK_RC(closenotify_closer_reports(closer, done, 2, &n), CLOSENOTIFY_OK);
+    CHECK(n == 0);
+    CHECK(fcntl(sp[0], F_GETFD) == -1 && errno == EBADF);
+    CHECK(closenotify_closer_pending(closer) == 0);
+    closenotify_closer_free(closer);
+    CHECK(close(sp[1]) == 0);
+}
+
 static int run_errors(void)
 {
     sigpipe(SIG_DFL);
@@ -516,6 +661,7 @@ static int run_errors(void)
     CHECK(poll(&pfd, 1, 0) == 0);
 
     SSL_free(ssl); /* ours to free; valgrind checks nothing else was */
+    check_closer(ctx, &good);
     SSL_CTX_free(ctx);
     CHECK(close(sp[0]) == 0);
     CHECK(close(sp[1]) == 0);

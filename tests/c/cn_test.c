@@ -3,15 +3,17 @@
  * uses it. Driven by tests/c_api.rs, which starts the peers and checks what this
  * program prints.
  *
- *   cn_test blocking|step|step-revents SCENARIO PORT 1.2|1.3 [OPTIONS]
+ *   cn_test blocking|step|step-revents|closer SCENARIO PORT 1.2|1.3 [OPTIONS]
  *       step-revents: the step API told poll()'s revents
+ *       closer: handed to a closenotify_closer (through a shutdown object
+ *               when something is handed over), its fd polled
  *       SCENARIO: plain           shut down right after the handshake
  *                 peer-initiated  SSL_read until the peer's close_notify first
  *                 alert           forge a TLS record under the TLS layer, wait
  *                                 for the peer's answer (a fatal alert)
  *                 fill            fill the socket's send queue with raw bytes
  *                                 (the peer does not read)
- *               step APIs only, a connection handed over (see `struct handover`):
+ *               step APIs and the closer, a connection handed over (see `struct handover`):
  *                 unsent          SSL_write until WANT_WRITE leaves a record half
  *                                 written, print `stalled written=W unsent=U
  *                                 sha256=H`, hand the failed call's buffer and
@@ -33,9 +35,10 @@
  *                 --tick-ms N          step APIs: wake up at least every N ms,
  *                                      as a poll() loop shared with other
  *                                      sockets does
- *                 --step-limit-ms N    step APIs: fail if one step takes
- *                                      longer (default 100; a step never
- *                                      blocks, but valgrind is slow)
+ *                 --step-limit-ms N    step APIs and the closer: fail if one
+ *                                      step (process call) takes longer
+ *                                      (default 100; a step never blocks,
+ *                                      but valgrind is slow)
  *   cn_test blocking-read|step-read SCENARIO PORT 1.2|1.3 [--limit N] [--abort]
  *           [--peer-timeout-ms N] [--consume-ms N]
  *       the peer's data after our close_notify delivered instead of discarded
@@ -151,6 +154,10 @@ static void conn_open(struct conn *c, int port, int version)
  * to the SSL. */
 static void conn_close(struct conn *c)
 {
+    if (c->ssl == NULL) { /* handed over to a closer, which freed both */
+        SSL_CTX_free(c->ctx);
+        return;
+    }
     CHECK(fcntl(c->fd, F_GETFD) != -1);
     CHECK(SSL_get_fd(c->ssl) == c->fd);
     SSL_free(c->ssl);
@@ -339,6 +346,96 @@ static unsigned shutdown_step(struct conn *c, const closenotify_policy *policy,
     CHECK(fcntl(c->fd, F_GETFL) == flags);
     *out = r;
     return steps;
+}
+
+/*
+ * The closer, driven as a host's event loop drives it: hand the connection over
+ * (with what the application hands over, through a shutdown object), then poll
+ * the closer's fd with its timeout and process, until the report comes. The
+ * closer owns the SSL and the fd from the handover on: `c` forgets them, and the
+ * fd is checked closed once the report is out. Returns the number of process
+ * calls.
+ */
+#define CLOSER_TAG UINT64_C(0x0123456789abcdef)
+
+static unsigned shutdown_closer(struct conn *c, const closenotify_policy *policy,
+                                const struct step_options *opt, const struct handover *h,
+                                closenotify_report *out)
+{
+    closenotify_closer *closer = NULL;
+    CHECK_RC(closenotify_closer_new(policy, &closer), CLOSENOTIFY_OK);
+    int cfd = closenotify_closer_fd(closer);
+    CHECK(cfd >= 0);
+    /* Nothing pending: no deadline, no report. */
+    CHECK(closenotify_closer_timeout_ms(closer) == -1);
+    CHECK(closenotify_closer_pending(closer) == 0);
+
+    if (h != NULL && (h->unsent != NULL || h->has_error)) {
+        closenotify_shutdown *sd = NULL;
+        CHECK_RC(closenotify_shutdown_new(c->ssl, c->fd, policy, &sd), CLOSENOTIFY_OK);
+        if (h->unsent != NULL) {
+            CHECK_RC(closenotify_shutdown_set_unsent(sd, h->unsent, h->unsent_len),
+                     CLOSENOTIFY_OK);
+            memset(h->unsent, 0xEE, h->unsent_len);
+        }
+        if (h->has_error)
+            CHECK_RC(closenotify_shutdown_set_error(sd, h->ssl_error, h->sys_errno),
+                     CLOSENOTIFY_OK);
+        CHECK_RC(closenotify_closer_add_shutdown(closer, sd, CLOSER_TAG), CLOSENOTIFY_OK);
+    } else {
+        /* NULL: the closer's policy. */
+        CHECK_RC(closenotify_closer_add(closer, c->ssl, c->fd, NULL, CLOSER_TAG),
+                 CLOSENOTIFY_OK);
+    }
+    int fd = c->fd;
+    c->ssl = NULL;
+    c->fd = -1;
+
+    int budget_ms = (int)(policy->flush_timeout_ms + policy->peer_timeout_ms +
+                          policy->linger_timeout_ms) + 10 * WAIT_MS;
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    unsigned calls = 0;
+    closenotify_closed done[4];
+    size_t n = 0;
+    for (;;) {
+        struct timespec before;
+        clock_gettime(CLOCK_MONOTONIC, &before);
+        CHECK_RC(closenotify_closer_process(closer), CLOSENOTIFY_OK);
+        /* Processing never blocks. */
+        if (ms_since(&before) > opt->step_limit_ms)
+            FAIL("a process call took %lld ms (limit %lld)", ms_since(&before),
+                 opt->step_limit_ms);
+        calls++;
+        CHECK_RC(closenotify_closer_reports(closer, done, 4, &n), CLOSENOTIFY_OK);
+        if (n > 0)
+            break;
+        CHECK(closenotify_closer_pending(closer) == 1);
+        CHECK(calls < 1000); /* a handful is normal; more is a busy loop */
+        CHECK(ms_since(&start) < budget_ms);
+        int timeout_ms = closenotify_closer_timeout_ms(closer);
+        CHECK(timeout_ms >= 0); /* pending: there is a deadline */
+        struct pollfd pfd = {.fd = cfd, .events = POLLIN, .revents = 0};
+        if (poll(&pfd, 1, timeout_ms) < 0 && errno != EINTR)
+            FAIL("poll: %s", strerror(errno));
+    }
+    CHECK(n == 1 && done[0].tag == CLOSER_TAG);
+    /* Exactly once: nothing more, and nothing pending. */
+    size_t again = 99;
+    CHECK_RC(closenotify_closer_reports(closer, done + 1, 3, &again), CLOSENOTIFY_OK);
+    CHECK(again == 0);
+    CHECK(closenotify_closer_pending(closer) == 0);
+    /* The connection is closed at the next call (the report comes first): the
+     * closer asks for one at once. */
+    if (closenotify_closer_timeout_ms(closer) == 0)
+        CHECK_RC(closenotify_closer_process(closer), CLOSENOTIFY_OK);
+    CHECK(closenotify_closer_timeout_ms(closer) == -1);
+    /* The closer closed the fd: this program opened nothing since, so the
+     * number is free. */
+    CHECK(fcntl(fd, F_GETFD) == -1 && errno == EBADF);
+    closenotify_closer_free(closer);
+    *out = done[0].report;
+    return calls;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -532,7 +629,9 @@ struct scenario_options {
     closenotify_reset reset_on_timeout;
 };
 
-static int run_scenario(int step, const struct step_options *opt, const char *scenario,
+enum driver { BLOCKING, STEP, CLOSER };
+
+static int run_scenario(enum driver driver, const struct step_options *opt, const char *scenario,
                         int port, int version, const struct scenario_options *so)
 {
     closenotify_policy policy;
@@ -571,8 +670,10 @@ static int run_scenario(int step, const struct step_options *opt, const char *sc
     closenotify_report r;
     unsigned steps = 0;
     sigpipe(SIG_DFL);
-    if (step)
+    if (driver == STEP)
         steps = shutdown_step(&c, &policy, opt, so->no_handover ? NULL : &h, &r);
+    else if (driver == CLOSER)
+        steps = shutdown_closer(&c, &policy, opt, so->no_handover ? NULL : &h, &r);
     else
         shutdown_blocking(&c, &policy, &r);
     CHECK(r.tls_version == version);
@@ -819,10 +920,11 @@ static int run_sigpipe(int port, int version)
 static int usage(void)
 {
     fprintf(stderr,
-            "usage: cn_test blocking|step|step-revents plain|peer-initiated|alert PORT "
+            "usage: cn_test blocking|step|step-revents|closer plain|peer-initiated|alert|fill "
+            "PORT "
             "1.2|1.3 [--peer-timeout-ms N] [--flush-timeout-ms N]\n"
             "            [--blocking-fd] [--tick-ms N] [--step-limit-ms N]\n"
-            "       cn_test step|step-revents unsent|read-error|alert-read-error|want-read "
+            "       cn_test step|step-revents|closer unsent|read-error|alert-read-error|want-read "
             "PORT 1.2|1.3 [--no-handover]\n"
             "            [same options]\n"
             "       cn_test blocking-read|step-read plain PORT 1.2|1.3 [--limit N] "
@@ -897,8 +999,11 @@ int main(int argc, char **argv)
         return run_sigpipe((int)port, version);
     }
     if (argc >= 5 && (strcmp(argv[1], "blocking") == 0 || strcmp(argv[1], "step") == 0 ||
-                      strcmp(argv[1], "step-revents") == 0)) {
-        int step = strcmp(argv[1], "blocking") != 0;
+                      strcmp(argv[1], "step-revents") == 0 || strcmp(argv[1], "closer") == 0)) {
+        enum driver driver = strcmp(argv[1], "blocking") == 0 ? BLOCKING
+                             : strcmp(argv[1], "closer") == 0 ? CLOSER
+                                                              : STEP;
+        int step = driver != BLOCKING;
         struct step_options opt = {strcmp(argv[1], "step-revents") == 0, 0, 0, 100};
         struct scenario_options so = {0, 0, 0, 65536, 0, CLOSENOTIFY_RESET_ON_FLUSH_TIMEOUT};
         int version = parse_version(argv[4]);
@@ -929,9 +1034,9 @@ int main(int argc, char **argv)
                 i++;
             } else if (strcmp(argv[i], "--no-handover") == 0 && step)
                 so.no_handover = 1;
-            else if (strcmp(argv[i], "--blocking-fd") == 0 && step)
+            else if (strcmp(argv[i], "--blocking-fd") == 0 && driver == STEP)
                 opt.blocking_fd = 1;
-            else if (strcmp(argv[i], "--tick-ms") == 0 && step && i + 1 < argc &&
+            else if (strcmp(argv[i], "--tick-ms") == 0 && driver == STEP && i + 1 < argc &&
                      parse_uint(argv[i + 1], 60000, &v) && v > 0) {
                 opt.tick_ms = (int)v;
                 i++;
@@ -950,7 +1055,7 @@ int main(int argc, char **argv)
             return usage();
         so.flush_timeout_ms = (unsigned)flush_timeout;
         so.peer_timeout_ms = (unsigned)peer_timeout;
-        return run_scenario(step, &opt, argv[2], (int)port, version, &so);
+        return run_scenario(driver, &opt, argv[2], (int)port, version, &so);
     }
     return usage();
 }

@@ -1,0 +1,363 @@
+//! The engine of the Closers (Rust's [`Closer`](crate::Closer) and C's
+//! `closenotify_closer`): connections being shut down in slots of one mio
+//! registry, their deadlines in a [`DeadlineQueue`], their reports in order.
+//!
+//! A finished connection's report is queued first; its teardown (`SSL_free`,
+//! `close`) waits for the next call, and runs in slices of [`TEARDOWN_SLICE`],
+//! so that a batch of timeouts reaches the caller without waiting behind
+//! thousands of frees.
+
+use std::collections::VecDeque;
+use std::io;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+
+use crate::deadline::DeadlineQueue;
+use crate::machine::{Connection, Progress, Ready};
+use crate::report::Report;
+use crate::shutdown::Shutdown;
+
+/// Finished connections torn down per call: bounded, so that a call that finds
+/// thousands finished returns their reports without waiting behind their frees.
+const TEARDOWN_SLICE: usize = 128;
+
+/// Events handled per `poll` of the engine's own `mio::Poll`.
+const EVENTS: usize = 1024;
+
+pub(crate) struct Engine<C: Connection + AsRawFd, T> {
+    driver: Driver,
+    tokens: Range<usize>,
+    slots: Vec<Slot<C, T>>,
+    free: Vec<usize>,
+    deadlines: DeadlineQueue<(usize, u32)>,
+    /// `handle_timeouts`' list of what is due (kept for its allocation).
+    due: Vec<(Instant, (usize, u32))>,
+    reports: VecDeque<(T, Report)>,
+    /// Finished connections whose teardown waits for the next call.
+    retired: Vec<Shutdown<C>>,
+    pending: usize,
+}
+
+/// Where the engine's readiness comes from.
+enum Driver {
+    /// Its own poll (Rust's `Closer::new`, the C closer), polled by `poll`.
+    Own { poll: Poll, events: Events },
+    /// The caller's registry: the caller polls and hands the events over.
+    Shared(Registry),
+}
+
+struct Slot<C: Connection, T> {
+    generation: u32,
+    entry: Option<Entry<C, T>>,
+}
+
+struct Entry<C: Connection, T> {
+    shutdown: Shutdown<C>,
+    tag: T,
+    /// The deadline of the wait in progress as it stands in the queue (`None`
+    /// before the first wait, and once `handle_timeouts` popped it); queue
+    /// entries with another deadline are stale.
+    deadline: Option<Instant>,
+}
+
+impl<C: Connection + AsRawFd, T> Engine<C, T> {
+    /// An engine with its own `mio::Poll`.
+    pub fn new() -> io::Result<Self> {
+        let poll = Poll::new()?;
+        Ok(Engine::build(
+            Driver::Own {
+                poll,
+                events: Events::with_capacity(EVENTS),
+            },
+            0..usize::MAX,
+        ))
+    }
+
+    /// An engine on the caller's registry, with the caller's tokens.
+    pub fn with_registry(registry: &Registry, tokens: Range<usize>) -> io::Result<Self> {
+        Ok(Engine::build(Driver::Shared(registry.try_clone()?), tokens))
+    }
+
+    fn build(driver: Driver, tokens: Range<usize>) -> Self {
+        Engine {
+            driver,
+            tokens,
+            slots: Vec::new(),
+            free: Vec::new(),
+            deadlines: DeadlineQueue::new(),
+            due: Vec::new(),
+            reports: VecDeque::new(),
+            retired: Vec::new(),
+            pending: 0,
+        }
+    }
+
+    /// The engine's own poll, for a caller that polls its fd (C).
+    #[cfg(feature = "capi")]
+    pub fn own_poll(&self) -> Option<&Poll> {
+        match &self.driver {
+            Driver::Own { poll, .. } => Some(poll),
+            Driver::Shared(_) => None,
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    pub fn reports_waiting(&self) -> usize {
+        self.reports.len()
+    }
+
+    /// Takes `shutdown` (not started): registers its socket and starts it; then,
+    /// if it waits, `waiting` gets its connection (to free buffers it no longer
+    /// needs).
+    ///
+    /// # Errors
+    /// The shutdown and the tag, untouched, when the token range is exhausted or
+    /// the registration fails.
+    // The error hands the caller's shutdown back by value, on a rare path.
+    #[allow(clippy::result_large_err)]
+    pub fn add(
+        &mut self,
+        mut shutdown: Shutdown<C>,
+        tag: T,
+        now: Instant,
+        waiting: impl FnOnce(&mut C),
+    ) -> Result<(), (Shutdown<C>, T, io::Error)> {
+        let Some(index) = self.alloc() else {
+            let error = io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "the closer's token range is exhausted",
+            );
+            return Err((shutdown, tag, error));
+        };
+        let token = Token(self.tokens.start + index);
+        let fd = shutdown.get_ref().as_raw_fd();
+        if let Err(error) = self.register(fd, token) {
+            self.free.push(index);
+            return Err((shutdown, tag, error));
+        }
+        // Registered just now: epoll reports what is already waiting, so the
+        // machine need not try a read before it waits. The connection is closed
+        // with its report, and `now` is always fresh.
+        if let Some(setup) = shutdown.setup() {
+            setup.level_readiness = true;
+            setup.closed_after_report = true;
+        }
+        shutdown.adapter_clock(Instant::now);
+        self.pending += 1;
+        self.slots[index].entry = Some(Entry {
+            shutdown,
+            tag,
+            deadline: None,
+        });
+        self.drive(index, Ready::NONE, now);
+        if let Some(entry) = self.slots[index].entry.as_mut() {
+            waiting(entry.shutdown.get_mut());
+        }
+        Ok(())
+    }
+
+    fn alloc(&mut self) -> Option<usize> {
+        if let Some(index) = self.free.pop() {
+            return Some(index);
+        }
+        let index = self.slots.len();
+        if index >= self.tokens.len() {
+            return None;
+        }
+        self.slots.push(Slot {
+            generation: 0,
+            entry: None,
+        });
+        Some(index)
+    }
+
+    fn register(&self, fd: i32, token: Token) -> io::Result<()> {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        let mut source = SourceFd(&fd);
+        let (registry, shared) = match &self.driver {
+            Driver::Own { poll, .. } => (poll.registry(), false),
+            Driver::Shared(registry) => (registry, true),
+        };
+        match registry.register(&mut source, token, interest) {
+            // Registered with this registry by the caller (a shared poll): the
+            // engine's token replaces the caller's.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && shared => {
+                registry.reregister(&mut source, token, interest)
+            }
+            // On the engine's own poll only the engine registers: the fd is one
+            // of its connections' (whose teardown may still be due).
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(io::Error::new(
+                e.kind(),
+                format!("fd {fd} is already one of this closer's connections"),
+            )),
+            other => other,
+        }
+    }
+
+    /// One event of the poll the engine is registered with; `false` if its token
+    /// is not the engine's.
+    pub fn handle_event(&mut self, event: &Event, now: Instant) -> bool {
+        let token = event.token().0;
+        if !self.tokens.contains(&token) {
+            return false;
+        }
+        // An event for a slot freed (or reused) since it was queued is spurious:
+        // the machine ignores readiness it does not wait for.
+        self.drive(token - self.tokens.start, Ready::from(event), now);
+        true
+    }
+
+    /// The teardown of what finished before this call, then the shutdowns whose
+    /// deadline is at or before `now`.
+    pub fn handle_timeouts(&mut self, now: Instant) {
+        self.teardown();
+        // Only what was due when the call began: a shutdown that asks to be
+        // called again at once (it read its budget of data) waits for the next
+        // call and its fresh `now`.
+        let mut due = std::mem::take(&mut self.due);
+        while let Some((deadline, key)) = self.deadlines.pop_expired(now) {
+            due.push((deadline, key));
+        }
+        for (deadline, (index, generation)) in due.drain(..) {
+            let slot = &mut self.slots[index];
+            let Some(entry) = slot.entry.as_mut() else {
+                continue;
+            };
+            if slot.generation == generation && entry.deadline == Some(deadline) {
+                // Its queue entry is used up: a wait with the same deadline is
+                // queued again.
+                entry.deadline = None;
+                self.drive(index, Ready::NONE, now);
+            }
+        }
+        self.due = due;
+    }
+
+    /// Frees up to `TEARDOWN_SLICE` finished connections.
+    fn teardown(&mut self) {
+        let keep = self.retired.len().saturating_sub(TEARDOWN_SLICE);
+        self.retired.truncate(keep);
+    }
+
+    /// The earliest deadline of a pending shutdown (it may belong to one that has
+    /// finished since: waking for it is harmless); now, while finished
+    /// connections wait for their teardown; `None` when there is neither.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if !self.retired.is_empty() {
+            return Some(Instant::now());
+        }
+        if self.pending == 0 {
+            return None;
+        }
+        self.deadlines.peek()
+    }
+
+    pub fn reports(&mut self) -> std::collections::vec_deque::Drain<'_, (T, Report)> {
+        self.reports.drain(..)
+    }
+
+    /// The oldest `n` reports (or fewer), taken.
+    #[cfg(feature = "capi")]
+    pub fn take_reports(
+        &mut self,
+        n: usize,
+    ) -> std::collections::vec_deque::Drain<'_, (T, Report)> {
+        let n = n.min(self.reports.len());
+        self.reports.drain(..n)
+    }
+
+    fn drive(&mut self, index: usize, ready: Ready, now: Instant) {
+        let slot = &mut self.slots[index];
+        let Some(entry) = slot.entry.as_mut() else {
+            return;
+        };
+        match entry.shutdown.poll(now, ready) {
+            Progress::Wait(wait) => {
+                if entry.deadline != Some(wait.deadline) {
+                    entry.deadline = Some(wait.deadline);
+                    self.deadlines.push(wait.deadline, (index, slot.generation));
+                }
+            }
+            Progress::Done(report) => {
+                let Some(entry) = slot.entry.take() else {
+                    return;
+                };
+                slot.generation = slot.generation.wrapping_add(1);
+                // The report first; the connection is closed (which also removes
+                // it from epoll) at the next call.
+                self.reports.push_back((entry.tag, report));
+                self.retired.push(entry.shutdown);
+                self.free.push(index);
+                self.pending -= 1;
+            }
+        }
+    }
+
+    /// With the engine's own poll: waits for readiness or the next deadline (at
+    /// most `timeout`), then handles what happened. Returns the number of reports
+    /// waiting.
+    ///
+    /// # Errors
+    /// `Unsupported` on the caller's registry; the error of `mio::Poll::poll`
+    /// otherwise (an interrupted wait is not one).
+    pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        let now = Instant::now();
+        let until_deadline = self
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(now));
+        let wait = match (timeout, until_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Driver::Own { poll, events } = &mut self.driver else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this closer is driven by the caller's poll",
+            ));
+        };
+        // The events leave the engine while they are handled (an empty `Events`
+        // allocates nothing), and come back for the next call.
+        let mut taken = std::mem::replace(events, Events::with_capacity(0));
+        let result = match poll.poll(&mut taken, wait) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            other => other,
+        };
+        let now = Instant::now();
+        for event in taken.iter() {
+            self.handle_event(event, now);
+        }
+        self.handle_timeouts(now);
+        if let Driver::Own { events, .. } = &mut self.driver {
+            *events = taken;
+        }
+        result.map(|()| self.reports.len())
+    }
+
+    /// With the engine's own poll: runs until every pending shutdown has reported
+    /// and every finished connection is closed.
+    pub fn finish(&mut self) -> io::Result<()> {
+        while self.pending > 0 {
+            self.poll(None)?;
+        }
+        self.retired.clear();
+        Ok(())
+    }
+}
+
+impl<C: Connection + AsRawFd, T> Drop for Engine<C, T> {
+    /// Connections still pending are closed without waiting further (their
+    /// shutdowns are abandoned and report nothing).
+    fn drop(&mut self) {
+        if self.pending > 0 {
+            log::debug!("closenotify: closer dropped with {} pending", self.pending);
+        }
+    }
+}
