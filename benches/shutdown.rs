@@ -88,6 +88,13 @@ fn main() {
 
 // --- measurement helpers -----------------------------------------------------------
 
+extern "C" {
+    /// OpenSSL 1.1.0+: frees a connection's record buffers if they are empty.
+    fn SSL_free_buffers(ssl: *mut openssl_sys::SSL) -> std::ffi::c_int;
+    /// Points the SSL at a socket BIO on `fd`, as C programs do.
+    fn SSL_set_fd(ssl: *mut openssl_sys::SSL, fd: std::ffi::c_int) -> std::ffi::c_int;
+}
+
 /// CPU time of the calling thread: (user, system).
 fn thread_cpu() -> (Duration, Duration) {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
@@ -275,6 +282,73 @@ fn establish_mio(addr: SocketAddr, n: usize) -> Vec<closenotify::Stream> {
     v
 }
 
+/// A connection as a C program owns one: an `SSL*` on OpenSSL's socket BIO
+/// (`SSL_set_fd`), handshaken, and its socket, non-blocking.
+pub struct RawConn {
+    ssl: *mut openssl_sys::SSL,
+    tcp: std::net::TcpStream,
+}
+
+// SAFETY: the SSL is used by one thread at a time (handshaken on one, moved to
+// the closing thread afterwards).
+unsafe impl Send for RawConn {}
+
+impl RawConn {
+    fn fd(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(&self.tcp)
+    }
+
+    /// The SSL and the fd, given away (to a C closer, which frees and closes them).
+    fn into_raw(self) -> (*mut openssl_sys::SSL, i32) {
+        // Neither the SSL nor the socket is freed or closed here.
+        let me = std::mem::ManuallyDrop::new(self);
+        (me.ssl, me.fd())
+    }
+}
+
+impl Drop for RawConn {
+    fn drop(&mut self) {
+        // SAFETY: the SSL is this value's (SSL_new below); the fd closes after.
+        unsafe { openssl_sys::SSL_free(self.ssl) };
+    }
+}
+
+/// `n` connections as a C program has them (see `RawConn`), handshaken on two
+/// threads.
+fn establish_raw(addr: SocketAddr, n: usize) -> Vec<RawConn> {
+    let ctx = Arc::new(client_ctx());
+    let threads: Vec<_> = (0..2)
+        .map(|t| {
+            let ctx = ctx.clone();
+            std::thread::spawn(move || {
+                (t..n)
+                    .step_by(2)
+                    .map(|_| {
+                        let tcp = std::net::TcpStream::connect(addr).expect("connect");
+                        tcp.set_nodelay(true).unwrap();
+                        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                        let owned = Ssl::new(&ctx).unwrap();
+                        let ssl = foreign_types::ForeignTypeRef::as_ptr(&*owned);
+                        std::mem::forget(owned); // freed by RawConn's drop
+                        let conn = RawConn { ssl, tcp };
+                        // SAFETY: a fresh SSL on an open socket.
+                        unsafe {
+                            assert_eq!(SSL_set_fd(ssl, conn.fd()), 1);
+                            assert_eq!(openssl_sys::SSL_connect(ssl), 1, "handshake");
+                        }
+                        conn.tcp.set_nonblocking(true).unwrap();
+                        conn
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
 // --- 1. per shutdown -----------------------------------------------------------------
 
 mod per_shutdown {
@@ -285,10 +359,13 @@ mod per_shutdown {
         println!("\n1. Per clean bidirectional shutdown ({n} connections per round, {rounds} rounds, median)");
         let policy = Policy::default();
         let (mut cn, mut ro, mut tk, mut tk_bare) = (vec![], vec![], vec![], vec![]);
+        let (mut c_step, mut c_closer) = (vec![], vec![]);
         #[cfg_attr(not(feature = "tokio"), allow(unused_mut))]
         let mut cn_tk: Vec<Cost> = vec![];
         for _ in 0..rounds {
             cn.push(closenotify(peer.answer, n, &policy));
+            c_step.push(c_api::step_loop(peer.answer, n));
+            c_closer.push(c_api::closer(peer.answer, n));
             ro.push(rust_openssl(peer.answer, n));
             tk.push(tokio_openssl(peer.answer, n, true));
             tk_bare.push(tokio_openssl(peer.answer, n, false));
@@ -308,6 +385,8 @@ mod per_shutdown {
         let (ro_cpu, ro_user, ro_sys, ro_wall) = row(&ro);
         let (tk_cpu, tk_user, tk_sys, tk_wall) = row(&tk);
         let (tb_cpu, tb_user, tb_sys, tb_wall) = row(&tk_bare);
+        let (cs_cpu, cs_user, cs_sys, cs_wall) = row(&c_step);
+        let (cc_cpu, cc_user, cc_sys, cc_wall) = row(&c_closer);
         println!(
             "  {:<36} {:>8} {:>10} {:>10} {:>13}",
             "µs per connection", "CPU", "user", "system", "wall"
@@ -319,6 +398,20 @@ mod per_shutdown {
                 cn_user,
                 cn_sys,
                 cn_wall,
+            ),
+            (
+                "C step API, a poll() loop",
+                cs_cpu,
+                cs_user,
+                cs_sys,
+                cs_wall,
+            ),
+            (
+                "C closer (closenotify_closer)",
+                cc_cpu,
+                cc_user,
+                cc_sys,
+                cc_wall,
             ),
             (
                 "rust-openssl shutdown() loop",
@@ -350,9 +443,10 @@ mod per_shutdown {
             println!("  {name:<36} {cpu:>8.2} {user:>10.2} {sys:>10.2} {wall:>13.2}");
         }
         println!(
-            "  CPU ratios: closenotify / rust-openssl = {:.2} (target <= 1.15), closenotify / tokio-openssl = {:.2} (target <= 0.67)",
-            cn_cpu / ro_cpu,
-            cn_cpu / tk_cpu
+            "  CPU ratios: Closer / tokio-openssl = {:.2} (target <= 0.95), C step API / Closer = {:.2} and C closer / Closer = {:.2} (targets <= 1.05)",
+            cn_cpu / tk_cpu,
+            cs_cpu / cn_cpu,
+            cc_cpu / cn_cpu
         );
         println!(
             "  the tokio timer: tokio-openssl with - without its timeout = {:.2} µs CPU, {:.2} µs wall per connection",
@@ -377,6 +471,10 @@ mod per_shutdown {
             "rust_openssl": fig(ro_cpu, ro_user, ro_sys, ro_wall),
             "tokio_openssl": fig(tk_cpu, tk_user, tk_sys, tk_wall),
             "tokio_openssl_without_timeout": fig(tb_cpu, tb_user, tb_sys, tb_wall),
+            "c_step": fig(cs_cpu, cs_user, cs_sys, cs_wall),
+            "c_closer": fig(cc_cpu, cc_user, cc_sys, cc_wall),
+            "c_step_ratio_vs_closer": cs_cpu / cn_cpu,
+            "c_closer_ratio_vs_closer": cc_cpu / cn_cpu,
             "ratio_vs_rust_openssl": cn_cpu / ro_cpu,
             "ratio_vs_tokio_openssl": cn_cpu / tk_cpu,
             "tokio_timer_cpu_us": timer,
@@ -587,6 +685,169 @@ mod per_shutdown {
     }
 }
 
+// --- the C API, called as a C program calls it ------------------------------------------
+
+mod c_api {
+    use super::*;
+    use closenotify::capi::*;
+
+    fn ok(rc: closenotify_result, what: &str) {
+        assert_eq!(rc, CLOSENOTIFY_OK, "{what}");
+    }
+
+    /// The step API driven as `examples/c/echo_server.c` drives it: one poll()
+    /// over every pending socket, rebuilt on every wake-up, each socket stepped
+    /// with its revents or at its deadline.
+    pub fn step_loop(addr: SocketAddr, n: usize) -> Cost {
+        let conns = establish_raw(addr, n);
+        let (cost, clean) = measure(|| run_step_loop(conns));
+        assert_eq!(clean, n, "C step API: not every shutdown was clean");
+        cost
+    }
+
+    pub fn run_step_loop(conns: Vec<RawConn>) -> usize {
+        struct Pending {
+            conn: RawConn,
+            sd: *mut closenotify_shutdown,
+            events: i16,
+            deadline: Instant,
+            done: bool,
+        }
+        let mut clean = 0;
+        let mut report = |sd: *mut closenotify_shutdown| {
+            let mut r = std::mem::MaybeUninit::<closenotify_report>::zeroed();
+            // SAFETY: a finished shutdown object; `r` is writable.
+            ok(unsafe { closenotify_shutdown_report(sd, r.as_mut_ptr()) }, "report");
+            // SAFETY: written by the call above.
+            if unsafe { r.assume_init() }.outcome == CLOSENOTIFY_OUTCOME_CLEAN {
+                clean += 1;
+            }
+            // SAFETY: the object is done with; freed once.
+            unsafe { closenotify_shutdown_free(sd) };
+        };
+        let step = |sd, revents: i16| {
+            let (mut wait, mut timeout) = (CLOSENOTIFY_WAIT_DONE, 0);
+            // SAFETY: a live shutdown object; the outputs are writable.
+            ok(
+                unsafe {
+                    closenotify_shutdown_step_revents(sd, i32::from(revents), &mut wait, &mut timeout)
+                },
+                "step",
+            );
+            (wait, Instant::now() + Duration::from_millis(timeout.max(0) as u64))
+        };
+        let mut pending: Vec<Pending> = Vec::with_capacity(conns.len());
+        for conn in conns {
+            let mut sd = std::ptr::null_mut();
+            // SAFETY: the SSL and its fd, valid; the default policy.
+            ok(
+                unsafe { closenotify_shutdown_new(conn.ssl, conn.fd(), std::ptr::null(), &mut sd) },
+                "shutdown_new",
+            );
+            match step(sd, 0) {
+                (CLOSENOTIFY_WAIT_DONE, _) => report(sd),
+                (wait, deadline) => pending.push(Pending {
+                    conn,
+                    sd,
+                    events: if wait == CLOSENOTIFY_WAIT_WRITE { libc::POLLOUT } else { libc::POLLIN },
+                    deadline,
+                    done: false,
+                }),
+            }
+        }
+        let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(pending.len());
+        while !pending.is_empty() {
+            pfds.clear();
+            pfds.extend(pending.iter().map(|p| libc::pollfd {
+                fd: p.conn.fd(),
+                events: p.events,
+                revents: 0,
+            }));
+            let now = Instant::now();
+            let earliest = pending.iter().map(|p| p.deadline).min().unwrap();
+            let timeout = earliest.saturating_duration_since(now).as_millis() as i32;
+            // SAFETY: `pfds` holds `len` pollfds.
+            unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+            let now = Instant::now();
+            for (p, pfd) in pending.iter_mut().zip(&pfds) {
+                if pfd.revents == 0 && now < p.deadline {
+                    continue;
+                }
+                match step(p.sd, pfd.revents) {
+                    (CLOSENOTIFY_WAIT_DONE, _) => {
+                        report(p.sd);
+                        p.done = true;
+                    }
+                    (wait, deadline) => {
+                        p.events = if wait == CLOSENOTIFY_WAIT_WRITE { libc::POLLOUT } else { libc::POLLIN };
+                        p.deadline = deadline;
+                    }
+                }
+            }
+            // The finished leave: SSL_free, close.
+            pending.retain(|p| !p.done);
+        }
+        clean
+    }
+
+    /// `closenotify_closer`: one call per connection, then the host's loop on its
+    /// fd and timeout until every report is in.
+    pub fn closer(addr: SocketAddr, n: usize) -> Cost {
+        let conns = establish_raw(addr, n);
+        let (cost, clean) = measure(|| run_closer(conns));
+        assert_eq!(clean, n, "C closer: not every shutdown was clean");
+        cost
+    }
+
+    pub fn run_closer(conns: Vec<RawConn>) -> usize {
+        let n = conns.len();
+        let mut closer = std::ptr::null_mut();
+        // SAFETY: the default policy; `closer` is writable.
+        ok(unsafe { closenotify_closer_new(std::ptr::null(), &mut closer) }, "closer_new");
+        for (i, conn) in conns.into_iter().enumerate() {
+            let (ssl, fd) = conn.into_raw();
+            // SAFETY: a live closer; the SSL and the fd are given away.
+            ok(
+                unsafe { closenotify_closer_add(closer, ssl, fd, std::ptr::null(), i as u64) },
+                "closer_add",
+            );
+        }
+        let mut done: Vec<closenotify_closed> = Vec::with_capacity(64);
+        let (mut reports, mut clean) = (0, 0);
+        // SAFETY: a live closer.
+        let cfd = unsafe { closenotify_closer_fd(closer) };
+        while reports < n {
+            let mut pfd = libc::pollfd { fd: cfd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: a live closer; one pollfd.
+            unsafe { libc::poll(&mut pfd, 1, closenotify_closer_timeout_ms(closer)) };
+            // SAFETY: a live closer.
+            ok(unsafe { closenotify_closer_process(closer) }, "process");
+            loop {
+                let mut got = 0;
+                // SAFETY: `done` has room for 64 elements; `got` is writable.
+                ok(
+                    unsafe { closenotify_closer_reports(closer, done.as_mut_ptr(), 64, &mut got) },
+                    "reports",
+                );
+                // SAFETY: the call wrote `got` <= 64 elements.
+                unsafe { done.set_len(got) };
+                reports += got;
+                clean += done.iter().filter(|d| d.report.outcome == CLOSENOTIFY_OUTCOME_CLEAN).count();
+                done.clear();
+                if got < 64 {
+                    break;
+                }
+            }
+        }
+        // SAFETY: a live closer, freed once; its connections are closed.
+        unsafe {
+            ok(closenotify_closer_finish(closer), "finish");
+            closenotify_closer_free(closer);
+        }
+        clean
+    }
+}
+
 // --- 3. mass close ---------------------------------------------------------------------
 
 mod mass {
@@ -602,8 +863,8 @@ mod mass {
         sizes.retain(|&n| n + 200 <= limit);
         println!("\n3. Mass close: N connections shut down at once on one thread (peers answer)");
         println!(
-            "  {:>7} {:>12} {:>12} {:>14} {:>14}",
-            "N", "last report", "per conn", "peak RSS MiB", "RSS delta/conn"
+            "  {:>7} {:>12} {:>12} {:>14} {:>14} {:>12}",
+            "N", "last report", "per conn", "peak RSS MiB", "RSS delta/conn", "peer CPU"
         );
         let mut rows = vec![];
         for &n in &sizes {
@@ -611,6 +872,7 @@ mod mass {
             heap_in_use();
             reset_peak_rss();
             let rss0 = rss_bytes();
+            let peer_cpu0 = peer.cpu();
             let mut closer: Closer = Closer::new(&Policy::default()).unwrap();
             let start = Instant::now();
             for c in conns {
@@ -618,6 +880,7 @@ mod mass {
             }
             closer.finish().unwrap();
             let last = start.elapsed();
+            let peer_cpu = peer.cpu().saturating_sub(peer_cpu0);
             let clean = closer
                 .reports()
                 .filter(|(_, r)| r.outcome == Outcome::Clean)
@@ -625,27 +888,95 @@ mod mass {
             assert_eq!(clean, n);
             let peak = peak_rss_bytes();
             println!(
-                "  {:>7} {:>10.1}ms {:>10.2}µs {:>14.1} {:>14}",
+                "  {:>7} {:>10.1}ms {:>10.2}µs {:>14.1} {:>14} {:>10.1}ms",
                 n,
                 last.as_secs_f64() * 1e3,
                 us(last) / n as f64,
                 peak as f64 / 1048576.0,
-                (peak.saturating_sub(rss0)) / n as u64
+                (peak.saturating_sub(rss0)) / n as u64,
+                peer_cpu.as_secs_f64() * 1e3
             );
             rows.push(json!({
                 "connections": n,
                 "last_report_ms": last.as_secs_f64() * 1e3,
                 "peak_rss_bytes": peak,
                 "rss_before_bytes": rss0,
+                "peer_cpu_ms": peer_cpu.as_secs_f64() * 1e3,
+            }));
+        }
+        // Two Closers on two threads, the connections sharded between them by the
+        // caller (a server with a thread per core), against the same one-thread
+        // peer process.
+        let sharded_sizes: Vec<usize> = sizes.iter().copied().filter(|&n| quick || n >= 5000).collect();
+        println!("  Two Closers on two threads, N/2 connections each:");
+        let mut sharded = vec![];
+        for &n in &sharded_sizes {
+            let mut conns = establish_mio(peer.answer, n);
+            let second = conns.split_off(n / 2);
+            let peer_cpu0 = peer.cpu();
+            let start = Instant::now();
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let threads: Vec<_> = [conns, second]
+                .into_iter()
+                .map(|half| {
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let (cost, clean) = measure(|| {
+                            let mut closer: Closer = Closer::new(&Policy::default()).unwrap();
+                            for c in half {
+                                closer.add(c, ()).unwrap();
+                            }
+                            closer.finish().unwrap();
+                            closer
+                                .reports()
+                                .filter(|(_, r)| r.outcome == Outcome::Clean)
+                                .count()
+                        });
+                        (cost, clean)
+                    })
+                })
+                .collect();
+            let results: Vec<(Cost, usize)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let last = start.elapsed();
+            let peer_cpu = peer.cpu().saturating_sub(peer_cpu0);
+            assert_eq!(results.iter().map(|r| r.1).sum::<usize>(), n);
+            let cpu: Duration = results.iter().map(|(c, _)| c.user + c.system).sum();
+            println!(
+                "  {:>7} {:>10.1}ms {:>10.2}µs   closers' CPU {:.1} ms, peer CPU {:.1} ms",
+                n,
+                last.as_secs_f64() * 1e3,
+                us(last) / n as f64,
+                cpu.as_secs_f64() * 1e3,
+                peer_cpu.as_secs_f64() * 1e3
+            );
+            sharded.push(json!({
+                "connections": n,
+                "last_report_ms": last.as_secs_f64() * 1e3,
+                "closers_cpu_ms": cpu.as_secs_f64() * 1e3,
+                "peer_cpu_ms": peer_cpu.as_secs_f64() * 1e3,
             }));
         }
         let cost = pending_cost(peer, if quick { 500 } else { 10_000.min(limit - 200) });
-        json!({ "runs": rows, "pending_cost": cost })
+        json!({ "runs": rows, "two_threads": sharded, "pending_cost": cost })
     }
 
     /// What an idle connection costs, and what it costs once it is a pending
     /// shutdown (buffers released, waiting for a silent peer).
     fn pending_cost(peer: &peer::Peer, n: usize) -> Value {
+        // OpenSSL's own floor: the same connections with their record buffers
+        // freed (`SSL_free_buffers`), what no shutdown can go below.
+        let floor = {
+            let heap0 = heap_in_use();
+            let conns = establish_mio(peer.silent, n);
+            for c in &conns {
+                // SAFETY: a valid SSL; SSL_free_buffers frees only empty buffers.
+                unsafe { SSL_free_buffers(foreign_types::ForeignTypeRef::as_ptr(c.ssl())) };
+            }
+            let floor = heap_in_use().saturating_sub(heap0) / n as u64;
+            drop(conns);
+            floor
+        };
         let (heap0, rss0) = (heap_in_use(), rss_bytes());
         let conns = establish_mio(peer.silent, n);
         let (heap1, rss1) = (heap_in_use(), rss_bytes());
@@ -671,9 +1002,15 @@ mod mass {
             per(rss0, rss2),
             100.0 * per(heap0, heap2) as f64 / per(heap0, heap1).max(1) as f64
         );
+        println!(
+            "    idle, buffers freed:   heap {:>6} B   (OpenSSL's own state: {:.0}% of an idle connection's heap)",
+            floor,
+            100.0 * floor as f64 / per(heap0, heap1).max(1) as f64
+        );
         closer.finish().unwrap();
         json!({
             "connections": n,
+            "openssl_floor_heap_bytes": floor,
             "idle_heap_bytes": per(heap0, heap1),
             "idle_rss_bytes": per(rss0, rss1),
             "pending_heap_bytes": per(heap0, heap2),
@@ -840,6 +1177,18 @@ mod syscalls {
                     closer.finish().unwrap();
                 })
             }
+            "c-step" => {
+                let conns = establish_raw(peer.answer, n);
+                Box::new(move || {
+                    c_api::run_step_loop(conns);
+                })
+            }
+            "c-closer" => {
+                let conns = establish_raw(peer.answer, n);
+                Box::new(move || {
+                    c_api::run_closer(conns);
+                })
+            }
             "rust-openssl" => {
                 let conns = establish(peer.answer, n, |t| t);
                 Box::new(move || {
@@ -911,6 +1260,26 @@ mod peer {
                 answer,
                 silent,
             }
+        }
+    }
+
+    impl Peer {
+        /// CPU time the peer process has used so far (user + system).
+        pub fn cpu(&self) -> Duration {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                .unwrap_or_default();
+            // After the command name's closing parenthesis: fields 3.., of which
+            // utime and stime are the 14th and 15th of the whole line.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            // SAFETY: sysconf has no memory effects.
+            let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+            Duration::from_micros(f.iter().sum::<u64>() * 1_000_000 / tick)
         }
     }
 

@@ -24,7 +24,7 @@ for l in sys.stdin:
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 printf '%-16s %10s %10s %12s  %s\n' implementation "calls/conn" "close/conn" "w/o close" "top calls (per connection)"
-for impl in closenotify rust-openssl tokio-openssl closenotify-tokio; do
+for impl in closenotify c-step c-closer rust-openssl tokio-openssl closenotify-tokio; do
     mkfifo "$tmp/in"
     "$bin" --syscalls "$impl" "$n" < "$tmp/in" > "$tmp/out" 2>"$tmp/err" &
     pid=$!

@@ -81,7 +81,7 @@ pub unsafe extern "C" fn closenotify_closer_new(
             Ok(p) => p,
             Err(code) => return code,
         };
-        let engine = match Engine::new() {
+        let engine = match Engine::new(RawConnection::free_buffers) {
             Ok(engine) => engine,
             Err(e) => return fail(CLOSENOTIFY_ERR_SYSTEM, format!("epoll_create: {e}")),
         };
@@ -143,8 +143,10 @@ pub unsafe extern "C" fn closenotify_closer_add(
             Err(Error::Busy(msg)) => return fail(CLOSENOTIFY_ERR_WRONG_STATE, msg),
             Err(other) => return fail(CLOSENOTIFY_ERR_INVALID_ARGUMENT, other.to_string()),
         };
+        let mut conn = conn;
+        conn.prepare_for_closer();
         let shutdown = Shutdown::new(conn, &policy);
-        match closer.engine.add(shutdown, tag, Instant::now(), |_| {}) {
+        match closer.engine.add(shutdown, tag, Instant::now()) {
             Ok(()) => CLOSENOTIFY_OK,
             Err((shutdown, _, error)) => {
                 // Not taken: the SSL and the fd go back to the caller untouched.
@@ -211,7 +213,8 @@ pub unsafe extern "C" fn closenotify_closer_add_shutdown(
         let mut machine = unsafe { std::ptr::read(sd) }.machine;
         // SAFETY: the caller's contract: the SSL and the fd are theirs to give.
         unsafe { machine.get_mut().take_ownership() };
-        match closer.engine.add(machine, tag, Instant::now(), |_| {}) {
+        machine.get_mut().prepare_for_closer();
+        match closer.engine.add(machine, tag, Instant::now()) {
             Ok(()) => {
                 // SAFETY: the allocation of Box::into_raw in closenotify_shutdown_new,
                 // its object moved out above: freed without dropping it again.

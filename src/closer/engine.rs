@@ -41,6 +41,10 @@ pub(crate) struct Engine<C: Connection + AsRawFd, T> {
     /// Finished connections whose teardown waits for the next call.
     retired: Vec<Shutdown<C>>,
     pending: usize,
+    /// Frees what a connection holds and no longer needs (OpenSSL's empty record
+    /// buffers): when its shutdown starts waiting, and when it ends (its
+    /// teardown comes a call later).
+    release: fn(&mut C),
 }
 
 /// Where the engine's readiness comes from.
@@ -66,8 +70,8 @@ struct Entry<C: Connection, T> {
 }
 
 impl<C: Connection + AsRawFd, T> Engine<C, T> {
-    /// An engine with its own `mio::Poll`.
-    pub fn new() -> io::Result<Self> {
+    /// An engine with its own `mio::Poll`; `release` as the field says.
+    pub fn new(release: fn(&mut C)) -> io::Result<Self> {
         let poll = Poll::new()?;
         Ok(Engine::build(
             Driver::Own {
@@ -75,15 +79,24 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
                 events: Events::with_capacity(EVENTS),
             },
             0..usize::MAX,
+            release,
         ))
     }
 
     /// An engine on the caller's registry, with the caller's tokens.
-    pub fn with_registry(registry: &Registry, tokens: Range<usize>) -> io::Result<Self> {
-        Ok(Engine::build(Driver::Shared(registry.try_clone()?), tokens))
+    pub fn with_registry(
+        registry: &Registry,
+        tokens: Range<usize>,
+        release: fn(&mut C),
+    ) -> io::Result<Self> {
+        Ok(Engine::build(
+            Driver::Shared(registry.try_clone()?),
+            tokens,
+            release,
+        ))
     }
 
-    fn build(driver: Driver, tokens: Range<usize>) -> Self {
+    fn build(driver: Driver, tokens: Range<usize>, release: fn(&mut C)) -> Self {
         Engine {
             driver,
             tokens,
@@ -94,6 +107,7 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
             reports: VecDeque::new(),
             retired: Vec::new(),
             pending: 0,
+            release,
         }
     }
 
@@ -114,9 +128,7 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
         self.reports.len()
     }
 
-    /// Takes `shutdown` (not started): registers its socket and starts it; then,
-    /// if it waits, `waiting` gets its connection (to free buffers it no longer
-    /// needs).
+    /// Takes `shutdown` (not started): registers its socket and starts it.
     ///
     /// # Errors
     /// The shutdown and the tag, untouched, when the token range is exhausted or
@@ -128,7 +140,6 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
         mut shutdown: Shutdown<C>,
         tag: T,
         now: Instant,
-        waiting: impl FnOnce(&mut C),
     ) -> Result<(), (Shutdown<C>, T, io::Error)> {
         let Some(index) = self.alloc() else {
             let error = io::Error::new(
@@ -159,7 +170,9 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
         });
         self.drive(index, Ready::NONE, now);
         if let Some(entry) = self.slots[index].entry.as_mut() {
-            waiting(entry.shutdown.get_mut());
+            // Waiting now: OpenSSL's record buffers go back until the peer's alert
+            // arrives (with RELEASE_BUFFERS, the ones it then needs are freed again).
+            (self.release)(entry.shutdown.get_mut());
         }
         Ok(())
     }
@@ -287,9 +300,10 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
                 }
             }
             Progress::Done(report) => {
-                let Some(entry) = slot.entry.take() else {
+                let Some(mut entry) = slot.entry.take() else {
                     return;
                 };
+                (self.release)(entry.shutdown.get_mut());
                 slot.generation = slot.generation.wrapping_add(1);
                 // The report first; the connection is closed (which also removes
                 // it from epoll) at the next call.

@@ -119,7 +119,7 @@ impl<T> Closer<T> {
     pub fn new(policy: &Policy) -> io::Result<Self> {
         check_policy(policy)?;
         Ok(Closer {
-            engine: Engine::new()?,
+            engine: Engine::new(Owned::free_buffers)?,
             policy: policy.clone(),
         })
     }
@@ -136,7 +136,7 @@ impl<T> Closer<T> {
     ) -> io::Result<Self> {
         check_policy(policy)?;
         Ok(Closer {
-            engine: Engine::with_registry(registry, tokens)?,
+            engine: Engine::with_registry(registry, tokens, Owned::free_buffers)?,
             policy: policy.clone(),
         })
     }
@@ -184,11 +184,8 @@ impl<T> Closer<T> {
     ) -> Result<(), Rejected<T>> {
         ossl::prepare_for_closer(&mut stream);
         let shutdown = prepare(Shutdown::new(stream, &self.policy)).map_conn(Owned::new);
-        // Waiting now: hand OpenSSL's record buffers back until the peer's alert
-        // arrives (with RELEASE_BUFFERS, the ones it then needs are freed again).
-        let waiting = |conn: &mut Owned| ossl::free_buffers(conn.stream_mut());
         self.engine
-            .add(shutdown, tag, Instant::now(), waiting)
+            .add(shutdown, tag, Instant::now())
             .map_err(|(shutdown, tag, error)| Rejected {
                 stream: shutdown.into_inner().into_stream(),
                 tag,

@@ -86,6 +86,13 @@ pub trait Connection {
     /// OpenSSL holds unprocessed bytes): the transport cannot be handed back
     /// whole then.
     fn keep_transport(&mut self) -> bool;
+    /// Called once, after `begin`, by a shutdown that ends TLS on the
+    /// connection (every mode but STOPTLS): nothing past the peer's close_notify
+    /// is for anyone, so the OpenSSL implementations turn read-ahead on (and back
+    /// off in `end`), and the peer's close_notify takes one `recv` instead of two
+    /// (header, then body). Bytes read ahead stay in OpenSSL's buffer for the
+    /// application's own later reads.
+    fn read_ahead(&mut self) {}
     /// Called once our close_notify has been flushed, before the shutdown reads
     /// for the peer's: from now on nothing may reach the peer. The OpenSSL
     /// implementations swap the write BIO for a sink, so that the answer OpenSSL

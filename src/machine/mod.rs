@@ -372,6 +372,8 @@ impl<C: Connection + ?Sized> Step<'_, C> {
         facts.begun = true;
         if self.policy.mode() == Mode::StopTls {
             facts.transport_tainted = self.conn.keep_transport();
+        } else {
+            self.conn.read_ahead();
         }
         if let Some(err) = setup.prior_error {
             log::debug!("closenotify: the application already saw {err:?}; sending nothing");

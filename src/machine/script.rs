@@ -257,6 +257,9 @@ impl Connection for &mut Script {
     fn keep_transport(&mut self) -> bool {
         (**self).keep_transport()
     }
+    fn read_ahead(&mut self) {
+        (**self).read_ahead()
+    }
     fn seal(&mut self) {
         (**self).seal()
     }

@@ -125,6 +125,9 @@ impl<B: Backend> Connection for B {
     fn keep_transport(&mut self) -> bool {
         ssl::keep_transport(self.ssl_mut())
     }
+    fn read_ahead(&mut self) {
+        ssl::read_ahead(self.ssl_mut())
+    }
     fn seal(&mut self) {
         let sealed = ssl::seal(self.ssl_mut());
         self.set_sealed(sealed);

@@ -41,10 +41,9 @@ impl Owned {
         stream
     }
 
-    /// The stream, to free its buffers. Not to read or write, nor to reach its
-    /// socket, while the shutdown runs (see `socket`).
-    pub(crate) fn stream_mut(&mut self) -> &mut Stream {
-        &mut self.stream
+    /// Frees the connection's empty record buffers (see `ssl::free_buffers`).
+    pub(crate) fn free_buffers(&mut self) {
+        super::ssl::free_buffers(self.io.ssl());
     }
 }
 

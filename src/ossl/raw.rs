@@ -108,6 +108,18 @@ impl RawConnection {
         self.owns = false;
     }
 
+    /// Prepares a connection a C closer owns (see `ssl::prepare_for_closer`).
+    #[cfg(any(feature = "capi", test))]
+    pub(crate) fn prepare_for_closer(&mut self) {
+        ssl::prepare_for_closer(self.io.ssl());
+    }
+
+    /// Frees the connection's empty record buffers (see `ssl::free_buffers`).
+    #[cfg(any(feature = "capi", test))]
+    pub(crate) fn free_buffers(&mut self) {
+        ssl::free_buffers(self.io.ssl());
+    }
+
     /// The socket.
     pub fn fd(&self) -> RawFd {
         self.io.fd()

@@ -43,6 +43,8 @@ struct Saved {
     was_blocking: bool,
     /// `keep_transport` turned read-ahead off.
     read_ahead: bool,
+    /// `read_ahead` turned read-ahead on.
+    read_ahead_added: bool,
     /// `seal` replaced the write BIO by a sink; this is the address of the
     /// original, on which `seal` holds one reference until `end` puts it back.
     sealed_wbio: usize,
@@ -196,6 +198,16 @@ pub(crate) fn alerts(ssl: &SslRef) -> AlertLog {
         .map_or_else(AlertLog::default, |s| s.alerts)
 }
 
+/// A shutdown that ends TLS: read-ahead on, if it is off (see
+/// `Connection::read_ahead`); `end` turns it off again.
+pub(crate) fn read_ahead(ssl: &mut SslRef) {
+    // SAFETY: `ssl` is valid; the read-ahead calls only read/set a flag.
+    if unsafe { SSL_get_read_ahead(ssl.as_ptr()) } == 0 {
+        unsafe { SSL_set_read_ahead(ssl.as_ptr(), 1) };
+        with_saved(ssl, |s| s.read_ahead_added = true);
+    }
+}
+
 /// STOPTLS: read-ahead off, so that OpenSSL reads records exactly and nothing
 /// past the peer's close_notify leaves the socket. Returns whether read-ahead
 /// may already have buffered bytes past what the shutdown will read. (The
@@ -252,6 +264,7 @@ pub(crate) fn end(ssl: &mut SslRef, fd: RawFd) {
     let suspended = std::mem::take(&mut saved.suspended_ignore_eof);
     let was_blocking = std::mem::take(&mut saved.was_blocking);
     let sealed = std::mem::take(&mut saved.sealed_wbio);
+    let read_ahead_added = std::mem::take(&mut saved.read_ahead_added);
     if let Some(previous) = saved.watching.take() {
         // SAFETY: `ssl` is valid; puts back the callback `begin` replaced.
         unsafe { SSL_set_info_callback(ptr, previous) };
@@ -259,6 +272,10 @@ pub(crate) fn end(ssl: &mut SslRef, fd: RawFd) {
     if std::mem::take(&mut saved.read_ahead) {
         // SAFETY: `ssl` is valid; restores the flag `keep_transport` cleared.
         unsafe { SSL_set_read_ahead(ssl.as_ptr(), 1) };
+    }
+    if read_ahead_added {
+        // SAFETY: `ssl` is valid; clears the flag `read_ahead` set.
+        unsafe { SSL_set_read_ahead(ptr, 0) };
     }
     if sealed != 0 {
         // SAFETY: `sealed` is the write BIO `seal` took a reference on; giving
@@ -290,6 +307,31 @@ pub(crate) fn accept_moving_write_buffer(ssl: &SslRef) {
 /// then holds no 16 KiB record buffers.
 pub(crate) fn release_buffers(ssl: &SslRef) {
     set_mode(ssl, ffi::SSL_MODE_RELEASE_BUFFERS);
+}
+
+/// Prepares a connection a closer owns: `SSL_MODE_RELEASE_BUFFERS`, so that
+/// buffers OpenSSL allocates for the last records are freed once empty, and
+/// read-ahead, so that the peer's close_notify takes one `recv` instead of two
+/// (header, then body). Read-ahead may pull in bytes beyond the close_notify;
+/// harmless there, since the closer closes the socket after it (it is off for
+/// connections the caller keeps, which could carry plaintext after TLS).
+pub(crate) fn prepare_for_closer(ssl: &SslRef) {
+    release_buffers(ssl);
+    // SAFETY: `ssl` is valid; SSL_set_read_ahead only sets a flag.
+    unsafe { SSL_set_read_ahead(ssl.as_ptr(), 1) };
+}
+
+/// Frees the record buffers a connection holds, if they are empty
+/// (`SSL_free_buffers`): for a shutdown that waits (it needs none until the
+/// peer's alert arrives) or has ended (OpenSSL keeps the read buffer of the
+/// close_notify it read, even with `SSL_MODE_RELEASE_BUFFERS`, until
+/// `SSL_free`: a closer that frees connections a call later would otherwise
+/// hold one per connection that finished in between).
+pub(crate) fn free_buffers(ssl: &SslRef) {
+    // SAFETY: `ssl` is valid; SSL_free_buffers frees only empty buffers (it
+    // returns 0 and keeps them when data is pending).
+    unsafe { SSL_free_buffers(ssl.as_ptr()) };
+    clear_errors();
 }
 
 /// `SSL_set_mode`: ORs `mode` into the connection's mode bits.

@@ -10,7 +10,6 @@ use openssl::ssl::{ShutdownResult, SslRef, SslStream};
 
 use super::classify::classify_stream;
 use super::core::Backend;
-use super::ext::*;
 use super::ssl;
 use crate::machine::{ShutdownAnswer, TlsError};
 use crate::report::Report;
@@ -44,28 +43,10 @@ pub(crate) fn saved_report<S>(stream: &SslStream<S>) -> Option<Report> {
     ssl::saved_report(stream.ssl())
 }
 
-/// Prepares a stream the [`Closer`](crate::Closer) now owns: `SSL_MODE_RELEASE_BUFFERS`,
-/// so that buffers OpenSSL allocates for the last records are freed once empty,
-/// and read-ahead, so that the peer's close_notify takes one `recv` instead of two
-/// (header, then body). Read-ahead may pull in bytes beyond the close_notify;
-/// harmless here, since the Closer closes the socket after it (it is off for
-/// streams the caller keeps, which could carry plaintext after TLS).
+/// Prepares a stream the [`Closer`](crate::Closer) now owns (see
+/// `ssl::prepare_for_closer`).
 pub(crate) fn prepare_for_closer<S>(stream: &mut SslStream<S>) {
-    ssl::release_buffers(stream.ssl());
-    let ssl = stream_ssl_mut(stream);
-    // SAFETY: `ssl` is valid; SSL_set_read_ahead only sets a flag.
-    unsafe { SSL_set_read_ahead(ssl.as_ptr(), 1) };
-}
-
-/// Frees the record buffers a connection still holds from its handshake or its
-/// application traffic, if they are empty (`SSL_free_buffers`): a shutdown that
-/// waits for the peer needs none until the peer's alert arrives.
-pub(crate) fn free_buffers<S>(stream: &mut SslStream<S>) {
-    let ssl = stream_ssl_mut(stream);
-    // SAFETY: `ssl` is valid; SSL_free_buffers frees only empty buffers (it
-    // returns 0 and keeps them when data is pending).
-    unsafe { SSL_free_buffers(ssl.as_ptr()) };
-    ssl::clear_errors();
+    ssl::prepare_for_closer(stream.ssl());
 }
 
 /// One rust-openssl call on `stream`, on a clean error queue, its failure
