@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use behaviour::Behaviour;
 use closenotify::{Closer, Policy, Report};
 use common::cli;
-use measure::mib;
+use measure::{mib, MIB};
 use opener::Opener;
 use peer::PeerOptions;
 
@@ -180,15 +180,34 @@ fn soak(options: &Options) -> io::Result<bool> {
         .drain_limit(DRAIN_LIMIT)
         .build()
         .map_err(io::Error::other)?;
+    let asked = if pending < options.pending {
+        format!(" (asked {}: the fd limit)", options.pending)
+    } else {
+        String::new()
+    };
     println!(
-        "soak: {} s, {pending} shutdowns pending (asked {}); fd limit {} (soft limit was {})",
-        options.seconds, options.pending, limit.now, limit.was
+        "soak: {} s, {pending} shutdowns pending{asked}, TLS 1.2 and 1.3 in turn",
+        options.seconds
     );
+    if limit.now > limit.was {
+        println!(
+            "fd limit: {} (soft limit raised from {})",
+            limit.now, limit.was
+        );
+    } else {
+        println!(
+            "fd limit: {} (the soft limit was the hard limit)",
+            limit.now
+        );
+    }
     println!(
-        "policy: flush {} ms, peer {} ms, drain limit {} KiB; peers (pid {}) act after 0-{} ms: {}",
+        "policy: flush {} ms, peer {} ms, drain limit {} KiB",
         FLUSH_TIMEOUT.as_millis(),
         options.peer_timeout.as_millis(),
-        DRAIN_LIMIT / 1024,
+        DRAIN_LIMIT / 1024
+    );
+    println!(
+        "peers: pid {}, acting after 0-{} ms: {}",
         peer.child.id(),
         delay_max(options).as_millis(),
         Behaviour::ALL.map(Behaviour::name).join(", ")
@@ -196,13 +215,13 @@ fn soak(options: &Options) -> io::Result<bool> {
 
     let baseline_fds = measure::open_fds();
     println!(
-        "baseline: rss {}, {baseline_fds} fds",
+        "baseline: rss {}, {baseline_fds} fds (before the Closer and the first connection)",
         mib(measure::rss_bytes())
     );
-    let mut run = Run::new(options, &policy, peer.ports.clone(), pending)?;
+    let mut run = Run::new(options, &policy, pending, peer.ports.clone())?;
     run.until(Duration::from_secs(options.seconds))?;
     let abandoned = run.opener.abandon();
-    let stuck = run.drain(&policy)?;
+    let (stuck, drained_in) = run.drain(&policy)?;
     run.print_total();
     let Run {
         tally,
@@ -216,44 +235,42 @@ fn soak(options: &Options) -> io::Result<bool> {
     let end_fds = measure::open_fds();
     peer.stop()?;
 
-    let mut failures = Vec::new();
-    if tally.wrong > 0 {
-        failures.push(format!(
-            "{} reports not the one their peer calls for",
-            tally.wrong
-        ));
-    }
-    if stuck > 0 {
-        failures.push(format!("{stuck} shutdowns still pending after the drain"));
-    }
-    if tally.failed > 0 {
-        failures.push(format!(
-            "{} connections never reached the Closer",
-            tally.failed
-        ));
-    }
-    if end_fds != baseline_fds {
-        failures.push(format!("{end_fds} fds at the end, {baseline_fds} before"));
-    }
     println!(
-        "connections: {} closed, {} wrong, {stuck} stuck, {} never reached the Closer, \
-         {abandoned} handshakes abandoned at the end",
-        tally.closed, tally.wrong, tally.failed
+        "reports: {}, {} wrong; {stuck} shutdowns still pending {:.1} s after the end",
+        tally.closed,
+        tally.wrong,
+        drained_in.as_secs_f64()
+    );
+    println!(
+        "connections that never reached the Closer: {} ({abandoned} handshakes cut short at the end)",
+        tally.failed
     );
     println!(
         "fds: {baseline_fds} before the first connection, {end_fds} after the Closer was dropped"
     );
-    match memory.verdict(options.max_growth_pct) {
-        Ok(line) => println!("{line}"),
-        Err(line) => {
-            println!("{line}");
-            failures.push("RSS grew after warm-up".into());
-        }
+    let rss = memory.verdict(options.max_growth_pct);
+    println!("{}", rss.as_ref().unwrap_or_else(|line| line));
+
+    let mut failures = Vec::new();
+    if tally.wrong > 0 {
+        failures.push("wrong reports");
+    }
+    if stuck > 0 {
+        failures.push("shutdowns stuck");
+    }
+    if tally.failed > 0 {
+        failures.push("connections lost before the Closer");
+    }
+    if end_fds != baseline_fds {
+        failures.push("fds not back to the baseline");
+    }
+    if rss.is_err() {
+        failures.push("RSS grew after warm-up");
     }
     if failures.is_empty() {
         println!("verdict: pass");
     } else {
-        println!("verdict: FAIL: {}", failures.join("; "));
+        println!("verdict: FAIL ({})", failures.join(", "));
     }
     Ok(failures.is_empty())
 }
@@ -349,12 +366,13 @@ impl<'a> Run<'a> {
     fn new(
         options: &'a Options,
         policy: &Policy,
-        ports: Vec<u16>,
         pending: usize,
+        ports: Vec<u16>,
     ) -> io::Result<Run<'a>> {
         let start = Instant::now();
-        let seconds = Duration::from_secs(options.seconds);
-        let warm_up = options.report_every.min(seconds / 3);
+        let warm_up = options
+            .report_every
+            .min(Duration::from_secs(options.seconds.div_ceil(3)));
         Ok(Run {
             options,
             start,
@@ -433,15 +451,15 @@ impl<'a> Run<'a> {
 
     /// After the run: no new connection; the Closer runs until every pending
     /// shutdown has reported, bounded by its policy (plus a margin). Returns
-    /// how many are still pending then (stuck).
-    fn drain(&mut self, policy: &Policy) -> io::Result<usize> {
+    /// how many are still pending then (stuck), and how long it took.
+    fn drain(&mut self, policy: &Policy) -> io::Result<(usize, Duration)> {
+        let started = Instant::now();
         let bound = policy.flush_timeout() + policy.peer_timeout() + Duration::from_secs(5);
-        let deadline = Instant::now() + bound;
-        while self.closer.pending() > 0 && Instant::now() < deadline {
+        while self.closer.pending() > 0 && started.elapsed() < bound {
             self.closer.poll(Some(Duration::from_millis(100)))?;
             self.collect();
         }
-        Ok(self.closer.pending())
+        Ok((self.closer.pending(), started.elapsed()))
     }
 
     fn print_line(&mut self, now: Instant) {
@@ -462,8 +480,8 @@ impl<'a> Run<'a> {
 
     fn print_row(&self, label: &str, rate: f64) {
         let mut row = format!(
-            "{label:>6} {:>10} {:>6} {:>7} {:>8.0}",
-            mib(measure::rss_bytes()),
+            "{label:>5} {:>7.1} {:>5} {:>7} {:>8.0}",
+            measure::rss_bytes() as f64 / MIB,
             measure::open_fds(),
             self.closer.pending(),
             rate
@@ -475,26 +493,26 @@ impl<'a> Run<'a> {
                 w = column(b)
             );
         }
-        row += &format!(" {:>5} {:>5}", self.tally.other(), self.tally.wrong);
+        row += &format!(" {:>5}", self.tally.wrong);
         println!("{row}");
     }
 }
 
 fn print_header() {
     let mut header = format!(
-        "{:>6} {:>10} {:>6} {:>7} {:>8}",
-        "time", "rss", "fds", "pending", "closes/s"
+        "{:>5} {:>7} {:>5} {:>7} {:>8}",
+        "time", "rss MiB", "fds", "pending", "closes/s"
     );
     for b in Behaviour::ALL {
         header += &format!(" {:>w$}", b.outcome().as_str(), w = column(b));
     }
-    header += &format!(" {:>5} {:>5}", "other", "wrong");
+    header += &format!(" {:>5}", "wrong");
     println!("{header}");
 }
 
-/// The width of an outcome's column: its name, and at least 8 digits.
+/// The width of an outcome's column: its name, and at least 6 digits.
 fn column(b: Behaviour) -> usize {
-    b.outcome().as_str().len().max(8)
+    b.outcome().as_str().len().max(6)
 }
 
 // ---------------------------------------------------------------------------
@@ -529,16 +547,6 @@ impl Tally {
 
     fn count(&self, outcome: &str) -> u64 {
         self.per_outcome.get(outcome).copied().unwrap_or(0)
-    }
-
-    /// Reports with an outcome no behaviour calls for.
-    fn other(&self) -> u64 {
-        let expected: Vec<&str> = Behaviour::ALL.map(|b| b.outcome().as_str()).to_vec();
-        self.per_outcome
-            .iter()
-            .filter(|(outcome, _)| !expected.contains(outcome))
-            .map(|(_, n)| n)
-            .sum()
     }
 }
 
@@ -584,9 +592,9 @@ impl Memory {
         let closed = self.closed_at_end.saturating_sub(closed_then).max(1);
         let line = format!(
             "rss: {} after warm-up ({} s), {} at the end: {pct:+.1} % (limit {max_pct} %), \
-             {:+.0} bytes per connection closed since",
+             {:+.0} B per close",
             mib(reference),
-            self.warm_up.as_secs_f64(),
+            self.warm_up.as_secs(),
             mib(self.last),
             growth / closed as f64
         );

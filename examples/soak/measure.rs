@@ -52,9 +52,11 @@ pub fn raise_fd_limit() -> FdLimit {
     }
 }
 
+pub const MIB: f64 = 1024.0 * 1024.0;
+
 /// Bytes as MiB with one decimal.
 pub fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    format!("{:.1} MiB", bytes as f64 / MIB)
 }
 
 /// xorshift64: enough to spread the peers' delays.
