@@ -231,7 +231,7 @@ fn soak(options: &Options) -> io::Result<bool> {
         ..
     } = run;
     drop(closer);
-    drop(opener);
+    let (failed, failures) = opener.finish();
     let end_fds = measure::open_fds();
     peer.stop()?;
 
@@ -243,8 +243,11 @@ fn soak(options: &Options) -> io::Result<bool> {
     );
     println!(
         "connections that never reached the Closer: {} ({abandoned} handshakes cut short at the end)",
-        tally.failed
+        failed
     );
+    for failure in &failures {
+        println!("  {failure}");
+    }
     println!(
         "fds: {baseline_fds} before the first connection, {end_fds} after the Closer was dropped"
     );
@@ -258,7 +261,7 @@ fn soak(options: &Options) -> io::Result<bool> {
     if stuck > 0 {
         failures.push("shutdowns stuck");
     }
-    if tally.failed > 0 {
+    if failed > 0 {
         failures.push("connections lost before the Closer");
     }
     if end_fds != baseline_fds {
@@ -413,7 +416,6 @@ impl<'a> Run<'a> {
         let now = Instant::now();
         self.memory
             .sample(now - self.start, measure::rss_bytes(), self.tally.closed);
-        self.memory.end(self.tally.closed);
         self.print_line(now);
         Ok(())
     }
@@ -433,7 +435,6 @@ impl<'a> Run<'a> {
                 return Err(io::Error::other(rejected.to_string()));
             }
         }
-        self.tally.failed = self.opener.failed;
         self.closer.poll(Some(Duration::from_millis(1)))?;
         self.collect();
         Ok(())
@@ -525,8 +526,6 @@ struct Tally {
     per_outcome: BTreeMap<&'static str, u64>,
     /// Reports that are not the one their behaviour calls for.
     wrong: u64,
-    /// Connections that never reached the Closer (the opener's count).
-    failed: u64,
 }
 
 impl Tally {
@@ -553,12 +552,12 @@ impl Tally {
 /// RSS after warm-up against RSS at the end.
 struct Memory {
     warm_up: Duration,
-    /// RSS at the first sample after the warm-up, and the connections closed by
-    /// then.
+    /// RSS and connections closed at the first sample after the warm-up.
     reference: Option<(u64, u64)>,
-    last: u64,
-    /// The connections closed by the end of the run.
-    closed_at_end: u64,
+    /// The highest RSS sampled after the warm-up.
+    max: u64,
+    /// RSS and connections closed at the last sample (the end of the run).
+    last: (u64, u64),
 }
 
 impl Memory {
@@ -566,8 +565,8 @@ impl Memory {
         Memory {
             warm_up,
             reference: None,
-            last: 0,
-            closed_at_end: 0,
+            max: 0,
+            last: (0, 0),
         }
     }
 
@@ -575,11 +574,10 @@ impl Memory {
         if self.reference.is_none() && elapsed >= self.warm_up {
             self.reference = Some((rss, closed));
         }
-        self.last = rss;
-    }
-
-    fn end(&mut self, closed: u64) {
-        self.closed_at_end = closed;
+        if self.reference.is_some() {
+            self.max = self.max.max(rss);
+        }
+        self.last = (rss, closed);
     }
 
     /// One line on RSS after warm-up; `Err` if it grew more than `max_pct`.
@@ -587,16 +585,17 @@ impl Memory {
         let Some((reference, closed_then)) = self.reference else {
             return Err("rss: the run ended before its warm-up".into());
         };
-        let growth = self.last as f64 - reference as f64;
+        let (end, closed) = self.last;
+        let growth = end as f64 - reference as f64;
         let pct = 100.0 * growth / reference as f64;
-        let closed = self.closed_at_end.saturating_sub(closed_then).max(1);
+        let per_close = growth / closed.saturating_sub(closed_then).max(1) as f64;
         let line = format!(
-            "rss: {} after warm-up ({} s), {} at the end: {pct:+.1} % (limit {max_pct} %), \
-             {:+.0} B per close",
+            "rss: {} after warm-up (the first {} s), {} at the end, at most {} in between\n\
+             rss growth after warm-up: {pct:+.1} % (limit {max_pct} %), {per_close:+.0} B per close",
             mib(reference),
             self.warm_up.as_secs(),
-            mib(self.last),
-            growth / closed as f64
+            mib(end),
+            mib(self.max),
         );
         if pct > max_pct {
             Err(line)

@@ -37,9 +37,9 @@ pub struct Opener {
     opened: u64,
     /// Connections that never reached the Closer: connect or handshake failed,
     /// or timed out.
-    pub failed: u64,
+    failed: u64,
     /// The first failures, described.
-    pub failures: Vec<String>,
+    failures: Vec<String>,
 }
 
 impl Opener {
@@ -186,6 +186,12 @@ impl Opener {
             self.close(slot);
         }
         n
+    }
+
+    /// Drops the opener (its poll, and any handshake left); returns how many
+    /// connections never reached the Closer, and the first failures described.
+    pub fn finish(self) -> (u64, Vec<String>) {
+        (self.failed, self.failures)
     }
 
     /// Frees a slot; returns what it held.
