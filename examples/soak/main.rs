@@ -458,7 +458,13 @@ impl<'a> Run<'a> {
             self.closer.poll(Some(Duration::from_millis(100)))?;
             self.collect();
         }
-        Ok((self.closer.pending(), started.elapsed()))
+        let stuck = self.closer.pending();
+        if stuck == 0 {
+            // Nothing pending: this returns at once, and closes the connections
+            // that reported last (the Closer closes them at its next call).
+            self.closer.finish()?;
+        }
+        Ok((stuck, started.elapsed()))
     }
 
     fn print_line(&mut self, now: Instant) {
