@@ -1,7 +1,7 @@
 //! The examples as processes: building them once, running and spawning them,
 //! the echo server's JSON lines, and the in-process TLS clients the tests talk
 //! to it with. Shared by the tests of the examples (`echo.rs`, `echo_load.rs`,
-//! `echo_interop.rs`, `phases.rs`, `tour.rs`, `probe.rs`).
+//! `echo_interop.rs`, `phases.rs`, `probe.rs`, `soak.rs`, `tour.rs`).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -53,6 +53,8 @@ pub fn build_examples() -> Result<PathBuf, String> {
         "scenarios",
         "--example",
         "probe",
+        "--example",
+        "soak",
     ]);
     // The tokio client exists with the feature only (the features of this build).
     if cfg!(feature = "tokio") {
@@ -108,7 +110,7 @@ pub fn example(name: &str) -> PathBuf {
 
 pub fn command(program: &str) -> Command {
     let mut cmd = match program {
-        "echo_server" | "echo_client" | "scenarios" | "tokio_echo_client" | "probe" => {
+        "echo_server" | "echo_client" | "scenarios" | "soak" | "tokio_echo_client" | "probe" => {
             Command::new(example(program))
         }
         other => Command::new(other),
