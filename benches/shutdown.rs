@@ -717,7 +717,10 @@ mod c_api {
         let mut report = |sd: *mut closenotify_shutdown| {
             let mut r = std::mem::MaybeUninit::<closenotify_report>::zeroed();
             // SAFETY: a finished shutdown object; `r` is writable.
-            ok(unsafe { closenotify_shutdown_report(sd, r.as_mut_ptr()) }, "report");
+            ok(
+                unsafe { closenotify_shutdown_report(sd, r.as_mut_ptr()) },
+                "report",
+            );
             // SAFETY: written by the call above.
             if unsafe { r.assume_init() }.outcome == CLOSENOTIFY_OUTCOME_CLEAN {
                 clean += 1;
@@ -730,11 +733,19 @@ mod c_api {
             // SAFETY: a live shutdown object; the outputs are writable.
             ok(
                 unsafe {
-                    closenotify_shutdown_step_revents(sd, i32::from(revents), &mut wait, &mut timeout)
+                    closenotify_shutdown_step_revents(
+                        sd,
+                        i32::from(revents),
+                        &mut wait,
+                        &mut timeout,
+                    )
                 },
                 "step",
             );
-            (wait, Instant::now() + Duration::from_millis(timeout.max(0) as u64))
+            (
+                wait,
+                Instant::now() + Duration::from_millis(timeout.max(0) as u64),
+            )
         };
         let mut pending: Vec<Pending> = Vec::with_capacity(conns.len());
         for conn in conns {
@@ -749,7 +760,11 @@ mod c_api {
                 (wait, deadline) => pending.push(Pending {
                     conn,
                     sd,
-                    events: if wait == CLOSENOTIFY_WAIT_WRITE { libc::POLLOUT } else { libc::POLLIN },
+                    events: if wait == CLOSENOTIFY_WAIT_WRITE {
+                        libc::POLLOUT
+                    } else {
+                        libc::POLLIN
+                    },
                     deadline,
                     done: false,
                 }),
@@ -779,7 +794,11 @@ mod c_api {
                         p.done = true;
                     }
                     (wait, deadline) => {
-                        p.events = if wait == CLOSENOTIFY_WAIT_WRITE { libc::POLLOUT } else { libc::POLLIN };
+                        p.events = if wait == CLOSENOTIFY_WAIT_WRITE {
+                            libc::POLLOUT
+                        } else {
+                            libc::POLLIN
+                        };
                         p.deadline = deadline;
                     }
                 }
@@ -803,7 +822,10 @@ mod c_api {
         let n = conns.len();
         let mut closer = std::ptr::null_mut();
         // SAFETY: the default policy; `closer` is writable.
-        ok(unsafe { closenotify_closer_new(std::ptr::null(), &mut closer) }, "closer_new");
+        ok(
+            unsafe { closenotify_closer_new(std::ptr::null(), &mut closer) },
+            "closer_new",
+        );
         for (i, conn) in conns.into_iter().enumerate() {
             let (ssl, fd) = conn.into_raw();
             // SAFETY: a live closer; the SSL and the fd are given away.
@@ -817,7 +839,11 @@ mod c_api {
         // SAFETY: a live closer.
         let cfd = unsafe { closenotify_closer_fd(closer) };
         while reports < n {
-            let mut pfd = libc::pollfd { fd: cfd, events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: cfd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: a live closer; one pollfd.
             unsafe { libc::poll(&mut pfd, 1, closenotify_closer_timeout_ms(closer)) };
             // SAFETY: a live closer.
@@ -832,7 +858,10 @@ mod c_api {
                 // SAFETY: the call wrote `got` <= 64 elements.
                 unsafe { done.set_len(got) };
                 reports += got;
-                clean += done.iter().filter(|d| d.report.outcome == CLOSENOTIFY_OUTCOME_CLEAN).count();
+                clean += done
+                    .iter()
+                    .filter(|d| d.report.outcome == CLOSENOTIFY_OUTCOME_CLEAN)
+                    .count();
                 done.clear();
                 if got < 64 {
                     break;
@@ -907,7 +936,11 @@ mod mass {
         // Two Closers on two threads, the connections sharded between them by the
         // caller (a server with a thread per core), against the same one-thread
         // peer process.
-        let sharded_sizes: Vec<usize> = sizes.iter().copied().filter(|&n| quick || n >= 5000).collect();
+        let sharded_sizes: Vec<usize> = sizes
+            .iter()
+            .copied()
+            .filter(|&n| quick || n >= 5000)
+            .collect();
         println!("  Two Closers on two threads, N/2 connections each:");
         let mut sharded = vec![];
         for &n in &sharded_sizes {
@@ -937,7 +970,8 @@ mod mass {
                     })
                 })
                 .collect();
-            let results: Vec<(Cost, usize)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let results: Vec<(Cost, usize)> =
+                threads.into_iter().map(|t| t.join().unwrap()).collect();
             let last = start.elapsed();
             let peer_cpu = peer.cpu().saturating_sub(peer_cpu0);
             assert_eq!(results.iter().map(|r| r.1).sum::<usize>(), n);
@@ -1123,6 +1157,7 @@ mod precision {
         let n = if quick { 500 } else { 10_000 };
         let timeout = Duration::from_millis(500);
         println!("\n5. Timeout precision: {n} silent peers, peer_timeout {timeout:?}");
+        let heap0 = heap_in_use();
         let conns = establish_mio(peer.silent, n);
         let mut closer: Closer<usize> = Closer::new(&silent_policy(timeout)).unwrap();
         let mut deadlines = Vec::with_capacity(n);
@@ -1141,6 +1176,25 @@ mod precision {
                 late.push(now.saturating_duration_since(deadlines[i]).as_secs_f64() * 1e3);
             }
         }
+        // The reports came first; the teardown follows in idle time: the heap the
+        // connections held comes back once the closer is done.
+        let heap_reported = heap_in_use();
+        let waited = Instant::now();
+        while closer.next_deadline().is_some() {
+            closer.poll(None).unwrap();
+        }
+        let teardown = waited.elapsed();
+        let heap_done = heap_in_use();
+        drop(closer);
+        let heap_dropped = heap_in_use();
+        let per = |h: u64| h.saturating_sub(heap0) as f64 / n as f64;
+        println!(
+            "  heap above the start, per connection: {:.0} B at the last report, {:.0} B once the Closer is idle ({:.1} ms later: its slab and queues stay at their high-water mark), {:.0} B once it is dropped",
+            per(heap_reported),
+            per(heap_done),
+            teardown.as_secs_f64() * 1e3,
+            per(heap_dropped)
+        );
         late.sort_by(f64::total_cmp);
         let (p50, p99, max) = (
             percentile(&late, 0.5),
@@ -1148,7 +1202,13 @@ mod precision {
             *late.last().unwrap(),
         );
         println!("  lateness of timed_out reports: median {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms (target p99 <= 5 ms)");
-        json!({ "peers": n, "timeout_ms": 500, "median_ms": p50, "p99_ms": p99, "max_ms": max })
+        json!({
+            "peers": n, "timeout_ms": 500, "median_ms": p50, "p99_ms": p99, "max_ms": max,
+            "heap_per_conn_at_last_report": per(heap_reported),
+            "heap_per_conn_when_idle": per(heap_done),
+            "heap_per_conn_after_drop": per(heap_dropped),
+            "teardown_ms": teardown.as_secs_f64() * 1e3,
+        })
     }
 }
 

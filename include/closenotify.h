@@ -526,8 +526,9 @@ closenotify_result closenotify_closer_new(const closenotify_policy *policy,
  Hands a connection over: its shutdown starts now, under `policy` (NULL: the
  closer's), and `tag` comes back with its report. On `CLOSENOTIFY_OK` the
  closer owns `ssl` and `fd` from then on: it frees the one (`SSL_free`) and
- closes the other when the shutdown ends (or when the closer is freed); do not
- use, free or close them again. On any error nothing changes hands and
+ closes the other after the shutdown ends, in a later
+ `closenotify_closer_process` call with time to spare (within 100 ms), or when
+ the closer is freed; do not use, free or close them again. On any error nothing changes hands and
  nothing is done to either.
 
  `ssl` must read and write through OpenSSL's socket (or fd) BIO on `fd`, as
@@ -587,8 +588,10 @@ int closenotify_closer_fd(const closenotify_closer *closer);
 /*
  Milliseconds until the closer's next deadline, for the host loop's poll
  timeout: rounded up (waking before the deadline would only cost another
- call), 0 if one has passed, -1 if there is none (nothing pending). Call
- `closenotify_closer_process` when it runs out, whatever the fd says.
+ call); 0 if one has passed, or if finished connections wait to be closed
+ and the closer has time for it now; -1 if there is none (nothing pending,
+ nothing to close). Call `closenotify_closer_process` when it runs out,
+ whatever the fd says.
 
  # Safety
  `closer` is NULL (-1) or a live closer.

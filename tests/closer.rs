@@ -257,3 +257,56 @@ fn unsent_data_goes_out_before_close_notify() {
         "the peer did not get every byte in order"
     );
 }
+
+/// The report comes first, the close after: a connection that finished is still
+/// open right after the call that reported it, and closed by a later call once
+/// the Closer has time to spare (here: the only other shutdown waits seconds),
+/// which `next_deadline` asks for at once.
+#[test]
+fn a_finished_connection_is_closed_once_the_closer_has_time() {
+    let _serial = FDS.lock().unwrap();
+    let ctx = Contexts::new(Tls::V13);
+    let mut closer: Closer<&str> = Closer::new(&policy(3000, 3000)).unwrap();
+    // A silent peer keeps a deadline seconds away.
+    let (silent, held) = ctx.pair_mio(Role::Client);
+    closer.add(silent, "silent").unwrap();
+    let (ours, peer) = ctx.pair_mio(Role::Client);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(ours.get_ref());
+    let inode = inode_of(fd).expect("an open socket");
+    let answering = std::thread::spawn(move || answer(peer));
+    closer.add(ours, "answers").unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut reports = Vec::new();
+    while reports.is_empty() && Instant::now() < until {
+        closer.poll(Some(ms(100))).unwrap();
+        reports.extend(closer.reports());
+    }
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].0, "answers");
+    assert_eq!(reports[0].1.outcome, Outcome::Clean);
+    assert_eq!(
+        inode_of(fd),
+        Some(inode),
+        "closed before its report was out"
+    );
+    // Nothing else is due for seconds: the teardown is due now.
+    let next = closer.next_deadline().expect("a teardown to do");
+    assert!(next <= Instant::now(), "the teardown waits until {next:?}");
+    closer.poll(Some(Duration::ZERO)).unwrap();
+    assert_ne!(inode_of(fd), Some(inode), "still open after the next call");
+    // The silent one is still pending, its deadline next.
+    assert_eq!(closer.pending(), 1);
+    assert!(closer.next_deadline().unwrap() > Instant::now() + ms(1000));
+    answering.join().unwrap();
+    drop(held);
+}
+
+/// The inode of the socket open on `fd`, or `None` if `fd` is closed (another
+/// socket that took the number has another inode).
+fn inode_of(fd: i32) -> Option<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat writes a stat on success; `st` is large enough.
+    (unsafe { libc::fstat(fd, st.as_mut_ptr()) } == 0)
+        // SAFETY: written by fstat.
+        .then(|| unsafe { st.assume_init() }.st_ino)
+}

@@ -3,9 +3,12 @@
 //! registry, their deadlines in a [`DeadlineQueue`], their reports in order.
 //!
 //! A finished connection's report is queued first; its teardown (`SSL_free`,
-//! `close`) waits for the next call, and runs in slices of [`TEARDOWN_SLICE`],
-//! so that a batch of timeouts reaches the caller without waiting behind
-//! thousands of frees.
+//! `close`, some 15 µs) waits for a later call with time to spare: one where no
+//! deadline is due within [`IDLE_MARGIN`], or, under a load that never leaves
+//! such time, once the oldest has waited [`TEARDOWN_AGE`] (then a slice of
+//! [`TEARDOWN_SLICE`]). A burst of timeouts thus reaches the caller without
+//! waiting behind the frees of the burst, and the memory and fds still come
+//! back, within a bounded time.
 
 use std::collections::VecDeque;
 use std::io;
@@ -22,9 +25,21 @@ use crate::machine::{Connection, Progress, Ready};
 use crate::report::Report;
 use crate::shutdown::Shutdown;
 
-/// Finished connections torn down per call: bounded, so that a call that finds
-/// thousands finished returns their reports without waiting behind their frees.
-const TEARDOWN_SLICE: usize = 128;
+/// Finished connections torn down per call when they must be (see
+/// `TEARDOWN_AGE`), at least: the reports of that call wait behind half a
+/// millisecond of frees. (More, a quarter of those past the age, when a flood
+/// that never leaves idle time retires more per call than this.)
+const TEARDOWN_SLICE: usize = 32;
+
+/// Teardown runs when no deadline is due within this margin.
+const IDLE_MARGIN: Duration = Duration::from_millis(2);
+
+/// The longest a finished connection waits for its teardown while deadlines
+/// keep the engine busy; then a slice is torn down regardless.
+const TEARDOWN_AGE: Duration = Duration::from_millis(100);
+
+/// Connections torn down between two checks of the clock in idle time.
+const IDLE_SLICE: usize = 16;
 
 /// Events handled per `poll` of the engine's own `mio::Poll`.
 const EVENTS: usize = 1024;
@@ -38,8 +53,12 @@ pub(crate) struct Engine<C: Connection + AsRawFd, T> {
     /// `handle_timeouts`' list of what is due (kept for its allocation).
     due: Vec<(Instant, (usize, u32))>,
     reports: VecDeque<(T, Report)>,
-    /// Finished connections whose teardown waits for the next call.
-    retired: Vec<Shutdown<C>>,
+    /// Finished connections whose teardown waits, oldest first, with the time
+    /// each finished and the round it finished in.
+    retired: VecDeque<(Instant, u64, Shutdown<C>)>,
+    /// Rounds so far: a round is the events of one poll, then `handle_timeouts`.
+    /// A connection is torn down in a later round than the one that reported it.
+    round: u64,
     pending: usize,
     /// Frees what a connection holds and no longer needs (OpenSSL's empty record
     /// buffers): when its shutdown starts waiting, and when it ends (its
@@ -105,7 +124,8 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
             deadlines: DeadlineQueue::new(),
             due: Vec::new(),
             reports: VecDeque::new(),
-            retired: Vec::new(),
+            retired: VecDeque::new(),
+            round: 1,
             pending: 0,
             release,
         }
@@ -168,7 +188,15 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
             tag,
             deadline: None,
         });
+        let retired = self.retired.len();
         self.drive(index, Ready::NONE, now);
+        if self.retired.len() > retired {
+            // Finished at once, outside a round: its report is out before the next
+            // round, which may tear it down.
+            if let Some(last) = self.retired.back_mut() {
+                last.1 = self.round - 1;
+            }
+        }
         if let Some(entry) = self.slots[index].entry.as_mut() {
             // Waiting now: OpenSSL's record buffers go back until the peer's alert
             // arrives (with RELEASE_BUFFERS, the ones it then needs are freed again).
@@ -252,25 +280,57 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
             }
         }
         self.due = due;
+        self.round += 1;
     }
 
-    /// Frees up to `TEARDOWN_SLICE` finished connections.
+    /// Frees finished connections: while no deadline is due within
+    /// `IDLE_MARGIN`, and a slice (see `TEARDOWN_SLICE`) when the oldest has
+    /// waited `TEARDOWN_AGE`.
     fn teardown(&mut self) {
-        let keep = self.retired.len().saturating_sub(TEARDOWN_SLICE);
-        self.retired.truncate(keep);
+        let now = Instant::now();
+        // Only what earlier rounds reported.
+        let ready = self
+            .retired
+            .partition_point(|(_, round, _)| *round < self.round);
+        let aged = self.retired.partition_point(|(at, round, _)| {
+            *round < self.round && now.saturating_duration_since(*at) >= TEARDOWN_AGE
+        });
+        let mut done = 0;
+        if aged > 0 {
+            done = TEARDOWN_SLICE.max(aged / 4).min(ready);
+            self.retired.drain(..done);
+        }
+        while done < ready && self.idle(Instant::now()) {
+            let n = IDLE_SLICE.min(ready - done);
+            self.retired.drain(..n);
+            done += n;
+        }
+    }
+
+    /// No deadline of a pending shutdown is due within `IDLE_MARGIN` of `now`.
+    fn idle(&self, now: Instant) -> bool {
+        self.pending == 0 || self.deadlines.peek().is_none_or(|d| d > now + IDLE_MARGIN)
     }
 
     /// The earliest deadline of a pending shutdown (it may belong to one that has
-    /// finished since: waking for it is harmless); now, while finished
-    /// connections wait for their teardown; `None` when there is neither.
+    /// finished since: waking for it is harmless), or the time finished
+    /// connections can be torn down if that is sooner (now when the engine is
+    /// idle); `None` when there is neither.
     pub fn next_deadline(&self) -> Option<Instant> {
-        if !self.retired.is_empty() {
-            return Some(Instant::now());
+        let deadline = if self.pending == 0 {
+            None
+        } else {
+            self.deadlines.peek()
+        };
+        let Some((oldest, _, _)) = self.retired.front() else {
+            return deadline;
+        };
+        let now = Instant::now();
+        if self.idle(now) {
+            return Some(now);
         }
-        if self.pending == 0 {
-            return None;
-        }
-        self.deadlines.peek()
+        let forced = *oldest + TEARDOWN_AGE;
+        Some(deadline.map_or(forced, |d| d.min(forced)))
     }
 
     pub fn reports(&mut self) -> std::collections::vec_deque::Drain<'_, (T, Report)> {
@@ -308,7 +368,7 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
                 // The report first; the connection is closed (which also removes
                 // it from epoll) at the next call.
                 self.reports.push_back((entry.tag, report));
-                self.retired.push(entry.shutdown);
+                self.retired.push_back((now, self.round, entry.shutdown));
                 self.free.push(index);
                 self.pending -= 1;
             }

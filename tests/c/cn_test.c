@@ -425,8 +425,8 @@ static unsigned shutdown_closer(struct conn *c, const closenotify_policy *policy
     CHECK_RC(closenotify_closer_reports(closer, done + 1, 3, &again), CLOSENOTIFY_OK);
     CHECK(again == 0);
     CHECK(closenotify_closer_pending(closer) == 0);
-    /* The connection is closed at the next call (the report comes first): the
-     * closer asks for one at once. */
+    /* The connection is closed in a later call (the report comes first): with
+     * nothing else to do, the closer asks for one at once. */
     if (closenotify_closer_timeout_ms(closer) == 0)
         CHECK_RC(closenotify_closer_process(closer), CLOSENOTIFY_OK);
     CHECK(closenotify_closer_timeout_ms(closer) == -1);
