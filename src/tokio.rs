@@ -90,8 +90,29 @@
 //!   tried at once, which also registers the task's wake-up (as with mio and the
 //!   [`Closer`](crate::Closer)). A wake-up by the timer alone makes no OpenSSL
 //!   call, as in the blocking call.
-//! - **Timeouts use tokio's timer** (`tokio::time::Sleep`, never a thread), so the
-//!   runtime needs its time driver (`enable_time` or `enable_all`).
+//! - **Time is tokio's.** Timeouts use tokio's timer (`tokio::time::Sleep`, never a
+//!   thread), so the runtime needs its time driver (`enable_time` or `enable_all`),
+//!   and [`Report::elapsed`] is measured on tokio's clock too (below).
+//!
+//! # Time, and tokio's paused clock
+//! Every deadline of the policy and [`Report::elapsed`] are on tokio's clock
+//! (`tokio::time::Instant`), the clock of `tokio::time::timeout`: on a running
+//! clock that is real time, and the policy's bounds hold as they do for the
+//! blocking call. Under a paused clock (`start_paused(true)`,
+//! `tokio::time::pause`, as tokio users write tests) the rule is tokio's: the
+//! clock stands still while any task can run or any I/O the runtime watches is
+//! ready, and jumps to the next timer when the runtime has nothing else to do.
+//! So, with the clock paused:
+//! - a peer on the same runtime (its I/O on tokio's reactor) is deterministic:
+//!   its answer arrives before the clock moves, and a shutdown it answers at once
+//!   reports `elapsed` zero;
+//! - a silent peer times out at once in real time, and `elapsed` is exactly the
+//!   timeout it waited out (on a peer timeout of 5 s: `timed_out`, 5 s);
+//! - a peer outside the runtime (another process, a `std` thread) is invisible to
+//!   the runtime: while our side waits for it, tokio sees nothing to do and jumps
+//!   to the timer, so the shutdown times out even if the peer would have answered
+//!   within milliseconds, as `tokio::time::timeout` around a read would. Test
+//!   against such peers with the clock running.
 //!
 //! # Cancellation
 //! Dropping the future of [`shutdown`](crate::tokio::shutdown) (for example in

@@ -910,3 +910,120 @@ fn key_updates_while_we_await_the_peer_end_clean() {
         }
     }
 }
+
+// --- tokio's clock, paused ----------------------------------------------------------------
+
+/// A current-thread runtime whose clock starts paused (`start_paused(true)`), as
+/// tokio users write tests.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// Both ends as tokio-openssl streams on this runtime, handshaken.
+async fn in_runtime_pair(tls: Tls) -> (TokioStream, TokioStream) {
+    let ctx = Contexts::new(tls);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_ctx = ctx.server.clone();
+    let peer = tokio::spawn(async move {
+        let (server, _) = listener.accept().await.unwrap();
+        let ssl = openssl::ssl::Ssl::new(&server_ctx).unwrap();
+        let mut peer = tokio_openssl::SslStream::new(ssl, server).unwrap();
+        Pin::new(&mut peer)
+            .accept()
+            .await
+            .expect("the peer's handshake");
+        peer
+    });
+    let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let ssl = openssl::ssl::Ssl::new(&ctx.client).unwrap();
+    let mut ours = tokio_openssl::SslStream::new(ssl, client).unwrap();
+    Pin::new(&mut ours).connect().await.expect("our handshake");
+    (ours, peer.await.unwrap())
+}
+
+/// With the clock paused and the peer on the same runtime, tokio advances the
+/// clock only when every task waits and no I/O is ready: the peer's answer is
+/// never mistaken for silence, and the report is the same on every run.
+#[test]
+fn a_paused_clock_with_the_peer_on_the_runtime_is_deterministic() {
+    for tls in BOTH {
+        let report = paused_runtime().block_on(async {
+            let (mut ours, mut peer) = in_runtime_pair(tls).await;
+            let answering = tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                // Our close_notify ends the peer's reads; it answers with its own.
+                while peer.read(&mut buf).await.unwrap_or(0) > 0 {}
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut peer).await;
+                peer
+            });
+            let report = shutdown(&mut ours, &policy(1000, 5000)).await.unwrap();
+            drop(answering.await.unwrap());
+            report
+        });
+        assert_eq!(report.outcome, Outcome::Clean, "{tls:?}: {report}");
+        // Nothing waited on the clock: no time passed on it.
+        assert_eq!(report.elapsed, Duration::ZERO, "{tls:?}: {report}");
+    }
+}
+
+/// A silent peer under a paused clock: the runtime has nothing to do but wait
+/// for the timer, so tokio jumps to it. The report says exactly the policy's
+/// timeout, in tokio's time, after almost no real time.
+#[test]
+fn a_paused_clock_times_a_silent_peer_out_at_once_with_the_timeout_as_elapsed() {
+    let real = Instant::now();
+    let report = paused_runtime().block_on(async {
+        let (mut ours, _silent) = in_runtime_pair(Tls::V13).await;
+        shutdown(&mut ours, &policy(1000, 5000)).await.unwrap()
+    });
+    assert_eq!(report.outcome, Outcome::TimedOut, "{report}");
+    assert_eq!(report.stage, Stage::AwaitPeer);
+    assert_eq!(report.elapsed, ms(5000), "{report}");
+    assert!(
+        real.elapsed() < ms(2000),
+        "{:?} of real time",
+        real.elapsed()
+    );
+}
+
+/// The other side of tokio's rule: a peer outside the runtime (here a std thread
+/// that answers after 20 ms of real time) is invisible to it, so with the clock
+/// paused the runtime sees nothing to do, jumps to the timer, and the shutdown
+/// times out, as `tokio::time::timeout` would. With the clock running, the same
+/// peer gives `clean`.
+#[test]
+fn a_paused_clock_does_not_wait_for_a_peer_outside_the_runtime() {
+    for paused in [true, false] {
+        let rt = if paused {
+            paused_runtime()
+        } else {
+            runtime(Flavor::CurrentThread)
+        };
+        let report = rt.block_on(async {
+            let (mut ours, peer) = Contexts::new(Tls::V13).pair_tokio(Role::Client).await;
+            let answering = std::thread::spawn(move || {
+                std::thread::sleep(ms(20));
+                answer(peer)
+            });
+            let report = shutdown(&mut ours, &policy(1000, 5000)).await.unwrap();
+            drop(ours);
+            answering.join().unwrap();
+            report
+        });
+        if paused {
+            assert_eq!(report.outcome, Outcome::TimedOut, "paused: {report}");
+            assert_eq!(report.elapsed, ms(5000), "paused: {report}");
+        } else {
+            assert_eq!(report.outcome, Outcome::Clean, "running: {report}");
+            assert!(
+                report.elapsed >= ms(20) && report.elapsed < ms(2000),
+                "running: {report}"
+            );
+        }
+    }
+}
