@@ -721,3 +721,42 @@ fn c_report_names_our_alert_and_the_peers_warning() {
         "{lines:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The examples' JSON.
+// ---------------------------------------------------------------------------
+
+/// `echo_client --json` against the same peer: the JSON carries OpenSSL's
+/// reason (`detail`) and every alert with who sent it, so a log shows that the
+/// handshake_failure was OpenSSL's answer to the peer's no_renegotiation.
+#[test]
+fn echo_client_json_names_the_peers_warning_and_the_reason() {
+    let peer = Peer::start(Tls::V12, &["wait", "alert:1:100"]);
+    let args: Vec<String> = [
+        "--connect",
+        &format!("127.0.0.1:{}", peer.port),
+        "--insecure",
+        "--tls12",
+        "--json",
+        "--peer-timeout-ms",
+        "400",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let ran = util::examples::run("echo_client", &args, b"", Duration::from_secs(20));
+    let r = ran.report();
+    assert_eq!(r["outcome"], "protocol_error", "{}", ran.context());
+    assert_eq!(r["alert_name"], "handshake_failure", "{}", ran.context());
+    assert_eq!(r["detail"], "no renegotiation", "{}", ran.context());
+    assert_eq!(
+        r["alerts"],
+        serde_json::json!([
+            {"alert": 100, "name": "no_renegotiation", "direction": "received", "level": "warning"},
+            {"alert": 40, "name": "handshake_failure", "direction": "sent", "level": "fatal"},
+        ]),
+        "{}",
+        ran.context()
+    );
+    let _ = peer.finish();
+}

@@ -84,3 +84,55 @@ fn the_tour_shows_every_outcome_in_100_columns_in_under_15_s() {
         .unwrap_or_else(|| panic!("{footer}"));
     assert!(secs < 15.0, "{footer}");
 }
+
+/// The README shows the tour's output: the same table as a real run, times and
+/// the OpenSSL version aside (a test against the system OpenSSL).
+#[test]
+fn the_readme_shows_the_tours_real_output() {
+    let _serial = serial();
+    let r = run("scenarios", &[], b"", Duration::from_secs(60));
+    r.assert_success();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let intro = "`cargo run --example scenarios` prints this table";
+    let at = readme.find(intro).expect("the README's tour sample");
+    let block = &readme[at..];
+    let start = block.find("```text\n").expect("its text block") + "```text\n".len();
+    let end = start + block[start..].find("```").expect("the block's end");
+    let shown = normalize(&block[start..end]);
+    let real = normalize(&r.stdout_text());
+    for (i, (a, b)) in shown.lines().zip(real.lines()).enumerate() {
+        assert_eq!(a, b, "README line {} of the sample differs from the real run", i + 1);
+    }
+    assert_eq!(shown.lines().count(), real.lines().count(), "{real}");
+}
+
+/// Times (`2.4ms`, `in 1.7 s`) and the OpenSSL version replaced, runs of spaces
+/// collapsed (the times' widths vary).
+fn normalize(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let words: Vec<String> = line
+            .split_whitespace()
+            .map(|w| {
+                let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '.');
+                if w.strip_suffix("ms").is_some_and(digits) {
+                    "T".to_string()
+                } else if line.contains(" scenarios in ") && digits(w) && w.contains('.') {
+                    "T".to_string() // the run's seconds
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect();
+        let mut line = words.join(" ");
+        if let Some(i) = line.find("OpenSSL ") {
+            let rest = &line[i + 8..];
+            let version_end = rest.find(' ').unwrap_or(rest.len());
+            line = format!("{}OpenSSL V{}", &line[..i], &rest[version_end..]);
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}

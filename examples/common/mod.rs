@@ -29,7 +29,7 @@ pub fn try_reset_on_drop(sock: &impl AsFd) -> io::Result<()> {
 
 /// A report as the examples' JSON object, fields in the order the README shows
 /// them: `before` first (the server's `peer` and `sni`), then the report, with
-/// `middle` (byte counts, the client's errno) between `alert_name` and
+/// `middle` (byte counts, the client's errno) between `alerts` and
 /// `discarded_bytes`.
 pub fn report_json(
     before: Vec<(&str, serde_json::Value)>,
@@ -44,6 +44,23 @@ pub fn report_json(
         ("stage", json!(r.stage.as_str())),
         ("alert", json!(r.alert.map(|a| a.alert.code()))),
         ("alert_name", json!(r.alert.map(|a| a.alert.name()))),
+        // OpenSSL's reason (a protocol error), or why a shutdown was quiet.
+        ("detail", json!(r.detail)),
+        // Every alert of the shutdown, in order, with who sent it: when OpenSSL
+        // answers a peer's alert with its own, both are here.
+        (
+            "alerts",
+            json!(r
+                .alerts
+                .iter()
+                .map(|a| json!({
+                    "alert": a.alert.code(),
+                    "name": a.alert.name(),
+                    "direction": a.direction.as_str(),
+                    "level": a.level.as_str(),
+                }))
+                .collect::<Vec<_>>()),
+        ),
     ]);
     fields.extend(middle);
     fields.extend([

@@ -271,13 +271,10 @@ fn row_json(row: &Row) -> Value {
         "reset": row.reset,
         "resumed": row.resumed,
         "report": row.report.as_ref().map(|r| {
-            let alerts: Vec<String> = r.alerts.iter().map(|a| a.to_string()).collect();
             report_json(vec![], r, vec![
                 ("close_notify_sent", json!(r.close_notify_sent)),
                 ("close_notify_received", json!(r.close_notify_received)),
-                ("alerts", json!(alerts)),
                 ("os_error", json!(r.os_error)),
-                ("detail", json!(r.detail)),
             ])
         }),
     })

@@ -147,7 +147,7 @@ impl Ran {
 
 /// The keys of every per-connection line of `echo_server --json`, as the README
 /// documents them.
-pub const SERVER_KEYS: [&str; 13] = [
+pub const SERVER_KEYS: [&str; 15] = [
     "peer",
     "sni",
     "outcome",
@@ -155,6 +155,8 @@ pub const SERVER_KEYS: [&str; 13] = [
     "stage",
     "alert",
     "alert_name",
+    "detail",
+    "alerts",
     "bytes_in",
     "bytes_out",
     "discarded_bytes",
@@ -164,12 +166,14 @@ pub const SERVER_KEYS: [&str; 13] = [
 ];
 
 /// The keys of the client's `--json` report.
-pub const CLIENT_KEYS: [&str; 11] = [
+pub const CLIENT_KEYS: [&str; 13] = [
     "outcome",
     "initiator",
     "stage",
     "alert",
     "alert_name",
+    "detail",
+    "alerts",
     "os_error",
     "bytes_echoed",
     "discarded_bytes",
