@@ -97,7 +97,7 @@ impl RawConnection {
     }
 }
 
-fn check_awaits_peer(policy: &Policy) -> Result<(), Error> {
+pub(crate) fn check_awaits_peer(policy: &Policy) -> Result<(), Error> {
     if policy.mode().awaits_peer() {
         return Ok(());
     }

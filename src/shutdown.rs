@@ -98,9 +98,11 @@ impl<C: Connection> Shutdown<C> {
 
     /// Bounds what [`poll_read`](Shutdown::poll_read) delivers: once more than
     /// `bytes` have been delivered, the shutdown ends with
-    /// [`Outcome::DrainLimit`](crate::Outcome::DrainLimit) (the call that crossed
-    /// the limit still returns its bytes; the caller decides what to do with the
-    /// excess). Ignored once the shutdown has started.
+    /// [`Outcome::DrainLimit`](crate::Outcome::DrainLimit), and exactly `bytes`
+    /// have been delivered: the call that crossed the limit returns the bytes up to
+    /// it only (the rest of its buffer is not the caller's), and
+    /// [`Report::delivered_bytes`](crate::Report::delivered_bytes) is `bytes`.
+    /// Ignored once the shutdown has started.
     pub fn with_read_limit(mut self, bytes: u64) -> Self {
         if let Some(setup) = self.machine.setup() {
             setup.read_limit = Some(bytes);

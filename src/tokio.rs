@@ -148,7 +148,7 @@ use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use ::tokio::time::{sleep_until, Instant as TokioInstant, Sleep};
 use tokio_openssl::SslStream;
 
-use crate::error::Error;
+use crate::error::{Error, ReadError};
 use crate::machine::{Progress, Ready};
 use crate::ossl::tokio::TokioConnection;
 use crate::policy::{Mode, Policy};
@@ -187,6 +187,83 @@ where
     let mut driver = Driver::new(stream, policy);
     let mut timer = pin!(None::<Sleep>);
     Ok(poll_fn(|cx| driver.poll_report(cx, timer.as_mut())).await)
+}
+
+/// Shuts `stream` down like [`shutdown`], but writes the application data the
+/// peer sends until its close_notify to `out` instead of discarding it: the TLS
+/// half-close of a client that has sent its request and reads the answer to the
+/// end. The async counterpart of
+/// [`shutdown_blocking_read`](crate::shutdown_blocking_read), with the same
+/// contract: bounded by the policy (the whole answer must arrive within
+/// `peer_timeout`, however fast the peer streams and however slowly `out` takes
+/// it: then `timed_out`, and [`Report::delivered_bytes`] counts what `out`
+/// received), and by `limit` (past it, [`Outcome::DrainLimit`](crate::Outcome::DrainLimit)
+/// with exactly `limit` bytes written). `report.outcome == Outcome::Clean` means
+/// `out` received the complete answer. [`HalfClose`] is the same shutdown as an
+/// [`AsyncRead`], for a caller that reads the answer itself.
+///
+/// # Errors
+/// [`ReadError::Invalid`] before anything is sent: a policy [`shutdown`] refuses,
+/// or a mode that does not wait for the peer (send-only, quiet);
+/// [`ReadError::Write`] with the error of `out`, after which the shutdown is
+/// abandoned as a dropped future leaves it (see [Cancellation](self#cancellation)).
+/// How the connection ended is never an error: it is the report.
+///
+/// # Panics
+/// As [`shutdown`].
+pub async fn shutdown_read<S, W>(
+    stream: &mut SslStream<S>,
+    policy: &Policy,
+    out: &mut W,
+    limit: u64,
+) -> Result<Report, ReadError>
+where
+    S: AsyncRead + AsyncWrite + AsFd + Unpin,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    check(stream, policy)?;
+    crate::blocking::check_awaits_peer(policy)?;
+    let mut driver = Driver::new(stream, policy);
+    driver.sd = driver.sd.with_read_limit(limit);
+    let mut timer = pin!(None::<Sleep>);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut written = 0u64;
+    loop {
+        // One byte past the limit is enough to know the peer went past it.
+        let room = (limit - written).saturating_add(1).min(buf.len() as u64) as usize;
+        let read = poll_fn(|cx| driver.poll_read(cx, timer.as_mut(), &mut buf[..room])).await;
+        match read {
+            Read::Data(n) => {
+                let keep = (n as u64).min(limit - written) as usize;
+                write_all(out, &buf[..keep])
+                    .await
+                    .map_err(ReadError::Write)?;
+                written += keep as u64;
+            }
+            Read::Done(report) => {
+                poll_fn(|cx| Pin::new(&mut *out).poll_flush(cx))
+                    .await
+                    .map_err(ReadError::Write)?;
+                return Ok(report);
+            }
+        }
+    }
+}
+
+/// `AsyncWriteExt::write_all` (which needs tokio's `io-util`, a feature this crate
+/// does not otherwise use).
+async fn write_all<W: AsyncWrite + Unpin + ?Sized>(
+    out: &mut W,
+    mut bytes: &[u8],
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *out).poll_write(cx, bytes)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
 }
 
 /// The TLS half-close on a tokio-openssl stream: our close_notify and FIN go out,

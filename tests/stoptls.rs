@@ -387,6 +387,7 @@ fn shutdown_blocking_read_stops_at_its_limit() {
     let r = shutdown_blocking_read(&mut ours, &policy(1000, 2000), &mut out, 50_000).unwrap();
     assert_outcome(&r, Outcome::DrainLimit, "limit");
     assert_eq!(out.len(), 50_000, "exactly the limit is written");
+    assert_eq!(r.delivered_bytes, 50_000, "and reported as delivered");
     assert!(!r.session_resumable);
     drop(ours);
     peer.join().unwrap();

@@ -1027,3 +1027,104 @@ fn a_paused_clock_does_not_wait_for_a_peer_outside_the_runtime() {
         }
     }
 }
+
+// --- shutdown_read: the same job as shutdown_blocking_read ------------------------------
+
+/// A writer that refuses everything.
+struct Refusing;
+
+impl tokio::io::AsyncWrite for Refusing {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::Error::other("disk full")))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// `closenotify::tokio::shutdown_read` writes the peer's answer to the writer:
+/// all of it and `clean`, or exactly `limit` bytes and `drain_limit`, as
+/// `shutdown_blocking_read` does; a mode that does not wait for the peer is
+/// refused before anything is sent, and a failing writer is `ReadError::Write`.
+#[test]
+fn shutdown_read_writes_the_answer_within_its_limit() {
+    for (limit, outcome) in [(u64::MAX, Outcome::Clean), (1000, Outcome::DrainLimit)] {
+        for flavor in FLAVORS {
+            let what = format!("limit {limit} on {flavor:?}");
+            let ctx = Contexts::new(Tls::V13);
+            let (got, report) = on_runtime(flavor, async move {
+                let (mut ours, peer) = ctx.pair_tokio(Role::Client).await;
+                let peer = spawn_peer(peer, |mut p| {
+                    read_until_close_notify(&mut p).expect("our close_notify");
+                    let _ = p.write_all(&body());
+                    let _ = p.shutdown();
+                    wait_eof(p.get_mut());
+                });
+                let mut got = Vec::new();
+                let report = closenotify::tokio::shutdown_read(
+                    &mut ours,
+                    &policy(500, 2000),
+                    &mut got,
+                    limit,
+                )
+                .await
+                .expect("accepted");
+                drop(ours);
+                tokio::task::spawn_blocking(move || peer.join().unwrap())
+                    .await
+                    .unwrap();
+                (got, report)
+            });
+            assert_outcome(&report, outcome, &what);
+            let want = body();
+            let want = &want[..want.len().min(limit as usize)];
+            assert!(
+                got == want,
+                "{what}: {} bytes, not the {} expected",
+                got.len(),
+                want.len()
+            );
+            assert_eq!(report.delivered_bytes, got.len() as u64, "{what}");
+        }
+    }
+    let (refused, failed) = on_runtime(Flavor::CurrentThread, async {
+        let ctx = Contexts::new(Tls::V13);
+        let (mut ours, peer) = ctx.pair_tokio(Role::Client).await;
+        let send_only = Policy::builder().mode(Mode::SendOnly).build().unwrap();
+        let refused =
+            closenotify::tokio::shutdown_read(&mut ours, &send_only, &mut Vec::new(), 10).await;
+        let sent_nothing = shutdown_flags(ours.ssl()) == 0;
+        let peer = spawn_peer(peer, |mut p| {
+            read_until_close_notify(&mut p).expect("our close_notify");
+            let _ = p.write_all(b"some answer");
+            let _ = p.shutdown();
+            wait_eof(p.get_mut());
+        });
+        let failed =
+            closenotify::tokio::shutdown_read(&mut ours, &policy(500, 2000), &mut Refusing, 1000)
+                .await;
+        drop(ours);
+        tokio::task::spawn_blocking(move || peer.join().unwrap())
+            .await
+            .unwrap();
+        (
+            (refused.err().map(|e| e.to_string()), sent_nothing),
+            failed.err().map(|e| e.to_string()),
+        )
+    });
+    assert!(
+        refused
+            .0
+            .as_deref()
+            .is_some_and(|e| e.contains("needs a mode that waits")),
+        "{refused:?}"
+    );
+    assert!(refused.1, "the refused call sent something");
+    assert!(
+        failed.as_deref().is_some_and(|e| e.contains("disk full")),
+        "{failed:?}"
+    );
+}

@@ -102,7 +102,12 @@ fn the_readme_shows_the_tours_real_output() {
     let shown = normalize(&block[start..end]);
     let real = normalize(&r.stdout_text());
     for (i, (a, b)) in shown.lines().zip(real.lines()).enumerate() {
-        assert_eq!(a, b, "README line {} of the sample differs from the real run", i + 1);
+        assert_eq!(
+            a,
+            b,
+            "README line {} of the sample differs from the real run",
+            i + 1
+        );
     }
     assert_eq!(shown.lines().count(), real.lines().count(), "{real}");
 }
@@ -115,11 +120,13 @@ fn normalize(text: &str) -> String {
         let words: Vec<String> = line
             .split_whitespace()
             .map(|w| {
-                let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '.');
-                if w.strip_suffix("ms").is_some_and(digits) {
+                let digits =
+                    |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '.');
+                // A time (`2.4ms`), or the run's seconds.
+                let time = w.strip_suffix("ms").is_some_and(digits)
+                    || (line.contains(" scenarios in ") && digits(w) && w.contains('.'));
+                if time {
                     "T".to_string()
-                } else if line.contains(" scenarios in ") && digits(w) && w.contains('.') {
-                    "T".to_string() // the run's seconds
                 } else {
                     w.to_string()
                 }

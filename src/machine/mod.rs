@@ -563,7 +563,11 @@ impl<C: Connection + ?Sized> Step<'_, C> {
                 Ok((n, true)) => {
                     self.delivered = n;
                     facts.delivered += n as u64;
-                    if self.read_limit.is_some_and(|limit| facts.delivered > limit) {
+                    if let Some(limit) = self.read_limit.filter(|&l| facts.delivered > l) {
+                        // The bytes past the limit only show that the peer went
+                        // past it: they are not delivered.
+                        self.delivered -= (facts.delivered - limit) as usize;
+                        facts.delivered = limit;
                         return self.finish(facts, state, Outcome::DrainLimit);
                     }
                     if late {
