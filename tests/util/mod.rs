@@ -106,6 +106,53 @@ impl Contexts {
 }
 
 /// Our side on tokio-openssl, over a tokio `TcpStream`.
+
+// --- tokio runtimes and cases ------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    CurrentThread,
+    MultiThread,
+}
+
+pub const FLAVORS: [Flavor; 2] = [Flavor::CurrentThread, Flavor::MultiThread];
+
+pub fn runtime(flavor: Flavor) -> tokio::runtime::Runtime {
+    let mut builder = match flavor {
+        Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        Flavor::MultiThread => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+    };
+    builder.enable_all().build().unwrap()
+}
+
+/// Runs `case` as a task on a fresh runtime of `flavor` (on a multi-thread
+/// runtime, a worker runs it; spawning also proves the futures are `Send`).
+pub fn on_runtime<T: Send + 'static>(
+    flavor: Flavor,
+    case: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let rt = runtime(flavor);
+    rt.block_on(async move { tokio::spawn(case).await.expect("the case panicked") })
+}
+
+/// Every (version, our role, runtime) combination.
+pub fn cases() -> Vec<(Tls, Role, Flavor)> {
+    matrix()
+        .into_iter()
+        .flat_map(|(t, r)| FLAVORS.iter().map(move |&f| (t, r, f)))
+        .collect()
+}
+
+/// `SSL_get_shutdown`: `SSL_SENT_SHUTDOWN`, `SSL_RECEIVED_SHUTDOWN`.
+pub fn shutdown_flags(ssl: &openssl::ssl::SslRef) -> i32 {
+    // SAFETY: a valid SSL; SSL_get_shutdown only reads its flags.
+    unsafe { openssl_sys::SSL_get_shutdown(ssl.as_ptr()) }
+}
+
 pub type TokioStream = tokio_openssl::SslStream<tokio::net::TcpStream>;
 
 /// `Behaviour::start`'s part on our side (`OurPart`), played on a tokio stream.
