@@ -38,9 +38,9 @@ extern "C" {
 
 /* The version of this header; closenotify_version() gives the library's. */
 #define CLOSENOTIFY_VERSION_MAJOR 0
-#define CLOSENOTIFY_VERSION_MINOR 1
+#define CLOSENOTIFY_VERSION_MINOR 2
 #define CLOSENOTIFY_VERSION_PATCH 0
-#define CLOSENOTIFY_VERSION "0.1.0"
+#define CLOSENOTIFY_VERSION "0.2.0"
 
 
 /*
@@ -496,8 +496,10 @@ const char *closenotify_alert_name(int alert);
 const char *closenotify_result_name(closenotify_result result);
 
 /*
- Copies the message of the last failed call on this thread ("invalid policy:
- peer_timeout must be at least 1 ms ...") into `buf`, NUL-terminated and
+ Copies the message of the last failed call on this thread (for a policy with
+ `peer_timeout_ms` 0: "invalid policy: peer_timeout_ms must be at least 1 ms
+ (or use CLOSENOTIFY_MODE_SEND_ONLY not to wait for the peer)") into `buf`,
+ NUL-terminated and
  truncated to `len` bytes; returns the message's full length (as snprintf). The
  message is empty if no call has failed. `buf` may be NULL when `len` is 0.
 
@@ -826,7 +828,8 @@ closenotify_result closenotify_shutdown_set_error(closenotify_shutdown *sd,
  Makes progress and says what to wait for next: `*wait` is
  `CLOSENOTIFY_WAIT_READ` or `_WRITE` (poll the socket for POLLIN or POLLOUT),
  `_TIMER` (only wait), each with `*timeout_ms` milliseconds until the deadline,
- ready for poll(); or `_DONE` with `*timeout_ms` 0. Call it first to start, then
+ rounded up (a loop that sleeps that long never wakes before the deadline, so
+ it never spins), ready for poll(); or `_DONE` with `*timeout_ms` 0. Call it first to start, then
  whenever poll() returns, ready or timed out. After `_DONE`, every call answers
  `_DONE` again.
 

@@ -166,8 +166,10 @@ pub extern "C" fn closenotify_result_name(result: closenotify_result) -> *const 
     })
 }
 
-/// Copies the message of the last failed call on this thread ("invalid policy:
-/// peer_timeout must be at least 1 ms ...") into `buf`, NUL-terminated and
+/// Copies the message of the last failed call on this thread (for a policy with
+/// `peer_timeout_ms` 0: "invalid policy: peer_timeout_ms must be at least 1 ms
+/// (or use CLOSENOTIFY_MODE_SEND_ONLY not to wait for the peer)") into `buf`,
+/// NUL-terminated and
 /// truncated to `len` bytes; returns the message's full length (as snprintf). The
 /// message is empty if no call has failed. `buf` may be NULL when `len` is 0.
 ///

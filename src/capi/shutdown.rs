@@ -330,7 +330,8 @@ fn not_started(sd: &closenotify_shutdown, call: &str) -> Result<(), closenotify_
 /// Makes progress and says what to wait for next: `*wait` is
 /// `CLOSENOTIFY_WAIT_READ` or `_WRITE` (poll the socket for POLLIN or POLLOUT),
 /// `_TIMER` (only wait), each with `*timeout_ms` milliseconds until the deadline,
-/// ready for poll(); or `_DONE` with `*timeout_ms` 0. Call it first to start, then
+/// rounded up (a loop that sleeps that long never wakes before the deadline, so
+/// it never spins), ready for poll(); or `_DONE` with `*timeout_ms` 0. Call it first to start, then
 /// whenever poll() returns, ready or timed out. After `_DONE`, every call answers
 /// `_DONE` again.
 ///

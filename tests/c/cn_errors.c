@@ -574,6 +574,12 @@ static int run_errors(void)
     bad.flush_timeout_ms = 500;
     EXPECT_REFUSED(ssl, sp[0], &bad, CLOSENOTIFY_ERR_INVALID_ARGUMENT,
                    "or use CLOSENOTIFY_MODE_SEND_ONLY");
+    {
+        /* The whole message, as the header's example quotes it. */
+        char full[256];
+        closenotify_last_error(full, sizeof full);
+        CHECK_STR(full, "invalid policy: peer_timeout_ms must be at least 1 ms (or use CLOSENOTIFY_MODE_SEND_ONLY not to wait for the peer)");
+    }
     /* A mode that does not use a timeout accepts 0 for it. */
     bad = good;
     bad.mode = CLOSENOTIFY_MODE_QUIET;
