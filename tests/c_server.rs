@@ -14,7 +14,7 @@
 //! server's `closing_ms` within the policy's bound plus scheduling slack), and
 //! the whole run bounded; the server's open descriptors back to their count
 //! before the first client once the last report is out (the closer closes them
-//! at its next call, at once); exit status 0.
+//! in the call that reports them, or in the next one, at once); exit status 0.
 //!
 //! `CLOSENOTIFY_VALGRIND=1 cargo test --test c_server` runs the server under
 //! valgrind (a memory error or a definite leak fails the test); only the upper
@@ -696,9 +696,10 @@ fn mixed_misbehaving_clients_each_reported_once_within_policy() {
     }
     let run = start.elapsed();
 
-    // Every fd of a reported connection is closed: the closer closes it at its
-    // next call, which it asks for at once (its timeout is 0 while it has a
-    // connection to close), so the count is back within moments.
+    // Every fd of a reported connection is closed: the closer closes it in the
+    // call that reports it or, when deadlines were due, in a later one it asks
+    // for at once when it has time (its timeout is then 0), so the count is back
+    // within moments.
     let until = Instant::now() + Duration::from_secs(2);
     let mut after = server.open_fds();
     while after != baseline && Instant::now() < until {

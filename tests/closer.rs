@@ -258,12 +258,10 @@ fn unsent_data_goes_out_before_close_notify() {
     );
 }
 
-/// The report comes first, the close after: a connection that finished is still
-/// open right after the call that reported it, and closed by a later call once
-/// the Closer has time to spare (here: the only other shutdown waits seconds),
-/// which `next_deadline` asks for at once.
+/// With time to spare (the only other shutdown waits seconds), a connection that
+/// finished is closed by the call that reports it, while it is still warm.
 #[test]
-fn a_finished_connection_is_closed_once_the_closer_has_time() {
+fn a_finished_connection_is_closed_by_its_call_when_the_closer_has_time() {
     let _serial = FDS.lock().unwrap();
     let ctx = Contexts::new(Tls::V13);
     let mut closer: Closer<&str> = Closer::new(&policy(3000, 3000)).unwrap();
@@ -284,21 +282,56 @@ fn a_finished_connection_is_closed_once_the_closer_has_time() {
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0].0, "answers");
     assert_eq!(reports[0].1.outcome, Outcome::Clean);
-    assert_eq!(
+    assert_ne!(
         inode_of(fd),
         Some(inode),
-        "closed before its report was out"
+        "still open when its report was out"
     );
-    // Nothing else is due for seconds: the teardown is due now.
-    let next = closer.next_deadline().expect("a teardown to do");
-    assert!(next <= Instant::now(), "the teardown waits until {next:?}");
-    closer.poll(Some(Duration::ZERO)).unwrap();
-    assert_ne!(inode_of(fd), Some(inode), "still open after the next call");
     // The silent one is still pending, its deadline next.
     assert_eq!(closer.pending(), 1);
     assert!(closer.next_deadline().unwrap() > Instant::now() + ms(1000));
     answering.join().unwrap();
     drop(held);
+}
+
+/// When other deadlines are due (200 silent peers timing out together), the
+/// reports come first: a connection reported is still open when the call that
+/// reported it returns, and every one is closed once the burst is over.
+#[test]
+fn a_burst_of_timeouts_is_reported_before_its_connections_are_closed() {
+    let _serial = FDS.lock().unwrap();
+    let ctx = Contexts::new(Tls::V13);
+    let mut closer: Closer<(i32, u64)> = Closer::new(&policy(3000, 100)).unwrap();
+    let mut peers = Vec::new();
+    for _ in 0..200 {
+        let (ours, peer) = ctx.pair_mio(Role::Client);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(ours.get_ref());
+        let inode = inode_of(fd).expect("an open socket");
+        peers.push(peer); // held open, never read: silent
+        closer.add(ours, (fd, inode)).unwrap();
+    }
+    let mut still_open = 0;
+    let mut reported = Vec::new();
+    while closer.pending() > 0 {
+        closer.poll(Some(ms(1000))).unwrap();
+        for ((fd, inode), r) in closer.reports() {
+            assert_eq!(r.outcome, Outcome::TimedOut);
+            if inode_of(fd) == Some(inode) {
+                still_open += 1;
+            }
+            reported.push((fd, inode));
+        }
+    }
+    assert_eq!(reported.len(), 200);
+    assert!(
+        still_open > 0,
+        "every connection was closed before its report was out"
+    );
+    closer.finish().unwrap();
+    for (fd, inode) in reported {
+        assert_ne!(inode_of(fd), Some(inode), "fd {fd} still open after finish");
+    }
+    drop(peers);
 }
 
 /// The inode of the socket open on `fd`, or `None` if `fd` is closed (another

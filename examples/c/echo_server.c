@@ -73,8 +73,8 @@
  * connections is never charged to this one.
  *
  * Handing over. The closer owns the SSL* and the fd from the handover on: it
- * frees the one and closes the other when the shutdown ends (at its next
- * call, right after the report). The server keeps only what its report line
+ * frees the one and closes the other when the shutdown ends (in the call that
+ * reports it, or a later one when deadlines are due). The server keeps only what its report line
  * needs (struct closing, a few dozen bytes instead of the connection's 16 KB
  * buffer), and gives its address as the tag.
  *

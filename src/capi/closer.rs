@@ -95,9 +95,9 @@ pub unsafe extern "C" fn closenotify_closer_new(
 /// Hands a connection over: its shutdown starts now, under `policy` (NULL: the
 /// closer's), and `tag` comes back with its report. On `CLOSENOTIFY_OK` the
 /// closer owns `ssl` and `fd` from then on: it frees the one (`SSL_free`) and
-/// closes the other after the shutdown ends, in a later
-/// `closenotify_closer_process` call with time to spare (within 100 ms), or when
-/// the closer is freed; do not use, free or close them again. On any error nothing changes hands and
+/// closes the other after the shutdown ends, in a `closenotify_closer_process`
+/// call with time to spare (within 100 ms), or when the closer is freed; do not
+/// use, free or close them again. On any error nothing changes hands and
 /// nothing is done to either.
 ///
 /// `ssl` must read and write through OpenSSL's socket (or fd) BIO on `fd`, as

@@ -2,13 +2,15 @@
 //! `closenotify_closer`): connections being shut down in slots of one mio
 //! registry, their deadlines in a [`DeadlineQueue`], their reports in order.
 //!
-//! A finished connection's report is queued first; its teardown (`SSL_free`,
-//! `close`, some 15 µs) waits for a later call with time to spare: one where no
-//! deadline is due within [`IDLE_MARGIN`], or, under a load that never leaves
-//! such time, once the oldest has waited [`TEARDOWN_AGE`] (then a slice of
-//! [`TEARDOWN_SLICE`]). A burst of timeouts thus reaches the caller without
-//! waiting behind the frees of the burst, and the memory and fds still come
-//! back, within a bounded time.
+//! A finished connection's report is queued first. Its teardown (`SSL_free`,
+//! `close`, some 15 µs) runs at once when the engine has time to spare (no
+//! deadline due within [`IDLE_MARGIN`]): the connection is still warm in the
+//! cache then, and freeing it costs least. Otherwise it waits for a later call
+//! with time to spare, or, under a load that never leaves such time, until the
+//! oldest has waited [`TEARDOWN_AGE`] (then a slice of [`TEARDOWN_SLICE`]). A
+//! burst of timeouts thus reaches the caller without waiting behind the frees of
+//! the burst, and the memory and fds still come back, within a bounded time. (A
+//! connection that ends inside `add` waits for the engine's next call.)
 
 use std::collections::VecDeque;
 use std::io;
@@ -189,7 +191,7 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
             deadline: None,
         });
         let retired = self.retired.len();
-        self.drive(index, Ready::NONE, now);
+        self.drive(index, Ready::NONE, now, false);
         if self.retired.len() > retired {
             // Finished at once, outside a round: its report is out before the next
             // round, which may tear it down.
@@ -252,7 +254,7 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
         }
         // An event for a slot freed (or reused) since it was queued is spurious:
         // the machine ignores readiness it does not wait for.
-        self.drive(token - self.tokens.start, Ready::from(event), now);
+        self.drive(token - self.tokens.start, Ready::from(event), now, true);
         true
     }
 
@@ -276,7 +278,7 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
                 // Its queue entry is used up: a wait with the same deadline is
                 // queued again.
                 entry.deadline = None;
-                self.drive(index, Ready::NONE, now);
+                self.drive(index, Ready::NONE, now, true);
             }
         }
         self.due = due;
@@ -347,7 +349,11 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
         self.reports.drain(..n)
     }
 
-    fn drive(&mut self, index: usize, ready: Ready, now: Instant) {
+    /// One step of slot `index`. A shutdown that ends is reported; its connection
+    /// is torn down at once when `teardown` allows it and the engine has time to
+    /// spare (its memory is still warm in the cache: the cheapest moment), and
+    /// retired for a later round otherwise.
+    fn drive(&mut self, index: usize, ready: Ready, now: Instant, teardown: bool) {
         let slot = &mut self.slots[index];
         let Some(entry) = slot.entry.as_mut() else {
             return;
@@ -365,12 +371,14 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
                 };
                 (self.release)(entry.shutdown.get_mut());
                 slot.generation = slot.generation.wrapping_add(1);
-                // The report first; the connection is closed (which also removes
-                // it from epoll) at the next call.
                 self.reports.push_back((entry.tag, report));
-                self.retired.push_back((now, self.round, entry.shutdown));
                 self.free.push(index);
                 self.pending -= 1;
+                if teardown && self.idle(Instant::now()) {
+                    drop(entry.shutdown);
+                } else {
+                    self.retired.push_back((now, self.round, entry.shutdown));
+                }
             }
         }
     }

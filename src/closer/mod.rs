@@ -26,12 +26,12 @@ pub type Stream = SslStream<TcpStream>;
 /// Give it a connection with [`add`](Closer::add) (with a tag of yours, returned
 /// with the report) and forget about it: the Closer runs the shutdown under its
 /// policy, queues the report for [`reports`](Closer::reports) as soon as it is
-/// final, and closes the connection (`SSL_free`, `close`) in a later call with
-/// time to spare, so that a burst of reports never waits behind its frees: a
-/// call where no deadline is due within 2 ms ([`next_deadline`](Closer::next_deadline)
-/// is then due at once), or, if deadlines keep it busy, once the connection has
-/// waited 100 ms (a slice at a time). The shutdown itself never runs past the
-/// policy's bound.
+/// final, and closes the connection (`SSL_free`, `close`): in the same call when
+/// it has time to spare (no other deadline due within 2 ms), else, so that a
+/// burst of reports never waits behind its frees, in a later call with time to
+/// spare ([`next_deadline`](Closer::next_deadline) is then due at once) or, if
+/// deadlines keep it busy, once the connection has waited 100 ms (a slice at a
+/// time). The shutdown itself never runs past the policy's bound.
 ///
 /// Two ways to drive it:
 /// - its own `mio::Poll`: [`Closer::new`], then [`poll`](Closer::poll) in a loop,

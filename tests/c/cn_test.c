@@ -425,8 +425,9 @@ static unsigned shutdown_closer(struct conn *c, const closenotify_policy *policy
     CHECK_RC(closenotify_closer_reports(closer, done + 1, 3, &again), CLOSENOTIFY_OK);
     CHECK(again == 0);
     CHECK(closenotify_closer_pending(closer) == 0);
-    /* The connection is closed in a later call (the report comes first): with
-     * nothing else to do, the closer asks for one at once. */
+    /* The connection is closed by the call that reported it when the closer has
+     * time to spare, or else a later one, which the closer then asks for at
+     * once. */
     if (closenotify_closer_timeout_ms(closer) == 0)
         CHECK_RC(closenotify_closer_process(closer), CLOSENOTIFY_OK);
     CHECK(closenotify_closer_timeout_ms(closer) == -1);
