@@ -254,8 +254,9 @@ pub(crate) fn seal(ssl: &mut SslRef) -> bool {
     true
 }
 
-/// Undoes `begin` and `seal`.
+/// Undoes `begin` and `seal`, and leaves the error queue empty.
 pub(crate) fn end(ssl: &mut SslRef, fd: RawFd) {
+    clear_errors();
     let ptr = ssl.as_ptr();
     let Some(index) = saved_index() else { return };
     let Some(saved) = ssl.ex_data_mut(index) else {
@@ -448,12 +449,35 @@ pub(crate) fn clear_errors() {
     unsafe { ffi::ERR_clear_error() };
 }
 
-/// Runs one OpenSSL call (and the classification of its failure) between two
-/// [`clear_errors`]: no stale entry misleads it, and none of its own entries
-/// outlives it to mislead the application's next call.
-pub(crate) fn with_clean_queue<T>(call: impl FnOnce() -> T) -> T {
+/// Runs one OpenSSL call (and the classification of its failure) on a clean
+/// error queue, so that no stale entry misleads it, and clears the queue again
+/// after a failure, so that none of its entries outlives it to mislead the
+/// application's next call. (A call that succeeded leaves nothing to clear; the
+/// shutdown's `end` clears once more, for the rare entry OpenSSL leaves behind a
+/// success.)
+pub(crate) fn with_clean_queue<T: Failed>(call: impl FnOnce() -> T) -> T {
     clear_errors();
     let result = call();
-    clear_errors();
+    if result.failed() {
+        clear_errors();
+    }
     result
+}
+
+/// The result of an OpenSSL call, as `with_clean_queue` sees it.
+pub(crate) trait Failed {
+    /// The call failed (including "retry": its entries, if any, are stale now).
+    fn failed(&self) -> bool;
+}
+
+impl<T, E> Failed for Result<T, E> {
+    fn failed(&self) -> bool {
+        self.is_err()
+    }
+}
+
+impl Failed for (c_int, Option<TlsError>) {
+    fn failed(&self) -> bool {
+        self.1.is_some()
+    }
 }
