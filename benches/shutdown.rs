@@ -247,6 +247,21 @@ fn establish<S>(addr: SocketAddr, n: usize, wrap: fn(std::net::TcpStream) -> S) 
 where
     S: Read + Write + std::fmt::Debug + Send + 'static,
 {
+    on_two_threads(addr, n, move |tcp, ctx| {
+        Ssl::new(ctx)
+            .unwrap()
+            .connect(wrap(tcp))
+            .expect("handshake")
+    })
+}
+
+/// `n` TCP connections to `addr`, each made into a `T` by `handshake` (with the
+/// client context), on two threads.
+fn on_two_threads<T: Send + 'static>(
+    addr: SocketAddr,
+    n: usize,
+    handshake: impl Fn(std::net::TcpStream, &SslContext) -> T + Copy + Send + 'static,
+) -> Vec<T> {
     let ctx = Arc::new(client_ctx());
     let threads: Vec<_> = (0..2)
         .map(|t| {
@@ -259,8 +274,7 @@ where
                         tcp.set_nodelay(true).unwrap();
                         // A stuck peer fails the benchmark instead of hanging it.
                         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                        let ssl = Ssl::new(&ctx).unwrap();
-                        ssl.connect(wrap(tcp)).expect("handshake")
+                        handshake(tcp, &ctx)
                     })
                     .collect::<Vec<_>>()
             })
@@ -316,37 +330,19 @@ impl Drop for RawConn {
 /// `n` connections as a C program has them (see `RawConn`), handshaken on two
 /// threads.
 fn establish_raw(addr: SocketAddr, n: usize) -> Vec<RawConn> {
-    let ctx = Arc::new(client_ctx());
-    let threads: Vec<_> = (0..2)
-        .map(|t| {
-            let ctx = ctx.clone();
-            std::thread::spawn(move || {
-                (t..n)
-                    .step_by(2)
-                    .map(|_| {
-                        let tcp = std::net::TcpStream::connect(addr).expect("connect");
-                        tcp.set_nodelay(true).unwrap();
-                        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                        let owned = Ssl::new(&ctx).unwrap();
-                        let ssl = foreign_types::ForeignTypeRef::as_ptr(&*owned);
-                        std::mem::forget(owned); // freed by RawConn's drop
-                        let conn = RawConn { ssl, tcp };
-                        // SAFETY: a fresh SSL on an open socket.
-                        unsafe {
-                            assert_eq!(SSL_set_fd(ssl, conn.fd()), 1);
-                            assert_eq!(openssl_sys::SSL_connect(ssl), 1, "handshake");
-                        }
-                        conn.tcp.set_nonblocking(true).unwrap();
-                        conn
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect()
+    on_two_threads(addr, n, |tcp, ctx| {
+        let owned = Ssl::new(ctx).unwrap();
+        let ssl = foreign_types::ForeignTypeRef::as_ptr(&*owned);
+        std::mem::forget(owned); // freed by RawConn's drop
+        let conn = RawConn { ssl, tcp };
+        // SAFETY: a fresh SSL on an open socket.
+        unsafe {
+            assert_eq!(SSL_set_fd(ssl, conn.fd()), 1);
+            assert_eq!(openssl_sys::SSL_connect(ssl), 1, "handshake");
+        }
+        conn.tcp.set_nonblocking(true).unwrap();
+        conn
+    })
 }
 
 // --- 1. per shutdown -----------------------------------------------------------------

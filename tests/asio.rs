@@ -28,10 +28,9 @@
 mod util;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::thread;
@@ -39,7 +38,8 @@ use std::time::{Duration, Instant};
 
 use openssl::ssl::{ErrorCode, ShutdownResult, Ssl, SslContext, SslStream};
 
-use util::cbuild::{self, assert_no_valgrind_errors, run_c, run_limit, upper_ms, valgrind_mode};
+use util::cbuild::{self, assert_no_valgrind_errors, run_c, run_limit, upper_ms};
+use util::echo_client::{exchange, expect_close_notify, expect_echo, tcp_connect, tls_connect};
 use util::process::{self, check_tool, Pems, Proc};
 use util::{read_until_close_notify, reset_on_drop, wait_eof, Contexts, Corkable, Tls};
 
@@ -66,35 +66,13 @@ fn asio_server() -> &'static Path {
 
 /// `c++ CXXFLAGS examples/cpp/asio_server.cpp -o DIR/asio_server` with the link
 /// flags of the C programs (the library of this tree, OpenSSL) and `-lpthread`.
-/// Built under a temporary name and renamed, as `cbuild::compile` does.
 fn compile() -> Result<PathBuf, String> {
     check_tool("c++", "--version")?;
     check_asio_headers()?;
     let (dir, mut flags) = cbuild::prepare()?;
     flags.push("-lpthread".into());
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cpp/asio_server.cpp");
-    let target = dir.join("asio_server");
-    let tmp = dir.join(format!("asio_server.tmp{}", std::process::id()));
-    let out = Command::new("c++")
-        .args(CXXFLAGS)
-        .arg(&src)
-        .arg("-o")
-        .arg(&tmp)
-        .args(&flags)
-        .output()
-        .map_err(|e| format!("c++: {e}"))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(format!(
-            "compiling {} failed ({}):\n{}{}",
-            src.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    std::fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))?;
-    Ok(target)
+    cbuild::compile_with("c++", CXXFLAGS, &src, &dir, "asio_server", &flags)
 }
 
 /// Asio's headers are there: `<asio.hpp>` and `<asio/ssl.hpp>` compile.
@@ -115,15 +93,6 @@ fn check_asio_headers() -> Result<(), String> {
          instead of skipping these tests.\n{}",
         ran.stderr
     ))
-}
-
-/// Bound of every blocking socket call of the clients.
-fn io_timeout() -> Duration {
-    if valgrind_mode() {
-        Duration::from_secs(60)
-    } else {
-        Duration::from_secs(10)
-    }
 }
 
 struct Server {
@@ -233,42 +202,8 @@ fn connect(port: u16, ctx: &SslContext) -> SslStream<TcpStream> {
 }
 
 fn try_connect(port: u16, ctx: &SslContext) -> Result<SslStream<TcpStream>, String> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    set_timeouts(&tcp).map_err(|e| format!("socket options: {e}"))?;
-    let ssl = Ssl::new(ctx).map_err(|e| e.to_string())?;
-    ssl.connect(tcp).map_err(|e| format!("handshake: {e}"))
-}
-
-fn set_timeouts(tcp: &TcpStream) -> io::Result<()> {
-    tcp.set_nodelay(true)?;
-    tcp.set_read_timeout(Some(io_timeout()))?;
-    tcp.set_write_timeout(Some(io_timeout()))
-}
-
-/// Sends `line` and reads its echo.
-fn exchange<S: Read + Write>(s: &mut SslStream<S>, line: &str) -> Result<(), String> {
-    s.write_all(line.as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
-    expect_echo(s, line)
-}
-
-fn expect_echo<S: Read + Write>(s: &mut SslStream<S>, line: &str) -> Result<(), String> {
-    let mut echo = vec![0u8; line.len()];
-    s.read_exact(&mut echo)
-        .map_err(|e| format!("reading the echo: {e}"))?;
-    if echo != line.as_bytes() {
-        return Err(format!("echo {:?}", String::from_utf8_lossy(&echo)));
-    }
-    Ok(())
-}
-
-/// The server's close_notify, with nothing before it.
-fn expect_close_notify(s: &mut SslStream<TcpStream>) -> Result<(), String> {
-    match read_until_close_notify(s) {
-        Ok(rest) if rest.is_empty() => Ok(()),
-        Ok(rest) => Err(format!("{} bytes before close_notify", rest.len())),
-        Err(e) => Err(format!("no close_notify: {e}")),
-    }
+    let tcp = tcp_connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    tls_connect(tcp, ctx)
 }
 
 /// After the server's close_notify: the end of its transport is a FIN (EOF),
@@ -514,8 +449,7 @@ fn fifty_clients_at_once_are_each_reported_once() {
 fn a_second_record_in_the_bio_pair_is_not_handed_over() {
     let mut server = Server::start(2);
     for (i, tls) in [Tls::V12, Tls::V13].into_iter().enumerate() {
-        let tcp = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-        set_timeouts(&tcp).unwrap();
+        let tcp = tcp_connect(("127.0.0.1", server.port)).expect("connect");
         let ssl = Ssl::new(&Contexts::new(tls).client).unwrap();
         let mut s = ssl.connect(Corkable::new(tcp)).expect("handshake");
         // Two records, one write().

@@ -23,7 +23,7 @@
 mod util;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -31,13 +31,14 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use openssl::ssl::{ShutdownResult, Ssl, SslContext, SslStream};
+use openssl::ssl::{ShutdownResult, SslContext};
 
 use util::cbuild::{
     self, assert_no_valgrind_errors, run_c, run_limit, spawn_c, upper_ms, valgrind_mode,
 };
+use util::echo_client::{exchange, expect_close_notify, tcp_connect, tls_connect};
 use util::process::{Pems, Proc};
-use util::{read_until_close_notify, reset_on_drop, wait_eof, Contexts, Tls};
+use util::{reset_on_drop, wait_eof, Contexts, Tls};
 
 /// The server's policy and idle timeout in these tests.
 const FLUSH_MS: u64 = 300;
@@ -64,15 +65,6 @@ fn echo_server() -> &'static Path {
     match compiled {
         Ok(p) => p,
         Err(e) => panic!("{e}"),
-    }
-}
-
-/// Bound of every blocking socket call of the clients.
-fn io_timeout() -> Duration {
-    if valgrind_mode() {
-        Duration::from_secs(60)
-    } else {
-        Duration::from_secs(10)
     }
 }
 
@@ -291,41 +283,6 @@ struct Seen {
     end: String,
     /// From connect to that end.
     elapsed: Duration,
-}
-
-fn tcp_connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let tcp = TcpStream::connect(addr)?;
-    tcp.set_nodelay(true)?;
-    tcp.set_read_timeout(Some(io_timeout()))?;
-    tcp.set_write_timeout(Some(io_timeout()))?;
-    Ok(tcp)
-}
-
-fn tls_connect(tcp: TcpStream, ctx: &SslContext) -> Result<SslStream<TcpStream>, String> {
-    let ssl = Ssl::new(ctx).map_err(|e| e.to_string())?;
-    ssl.connect(tcp).map_err(|e| format!("handshake: {e}"))
-}
-
-/// Sends `message` and reads its echo.
-fn exchange(s: &mut SslStream<TcpStream>, message: &str) -> Result<(), String> {
-    s.write_all(message.as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
-    let mut echo = vec![0u8; message.len()];
-    s.read_exact(&mut echo)
-        .map_err(|e| format!("reading the echo: {e}"))?;
-    if echo != message.as_bytes() {
-        return Err(format!("echo {:?}", String::from_utf8_lossy(&echo)));
-    }
-    Ok(())
-}
-
-/// The server's close_notify, with nothing before it.
-fn expect_close_notify(s: &mut SslStream<TcpStream>) -> Result<(), String> {
-    match read_until_close_notify(s) {
-        Ok(rest) if rest.is_empty() => Ok(()),
-        Ok(rest) => Err(format!("{} bytes before close_notify", rest.len())),
-        Err(e) => Err(format!("no close_notify: {e}")),
-    }
 }
 
 /// How a raw TCP stream ends: "eof" or the error kind.

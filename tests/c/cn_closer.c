@@ -113,26 +113,6 @@ static SSL_CTX *client_ctx(int version)
     return ctx;
 }
 
-static int connect_to(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        FAIL("socket: %s", strerror(errno));
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((unsigned short)port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
-        FAIL("connect to 127.0.0.1:%d: %s", port, strerror(errno));
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct timeval tv = {.tv_sec = WAIT_MS / 1000, .tv_usec = 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    return fd;
-}
-
 static void wait_readable(int fd)
 {
     struct pollfd pfd = {.fd = fd, .events = POLLIN, .revents = 0};
@@ -184,7 +164,7 @@ static void fill_send_queue(SSL *ssl, int fd)
  * ready to be closed. Returns the SSL; `*fd` is its socket. */
 static SSL *open_one(SSL_CTX *ctx, int port, enum behaviour b, int *fd)
 {
-    *fd = connect_to(port);
+    *fd = connect_loopback(port, WAIT_MS);
     SSL *ssl = SSL_new(ctx);
     CHECK(ssl != NULL);
     CHECK(SSL_set_fd(ssl, *fd) == 1);

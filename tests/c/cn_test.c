@@ -116,23 +116,7 @@ static int parse_version(const char *s)
 
 static void conn_open(struct conn *c, int port, int version)
 {
-    c->fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (c->fd < 0)
-        FAIL("socket: %s", strerror(errno));
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((unsigned short)port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0)
-        FAIL("connect to 127.0.0.1:%d: %s", port, strerror(errno));
-    int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    /* The socket stays blocking; these bound the handshake and our reads if the
-     * peer dies. The shutdown does not depend on them. */
-    struct timeval tv = {.tv_sec = WAIT_MS / 1000, .tv_usec = 0};
-    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    c->fd = connect_loopback(port, WAIT_MS);
 
     c->ctx = SSL_CTX_new(TLS_client_method());
     CHECK(c->ctx != NULL);

@@ -191,16 +191,28 @@ fn links_openssl_dynamically(cdylib: &Path) -> Result<bool, String> {
 /// failure. Built under a temporary name and renamed, so that concurrent test
 /// runs never execute a half-written binary.
 pub fn compile(source: &Path, dir: &Path, name: &str, flags: &[String]) -> Result<PathBuf, String> {
+    compile_with("cc", CFLAGS, source, dir, name, flags)
+}
+
+/// As [`compile`], with another compiler and its own flags (C++).
+pub fn compile_with(
+    compiler: &str,
+    own_flags: &[&str],
+    source: &Path,
+    dir: &Path,
+    name: &str,
+    flags: &[String],
+) -> Result<PathBuf, String> {
     let target = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp{}", std::process::id()));
-    let out = Command::new("cc")
-        .args(CFLAGS)
+    let out = Command::new(compiler)
+        .args(own_flags)
         .arg(source)
         .arg("-o")
         .arg(&tmp)
         .args(flags)
         .output()
-        .map_err(|e| format!("cc: {e}"))?;
+        .map_err(|e| format!("{compiler}: {e}"))?;
     if !out.status.success() {
         let _ = std::fs::remove_file(&tmp);
         return Err(format!(

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cbuild;
+pub mod echo_client;
 pub mod examples;
 pub mod process;
 
