@@ -351,7 +351,7 @@ mod per_shutdown {
     use super::*;
 
     pub fn run(peer: &peer::Peer, quick: bool) -> Value {
-        let (n, rounds) = if quick { (200, 1) } else { (1000, 7) };
+        let (n, rounds) = if quick { (200, 1) } else { (1000, 11) };
         println!("\n1. Per clean bidirectional shutdown ({n} connections per round, {rounds} rounds, median)");
         let policy = Policy::default();
         let (mut cn, mut ro, mut tk, mut tk_bare) = (vec![], vec![], vec![], vec![]);

@@ -6,8 +6,8 @@
 //! `close`, some 15 µs) runs at once when the engine has time to spare (no
 //! deadline due within [`IDLE_MARGIN`]): the connection is still warm in the
 //! cache then, and freeing it costs least. Otherwise it waits for a later call
-//! with time to spare, or, under a load that never leaves such time, until the
-//! oldest has waited [`TEARDOWN_AGE`] (then a slice of [`TEARDOWN_SLICE`]). A
+//! with time to spare, or, under a load that never leaves such time, until it
+//! has waited [`TEARDOWN_AGE`] (then [`TEARDOWN_BUDGET`] of frees per call). A
 //! burst of timeouts thus reaches the caller without waiting behind the frees of
 //! the burst, and the memory and fds still come back, within a bounded time. (A
 //! connection that ends inside `add` waits for the engine's next call.)
@@ -27,20 +27,20 @@ use crate::machine::{Connection, Progress, Ready};
 use crate::report::Report;
 use crate::shutdown::Shutdown;
 
-/// Finished connections torn down per call when they must be (see
-/// `TEARDOWN_AGE`), at least: the reports of that call wait behind half a
-/// millisecond of frees. (More, a quarter of those past the age, when a flood
-/// that never leaves idle time retires more per call than this.)
-const TEARDOWN_SLICE: usize = 32;
+/// The time a call spends tearing down connections that waited `TEARDOWN_AGE`
+/// while deadlines were due: the reports of that call wait behind this much at
+/// most, and every call makes progress.
+const TEARDOWN_BUDGET: Duration = Duration::from_millis(1);
 
 /// Teardown runs when no deadline is due within this margin.
 const IDLE_MARGIN: Duration = Duration::from_millis(2);
 
-/// The longest a finished connection waits for its teardown while deadlines
-/// keep the engine busy; then a slice is torn down regardless.
+/// How long a finished connection waits for its teardown while deadlines keep
+/// the engine busy, before every call spends up to `TEARDOWN_BUDGET` on such
+/// connections.
 const TEARDOWN_AGE: Duration = Duration::from_millis(100);
 
-/// Connections torn down between two checks of the clock in idle time.
+/// Connections torn down between two checks of the clock.
 const IDLE_SLICE: usize = 16;
 
 /// Events handled per `poll` of the engine's own `mio::Poll`.
@@ -285,9 +285,8 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
         self.round += 1;
     }
 
-    /// Frees finished connections: while no deadline is due within
-    /// `IDLE_MARGIN`, and a slice (see `TEARDOWN_SLICE`) when the oldest has
-    /// waited `TEARDOWN_AGE`.
+    /// Frees finished connections: those that waited `TEARDOWN_AGE`, for up to
+    /// `TEARDOWN_BUDGET`, then any while no deadline is due within `IDLE_MARGIN`.
     fn teardown(&mut self) {
         let now = Instant::now();
         // Only what earlier rounds reported.
@@ -298,9 +297,10 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
             *round < self.round && now.saturating_duration_since(*at) >= TEARDOWN_AGE
         });
         let mut done = 0;
-        if aged > 0 {
-            done = TEARDOWN_SLICE.max(aged / 4).min(ready);
-            self.retired.drain(..done);
+        while done < aged && now.elapsed() < TEARDOWN_BUDGET {
+            let n = IDLE_SLICE.min(aged - done);
+            self.retired.drain(..n);
+            done += n;
         }
         while done < ready && self.idle(Instant::now()) {
             let n = IDLE_SLICE.min(ready - done);

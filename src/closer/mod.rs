@@ -30,8 +30,8 @@ pub type Stream = SslStream<TcpStream>;
 /// it has time to spare (no other deadline due within 2 ms), else, so that a
 /// burst of reports never waits behind its frees, in a later call with time to
 /// spare ([`next_deadline`](Closer::next_deadline) is then due at once) or, if
-/// deadlines keep it busy, once the connection has waited 100 ms (a slice at a
-/// time). The shutdown itself never runs past the policy's bound.
+/// deadlines keep it busy, once the connection has waited 100 ms (at most 1 ms of
+/// frees per call). The shutdown itself never runs past the policy's bound.
 ///
 /// Two ways to drive it:
 /// - its own `mio::Poll`: [`Closer::new`], then [`poll`](Closer::poll) in a loop,

@@ -35,6 +35,8 @@ extern "C" {
     // Only the tokio adapter needs to know whether a write is stuck in OpenSSL.
     #[cfg(feature = "tokio")]
     pub fn SSL_want(s: *const SSL) -> c_int;
+    /// The earliest error code in this thread's queue, 0 if it is empty.
+    pub fn ERR_peek_error() -> std::ffi::c_ulong;
 }
 
 /// `SSL_want`'s answer when OpenSSL holds bytes it must still write.

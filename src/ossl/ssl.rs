@@ -445,8 +445,14 @@ fn with_saved(ssl: &mut SslRef, f: impl FnOnce(&mut Saved)) {
 /// Clears the error queue before an OpenSSL call: a stale entry would turn the
 /// next `SSL_ERROR_SYSCALL` into a misclassified `SSL_ERROR_SSL`.
 pub(crate) fn clear_errors() {
-    // SAFETY: ERR_clear_error only touches this thread's error queue.
-    unsafe { ffi::ERR_clear_error() };
+    // SAFETY: both only touch this thread's error queue. ERR_clear_error resets
+    // every slot of the queue; peeking first skips that when it is empty, as it
+    // almost always is.
+    unsafe {
+        if ERR_peek_error() != 0 {
+            ffi::ERR_clear_error();
+        }
+    }
 }
 
 /// Runs one OpenSSL call (and the classification of its failure) on a clean
