@@ -257,10 +257,14 @@ fn step_revents_costs_no_openssl_call_per_foreign_wakeup() {
 
 #[test]
 fn a_reset_peer_does_not_kill_a_c_program_with_default_sigpipe() {
-    for tls in BOTH {
+    for (tls, closer) in BOTH.into_iter().flat_map(|t| [(t, false), (t, true)]) {
         let mut peer = python(tls, "reset-now");
         let port = peer.port.to_string();
-        let ran = run_c(&programs().cn_test, &["sigpipe", &port, tls.arg()]);
+        let mut args = vec!["sigpipe", &port, tls.arg()];
+        if closer {
+            args.push("closer"); // the C closer writes close_notify on the reset socket
+        }
+        let ran = run_c(&programs().cn_test, &args);
         // Not killed by SIGPIPE (the status says which signal, if any).
         assert_eq!(ran.status.signal(), None, "{}", ran.context());
         let r = ran.c_report();

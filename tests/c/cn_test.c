@@ -50,9 +50,10 @@
  *   cn_test stoptls PORT 1.2|1.3
  *       against tests/peers/stoptls.py: plaintext greeting and STARTTLS, TLS,
  *       a STOPTLS shutdown, then a plaintext line each way on the same fd.
- *   cn_test sigpipe PORT 1.2|1.3
+ *   cn_test sigpipe PORT 1.2|1.3 [closer]
  *       SIGPIPE at its default action; the peer resets right after the
- *       handshake; the shutdown must not kill this process.
+ *       handshake; the shutdown (blocking, or handed to a closer) must not
+ *       kill this process.
  *
  * The network subcommands connect as a TLS client to 127.0.0.1:PORT with the
  * version pinned, shut down with closenotify, and print the report on stdout as
@@ -870,7 +871,7 @@ static int run_stoptls(int port, int version)
  * EPIPE and raises SIGPIPE, whose default action kills the process. The
  * shutdown writes our close_notify: it must survive and report reset/EPIPE.
  */
-static int run_sigpipe(int port, int version)
+static int run_sigpipe(int port, int version, int closer)
 {
     struct conn c;
     conn_open(&c, port, version);
@@ -894,8 +895,15 @@ static int run_sigpipe(int port, int version)
     policy.peer_timeout_ms = 1000;
     closenotify_report r = sentinel_report();
     sigpipe(SIG_DFL); /* whatever the parent process left us */
-    CHECK_RC(closenotify_shutdown_blocking(c.ssl, c.fd, &policy, &r), CLOSENOTIFY_OK);
-    print_report(&r, 0); /* still alive: no SIGPIPE */
+    unsigned calls = 0;
+    if (closer) {
+        /* Handed to a closer, which writes close_notify on the reset socket. */
+        struct step_options opt = {0, 0, 0, 1000};
+        calls = shutdown_closer(&c, &policy, &opt, NULL, &r);
+    } else {
+        CHECK_RC(closenotify_shutdown_blocking(c.ssl, c.fd, &policy, &r), CLOSENOTIFY_OK);
+    }
+    print_report(&r, calls); /* still alive: no SIGPIPE */
     conn_close(&c);
     return 0;
 }
@@ -915,7 +923,7 @@ static int usage(void)
             "       cn_test blocking-read|step-read plain PORT 1.2|1.3 [--limit N] "
             "[--abort] [--peer-timeout-ms N] [--consume-ms N]\n"
             "       cn_test stoptls PORT 1.2|1.3\n"
-            "       cn_test sigpipe PORT 1.2|1.3\n"
+            "       cn_test sigpipe PORT 1.2|1.3 [closer]\n"
             );
     return 2;
 }
@@ -977,11 +985,12 @@ int main(int argc, char **argv)
         return run_read(strcmp(argv[1], "step-read") == 0, argv[2], (int)port, version,
                         limit, abort_sink, (unsigned)peer_timeout, (unsigned)consume_ms);
     }
-    if (argc == 4 && strcmp(argv[1], "sigpipe") == 0) {
+    if ((argc == 4 || (argc == 5 && strcmp(argv[4], "closer") == 0)) &&
+        strcmp(argv[1], "sigpipe") == 0) {
         int version = parse_version(argv[3]);
         if (!parse_uint(argv[2], 65535, &port) || version == 0)
             return usage();
-        return run_sigpipe((int)port, version);
+        return run_sigpipe((int)port, version, argc == 5);
     }
     if (argc >= 5 && (strcmp(argv[1], "blocking") == 0 || strcmp(argv[1], "step") == 0 ||
                       strcmp(argv[1], "step-revents") == 0 || strcmp(argv[1], "closer") == 0)) {
