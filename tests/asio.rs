@@ -140,31 +140,12 @@ impl Server {
 
     /// Descriptors the server has open now.
     fn open_fds(&self) -> Vec<String> {
-        let dir = format!("/proc/{}/fd", self.proc.pid());
-        let mut fds: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{dir}: {e}"))
-            .map(|entry| {
-                let entry = entry.unwrap();
-                let target = std::fs::read_link(entry.path())
-                    .map(|t| t.display().to_string())
-                    .unwrap_or_else(|_| "?".into());
-                format!("{} -> {target}", entry.file_name().to_string_lossy())
-            })
-            .collect();
-        fds.sort();
-        fds
+        process::open_fds(self.proc.pid())
     }
 
-    /// Waits (bounded) until the server's fds are `baseline` again: the closer
-    /// closes a finished connection's fd at its next call, which it asks for at
-    /// once (its timeout is 0 while one waits to be closed).
+    /// Waits (bounded) until the server's fds are `baseline` again.
     fn expect_fds(&self, baseline: &[String]) {
-        let until = Instant::now() + Duration::from_secs(5);
-        let mut now = self.open_fds();
-        while now != baseline && Instant::now() < until {
-            thread::sleep(Duration::from_millis(10));
-            now = self.open_fds();
-        }
+        let now = process::fds_back_to(self.proc.pid(), baseline, Duration::from_secs(5));
         assert_eq!(
             now,
             baseline,

@@ -120,19 +120,7 @@ impl Server {
 
     /// Descriptors the server has open now.
     fn open_fds(&self) -> Vec<String> {
-        let dir = format!("/proc/{}/fd", self.proc.pid());
-        let mut fds: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{dir}: {e}"))
-            .map(|entry| {
-                let entry = entry.unwrap();
-                let target = std::fs::read_link(entry.path())
-                    .map(|t| t.display().to_string())
-                    .unwrap_or_else(|_| "?".into());
-                format!("{} -> {target}", entry.file_name().to_string_lossy())
-            })
-            .collect();
-        fds.sort();
-        fds
+        util::process::open_fds(self.proc.pid())
     }
 
     /// Waits for the exit: status 0, and valgrind clean in valgrind mode.
@@ -657,12 +645,7 @@ fn mixed_misbehaving_clients_each_reported_once_within_policy() {
     // call that reports it or, when deadlines were due, in a later one it asks
     // for at once when it has time (its timeout is then 0), so the count is back
     // within moments.
-    let until = Instant::now() + Duration::from_secs(2);
-    let mut after = server.open_fds();
-    while after != baseline && Instant::now() < until {
-        thread::sleep(Duration::from_millis(10));
-        after = server.open_fds();
-    }
+    let after = util::process::fds_back_to(server.proc.pid(), &baseline, Duration::from_secs(2));
     assert_eq!(
         after,
         baseline,

@@ -556,3 +556,33 @@ pub fn peer_py(pems: &Pems, mode: &str, version: &str, limit: Duration) -> (Proc
         .unwrap_or_else(|_| panic!("first line is not a port: {}", peer.transcript()));
     (peer, port)
 }
+
+/// The descriptors process `pid` has open now, as `N -> target`, sorted.
+pub fn open_fds(pid: i32) -> Vec<String> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut fds: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let target = std::fs::read_link(entry.path())
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            format!("{} -> {target}", entry.file_name().to_string_lossy())
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// Waits (bounded by `limit`) until process `pid` has exactly the descriptors
+/// of `baseline` open again (a closer closes a finished connection's fd in the
+/// call that reports it, or in a later one it asks for at once); the fds then.
+pub fn fds_back_to(pid: i32, baseline: &[String], limit: Duration) -> Vec<String> {
+    let until = std::time::Instant::now() + limit;
+    let mut now = open_fds(pid);
+    while now != baseline && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+        now = open_fds(pid);
+    }
+    now
+}
