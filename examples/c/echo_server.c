@@ -1,6 +1,6 @@
 /*
  * echo_server.c: a TLS echo server in plain C on the OpenSSL C API. One thread,
- * one poll() loop over the listening socket, every connection and a
+ * one poll() loop over the listening socket, the connections and a
  * closenotify_closer: a connection that is done is handed to the closer with
  * one call and forgotten; the closer's fd sits in the same poll() set, and its
  * reports come back with the connection's tag.
@@ -12,19 +12,17 @@
  *   --listen ADDR:PORT    where to listen (default 127.0.0.1:4433); port 0 takes
  *                         any free port; IPv6 as [::1]:PORT
  *   --cert, --key FILE    certificate chain and private key, PEM
- *   --flush-timeout-ms N  the shutdown policy's bound for getting close_notify
- *                         (and any echo still unsent) into the kernel; 3000
+ *   --flush-timeout-ms N  the policy's bound for getting close_notify (and any
+ *                         echo still unsent) into the kernel; 3000
  *   --peer-timeout-ms N   the policy's bound for the client's close_notify; 3000
- *   --idle-timeout-ms N   start the shutdown after N ms without data from the
- *                         client; a handshake may not pause longer either
- *                         (default: off; a handshake lasts 10 s at most)
- *   --max-conns N         accept N connections, then exit 0 once all N are
- *                         reported (default: serve until killed)
+ *   --idle-timeout-ms N   close after N ms without data from the client; a
+ *                         handshake may not pause longer either (default: off;
+ *                         a handshake lasts 10 s at most)
+ *   --max-conns N         accept N connections, exit 0 once all N are reported
  *   --tls12               at most TLS 1.2 (default: TLS 1.2 or 1.3)
  *
- * Output, line-buffered on stdout: first `listening ADDR:PORT`, the address
- * actually bound; then ONE line per connection, printed when its report comes
- * back from the closer, as key=value pairs (here wrapped):
+ * Output, line-buffered: `listening ADDR:PORT`, then one line per connection
+ * when its report comes back, as key=value pairs (here wrapped):
  *
  *   conn=3 peer=127.0.0.1:50412 outcome=clean initiator=peer stage=half_close
  *   alert=-1 alert_name=none os_error=0 close_notify_sent=1
@@ -32,81 +30,42 @@
  *   elapsed_ms=0 ssl_calls=1 tls_version=0x0304 detail=none
  *   trigger=close_notify error=none closing_ms=0 bytes_in=11 bytes_out=11
  *
- * From `outcome` to `detail`: closenotify's report (`elapsed_ms` is the
- * library's, from the handover; `detail` with spaces as `_`). Then the
- * server's own: `trigger`, why it began closing (`close_notify`: the client's
- * arrived; `idle`; `error`: its own read or write failed); `error`, what its own
- * I/O saw (`none`, `eof`, `os:ERRNO`, `tls:REASON`, `timeout`); `closing_ms`,
- * from that decision to the report; `bytes_in`/`bytes_out`, application bytes
- * read and echoed (the echo handed to closenotify counts once its close_notify,
- * which follows it, went out: `bytes_out` is a lower bound when the flush timed
- * out). A connection whose
- * handshake failed or timed out never reaches closenotify: its line is
- * `conn=N peer=ADDR outcome=handshake_failed trigger=handshake error=...`
- * (and, should it happen, `outcome=setup_failed` for a connection the server
- * could not set up, `outcome=api_error` for a call the C API refused: a bug).
+ * `outcome` to `detail` are closenotify's report (`detail` with spaces as `_`).
+ * The rest is the server's: `trigger`, why it began closing (`close_notify`,
+ * `idle`, or `error`: its own read or write failed); `error`, what its own I/O
+ * saw (`none`, `eof`, `os:ERRNO`, `tls:REASON`, `timeout`); `closing_ms`, from
+ * that decision to the report; `bytes_in`/`bytes_out`, application bytes read
+ * and echoed (an echo handed over counts once the close_notify behind it went
+ * out). A failed handshake never reaches closenotify: its line is `conn=N
+ * peer=ADDR outcome=handshake_failed trigger=handshake error=...`
+ * (`outcome=setup_failed` and `outcome=api_error` would be bugs).
  *
  * Exit status: 0 after --max-conns connections were reported, 1 for a setup
  * failure (certificate, address), 2 for a usage error.
  *
- * Build, with the library installed by cargo-c (`cargo cinstall`, see
- * docs/c-api.md; closenotify.pc requires libssl and libcrypto, so their flags
- * come with it):
+ * Build, with the library installed by cargo-c (docs/c-api.md):
  *
  *   cc -std=c11 -Wall -Wextra -Wpedantic -Werror examples/c/echo_server.c \
  *      -o echo_server $(pkg-config --cflags --libs closenotify)
  *
- * Design
+ * Deadlines: a connection being served has one at a time (its handshake's or
+ * its idle timeout's); the closer keeps those of the connections it closes.
+ * poll() waits until the earliest of all, rounded up to whole milliseconds
+ * (closenotify_closer_timeout_ms is rounded up too), so it never wakes early.
+ * Data that arrived counts even past a deadline.
  *
- * Deadlines. Every connection being served has exactly one deadline at a time,
- * on the monotonic clock: its handshake's or its idle timeout's. The closer
- * keeps the deadlines of the connections it closes, and says how long until
- * the earliest (closenotify_closer_timeout_ms, rounded up). poll()'s timeout is
- * the earliest of all, rounded up to whole milliseconds, so that poll() never
- * returns before a deadline. After poll(), each connection is serviced: first
- * what poll() reported for it (data that arrived counts, even past the
- * deadline), then its deadline, if that has passed and progress did not move
- * it. The closer is processed when its fd is readable or its timeout has run
- * out; then its reports are taken. A wait for the client (idle, handshake)
- * starts from a fresh clock reading when the server last heard from it or
- * answered it, not from the loop's: time the server spent on other
- * connections is never charged to this one.
+ * Handing over: the closer owns the SSL* and the fd from then on, and the
+ * server keeps a small struct closing (its address is the tag) instead of the
+ * connection and its 16 KB buffer. What the server could not finish goes with
+ * the connection, on a shutdown object (docs/c-api.md, "Handing over a
+ * connection"): a failed SSL_read or SSL_write
+ * (closenotify_shutdown_set_error: nothing is sent, the report names the
+ * failure), or the echo a client stopped reading (closenotify_shutdown_set_unsent:
+ * sent before close_notify within the flush timeout).
  *
- * Handing over. The closer owns the SSL* and the fd from the handover on: it
- * frees the one and closes the other when the shutdown ends (in the call that
- * reports it, or a later one when deadlines are due). The server keeps only what its report line
- * needs (struct closing, a few dozen bytes instead of the connection's 16 KB
- * buffer), and gives its address as the tag.
- *
- * Echo still unsent when the shutdown begins (a client that stopped reading).
- * OpenSSL requires a write that returned WANT_WRITE to be retried with the same
- * bytes: a close_notify cannot follow the half-written record. The server hands
- * closenotify the bytes of that write (closenotify_shutdown_set_unsent, on a
- * shutdown object given to the closer with closenotify_closer_add_shutdown),
- * which sends them before close_notify, within the policy's flush timeout. When the
- * timeout passes first, closenotify arms the reset (SO_LINGER {1, 0}), as the
- * policy says, so that close() frees the kernel of a client that does not
- * read.
- *
- * A connection whose own SSL_read or SSL_write failed (SSL_ERROR_SYSCALL or
- * SSL_ERROR_SSL: EOF without close_notify, reset, alert) must not see
- * SSL_shutdown, OpenSSL says. The server hands closenotify that failure
- * (closenotify_shutdown_set_error: SSL_get_error's code, the errno, and the
- * error queue the call left, untouched until then; the same shutdown object
- * goes to the closer): nothing is sent, the
- * session leaves the cache, and the report names the failure (`truncated`,
- * `reset` with its errno, `peer_alert`, `protocol_error`), as the server's own
- * `error` does in its words.
- *
- * SIGPIPE. closenotify never raises it, but the echo's own SSL_write does
- * (EPIPE) on a connection the client closed and reset: OpenSSL's socket BIO
- * writes with write(), not send() with MSG_NOSIGNAL. A custom BIO that sends
- * with MSG_NOSIGNAL is no way out here: closenotify drives only OpenSSL's
- * socket BIO (SSL_set_fd) and refuses others. The server owns its process, so
- * it ignores SIGPIPE; the failed write is then an EPIPE like any other error.
- *
- * Every wait is bounded (handshake, idle, flush, peer), and on exit everything
- * is freed, so that valgrind's leak check finds nothing.
+ * SIGPIPE: closenotify never raises it, but the echo's own SSL_write would on a
+ * reset connection (OpenSSL's socket BIO uses write()), so the server ignores
+ * it. Every wait is bounded, and on exit everything is freed (valgrind clean).
  */
 
 /* getaddrinfo(), poll(), clock_gettime() and friends are POSIX, not C11. */
@@ -156,9 +115,7 @@ static const char *const USAGE =
     "                   [--flush-timeout-ms N] [--peer-timeout-ms N]\n"
     "                   [--idle-timeout-ms N] [--max-conns N] [--tls12]\n";
 
-/* ------------------------------------------------------------------------- */
-/* The monotonic clock, in nanoseconds (wall-clock jumps move no deadline).    */
-/* ------------------------------------------------------------------------- */
+/* ---- The monotonic clock, in ns: wall-clock jumps move no deadline ---- */
 
 static int64_t now_ns(void)
 {
@@ -180,9 +137,7 @@ static int64_t ms_until(int64_t deadline, int64_t now)
     return (deadline - now + 999999) / 1000000;
 }
 
-/* ------------------------------------------------------------------------- */
-/* Connections                                                                */
-/* ------------------------------------------------------------------------- */
+/* ---- Connections ---- */
 
 enum phase {
     PH_HANDSHAKE, /* SSL_accept until it succeeds */
@@ -190,20 +145,7 @@ enum phase {
 };
 
 enum trigger { TR_NONE, TR_CLOSE_NOTIFY, TR_IDLE, TR_ERROR };
-
-static const char *trigger_name(enum trigger t)
-{
-    switch (t) {
-    case TR_CLOSE_NOTIFY:
-        return "close_notify";
-    case TR_IDLE:
-        return "idle";
-    case TR_ERROR:
-        return "error";
-    default:
-        return "none";
-    }
-}
+static const char *const TRIGGER[] = {"none", "close_notify", "idle", "error"};
 
 /* What a connection's report line adds to the report: all the server keeps of
  * a connection the closer has (its address is the tag). */
@@ -264,13 +206,8 @@ static void token(const char *s, char *out, size_t size)
     out[i] = '\0';
 }
 
-/*
- * What a failed SSL call says (`err` from SSL_get_error, the errno saved right
- * after the call, the error queue), as one token in c->info.error; `err` and the
- * errno are kept for closenotify. The error queue is left as it is: closenotify
- * reads (and empties) it when the connection is handed over; a failed
- * handshake empties it here.
- */
+/* A failed SSL call (SSL_get_error's `err`, the errno right after it, the
+ * error queue, left for closenotify to read) as one token in c->info.error. */
 static void describe_error(struct conn *c, int err, int saved_errno)
 {
     c->ssl_error = err;
@@ -316,6 +253,14 @@ static int wants(struct conn *c, int err)
     return 0;
 }
 
+/* What the last closenotify call refused, on stderr. */
+static void say_error(const char *call)
+{
+    char msg[256];
+    closenotify_last_error(msg, sizeof msg);
+    fprintf(stderr, "echo_server: %s: %s\n", call, msg);
+}
+
 /* SSL_free and close(), for a connection the closer never had. */
 static void conn_close(struct server *s, struct conn *c)
 {
@@ -342,21 +287,19 @@ static void handshake_failed(struct server *s, struct conn *c)
 static void api_failed(struct server *s, struct conn *c, const char *call,
                        closenotify_result rc)
 {
-    char msg[256];
-    closenotify_last_error(msg, sizeof msg);
-    fprintf(stderr, "echo_server: conn %lu: %s: %s: %s\n", c->info.id, call,
-            closenotify_result_name(rc), msg);
+    char what[96];
+    snprintf(what, sizeof what, "conn %lu: %s: %s", c->info.id, call,
+             closenotify_result_name(rc));
+    say_error(what);
     ERR_clear_error(); /* a failure not handed over */
     conn_close(s, c);
     printf("conn=%lu peer=%s outcome=api_error trigger=%s error=%s "
            "closing_ms=0 bytes_in=%" PRIu64 " bytes_out=%" PRIu64 "\n",
-           c->info.id, c->info.peer, trigger_name(c->info.trigger), closenotify_result_name(rc),
+           c->info.id, c->info.peer, TRIGGER[c->info.trigger], closenotify_result_name(rc),
            c->info.bytes_in, c->info.bytes_out);
 }
 
-/* ------------------------------------------------------------------------- */
-/* Closing: handed to the closer, reported when it is done.                    */
-/* ------------------------------------------------------------------------- */
+/* ---- Closing: handed to the closer, reported when it is done ---- */
 
 /* A report from the closer: the line of its connection. */
 static void reported(const closenotify_closed *done)
@@ -380,7 +323,7 @@ static void reported(const closenotify_closed *done)
            r->os_error, r->close_notify_sent ? 1 : 0, r->close_notify_received ? 1 : 0,
            r->half_closed ? 1 : 0, r->session_resumable ? 1 : 0, r->discarded_bytes,
            r->elapsed_ms, r->ssl_calls, (unsigned)r->tls_version, detail,
-           trigger_name(k->trigger), k->error, closing_ms, k->bytes_in, k->bytes_out);
+           TRIGGER[k->trigger], k->error, closing_ms, k->bytes_in, k->bytes_out);
     free(k);
 }
 
@@ -390,9 +333,7 @@ static int process(struct server *s)
 {
     closenotify_result rc = closenotify_closer_process(s->closer);
     if (rc != CLOSENOTIFY_OK) {
-        char msg[256];
-        closenotify_last_error(msg, sizeof msg);
-        fprintf(stderr, "echo_server: closenotify_closer_process: %s\n", msg);
+        say_error("closenotify_closer_process");
         return -1;
     }
     closenotify_closed done[64];
@@ -409,16 +350,9 @@ static int process(struct server *s)
     return 0;
 }
 
-/*
- * Hands the connection to the closer: one call, and the SSL* and the fd are
- * the closer's. What the server could not finish is handed over with it,
- * through a shutdown object: the failure of its own SSL_read or SSL_write
- * (OpenSSL then forbids SSL_shutdown: nothing is sent, and the report names
- * the failure), or else the echo still unsent, which goes out before
- * close_notify under the policy's flush timeout. A write that returned
- * WANT_WRITE is retried with the bytes of that call, buf[sent..len), as
- * OpenSSL requires; closenotify copies them.
- */
+/* Hands the connection to the closer (see "Handing over" at the top). The
+ * unsent echo is buf[sent..len): the bytes of the write that returned
+ * WANT_WRITE, which OpenSSL requires to be retried as they were. */
 static void begin_close(struct server *s, struct conn *c, enum trigger why)
 {
     c->info.trigger = why;
@@ -458,9 +392,7 @@ static void begin_close(struct server *s, struct conn *c, enum trigger why)
     c->dead = 1;
 }
 
-/* ------------------------------------------------------------------------- */
-/* Handshake and echo                                                         */
-/* ------------------------------------------------------------------------- */
+/* ---- Handshake and echo ---- */
 
 /* The pending echo, written until done (1), blocked (0: c->events set), or
  * failed (-1: c->info.error set). */
@@ -582,9 +514,7 @@ static void service(struct server *s, struct conn *c, int64_t now)
     }
 }
 
-/* ------------------------------------------------------------------------- */
-/* Listening and accepting                                                    */
-/* ------------------------------------------------------------------------- */
+/* ---- Listening and accepting ---- */
 
 static int set_nonblocking(int fd)
 {
@@ -723,9 +653,7 @@ static int listen_on(const char *spec)
     return fd;
 }
 
-/* ------------------------------------------------------------------------- */
-/* The loop                                                                   */
-/* ------------------------------------------------------------------------- */
+/* ---- The loop ---- */
 
 /* Milliseconds until the earliest deadline (the closer's included), rounded
  * up; -1 for none. */
@@ -888,9 +816,7 @@ int main(int argc, char **argv)
     /* The closer of this thread, with the policy for every connection. */
     closenotify_result rc = closenotify_closer_new(&s->policy, &s->closer);
     if (rc != CLOSENOTIFY_OK) {
-        char msg[256];
-        closenotify_last_error(msg, sizeof msg);
-        fprintf(stderr, "echo_server: closenotify_closer_new: %s\n", msg);
+        say_error("closenotify_closer_new");
         goto out;
     }
 
