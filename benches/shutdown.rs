@@ -691,9 +691,10 @@ mod c_api {
         assert_eq!(rc, CLOSENOTIFY_OK, "{what}");
     }
 
-    /// The step API driven as `examples/c/echo_server.c` drives it: one poll()
-    /// over every pending socket, rebuilt on every wake-up, each socket stepped
-    /// with its revents or at its deadline.
+    /// The step API driven as a C poll() server drives it (as
+    /// `examples/c/echo_server.c` did before the closer): one poll() over every
+    /// pending socket, rebuilt on every wake-up, each socket stepped with its
+    /// revents or at its deadline.
     pub fn step_loop(addr: SocketAddr, n: usize) -> Cost {
         let conns = establish_raw(addr, n);
         let (cost, clean) = measure(|| run_step_loop(conns));

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use openssl::ssl::{ErrorCode, ShutdownResult, Ssl, SslContext, SslStream};
 
-use util::cbuild::{self, assert_no_valgrind_errors, run_c, run_limit, upper_ms};
+use util::cbuild::{self, assert_no_valgrind_errors, run_limit, upper_ms};
 use util::echo_client::{exchange, expect_close_notify, expect_echo, tcp_connect, tls_connect};
 use util::process::{self, check_tool, Pems, Proc};
 use util::{read_until_close_notify, reset_on_drop, wait_eof, Contexts, Corkable, Tls};
@@ -491,18 +491,7 @@ fn usage_errors_exit_2_and_a_bad_certificate_1() {
             "nowhere",
         ][..],
     ] {
-        let ran = run_c(program, args);
-        assert_eq!(ran.code(), Some(2), "{}", ran.context());
-        assert!(ran.stderr.contains("usage:"), "{}", ran.context());
+        cbuild::assert_usage_error(program, args);
     }
-    let ran = run_c(
-        program,
-        &["--cert", "/nonexistent.pem", "--key", "/nonexistent.pem"],
-    );
-    assert_eq!(ran.code(), Some(1), "{}", ran.context());
-    assert!(
-        ran.stderr.contains("cannot use certificate"),
-        "{}",
-        ran.context()
-    );
+    cbuild::assert_bad_certificate(program);
 }

@@ -33,9 +33,7 @@ use std::time::{Duration, Instant};
 
 use openssl::ssl::{ShutdownResult, SslContext};
 
-use util::cbuild::{
-    self, assert_no_valgrind_errors, run_c, run_limit, spawn_c, upper_ms, valgrind_mode,
-};
+use util::cbuild::{self, assert_no_valgrind_errors, run_limit, spawn_c, upper_ms, valgrind_mode};
 use util::echo_client::{exchange, expect_close_notify, tcp_connect, tls_connect};
 use util::process::{Pems, Proc};
 use util::{reset_on_drop, wait_eof, Contexts, Tls};
@@ -767,18 +765,7 @@ fn usage_errors_exit_2_and_a_bad_certificate_1() {
         &["--cert", "c.pem", "--key", "k.pem", "--max-conns"][..],
         &["--cert", "c.pem", "--key", "k.pem", "--listen", "nowhere"][..],
     ] {
-        let ran = run_c(program, args);
-        assert_eq!(ran.code(), Some(2), "{}", ran.context());
-        assert!(ran.stderr.contains("usage:"), "{}", ran.context());
+        cbuild::assert_usage_error(program, args);
     }
-    let ran = run_c(
-        program,
-        &["--cert", "/nonexistent.pem", "--key", "/nonexistent.pem"],
-    );
-    assert_eq!(ran.code(), Some(1), "{}", ran.context());
-    assert!(
-        ran.stderr.contains("cannot use certificate"),
-        "{}",
-        ran.context()
-    );
+    cbuild::assert_bad_certificate(program);
 }

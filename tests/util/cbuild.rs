@@ -258,6 +258,27 @@ pub fn run_c(program: &Path, args: &[&str]) -> Ran {
     ran
 }
 
+/// A server example given bad arguments: exit 2 and the usage on stderr.
+pub fn assert_usage_error(program: &Path, args: &[&str]) {
+    let ran = run_c(program, args);
+    assert_eq!(ran.code(), Some(2), "{}", ran.context());
+    assert!(ran.stderr.contains("usage:"), "{}", ran.context());
+}
+
+/// A server example given a certificate it cannot read: exit 1, and says so.
+pub fn assert_bad_certificate(program: &Path) {
+    let ran = run_c(
+        program,
+        &["--cert", "/nonexistent.pem", "--key", "/nonexistent.pem"],
+    );
+    assert_eq!(ran.code(), Some(1), "{}", ran.context());
+    assert!(
+        ran.stderr.contains("cannot use certificate"),
+        "{}",
+        ran.context()
+    );
+}
+
 /// Starts a compiled C program that runs alongside the test (a server), under
 /// valgrind in valgrind mode: valgrind runs the program in its own process, so
 /// `Proc::pid` is the program's. Check its exit with
