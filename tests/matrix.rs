@@ -20,13 +20,13 @@ use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use closenotify::{
-    shutdown_blocking, Alert, AlertDirection, Closer, Initiator, Outcome, Policy, Progress, Ready,
-    Report, ResetOnTimeout, Shutdown, Stage,
+    shutdown_blocking, Alert, AlertDirection, Closer, Initiator, Outcome, Policy, Report,
+    ResetOnTimeout, Stage,
 };
-use openssl::ssl::{Ssl, SslStream};
+use openssl::ssl::Ssl;
 use util::cbuild::{self, Fields};
 use util::*;
 
@@ -390,7 +390,7 @@ impl Adapter {
                 socket2::SockRef::from(ours.get_ref())
                     .set_nonblocking(true)
                     .unwrap();
-                let report = mio_loop(&mut ours, policy);
+                let (report, _) = drive_with_mio(&mut ours, policy);
                 (
                     Observed::from_report(&report, Some(reset_armed(ours.get_ref()))),
                     peer,
@@ -435,33 +435,6 @@ impl Adapter {
 /// `SO_LINGER {1, 0}` is set: closing sends an RST.
 fn reset_armed(sock: impl AsFd) -> bool {
     socket2::SockRef::from(&sock).linger().unwrap() == Some(Duration::ZERO)
-}
-
-/// A caller's own mio loop: one edge-triggered registration for both
-/// directions, each event handed to the machine.
-fn mio_loop(ours: &mut SslStream<mio::net::TcpStream>, policy: &Policy) -> Report {
-    use mio::{Events, Interest, Poll, Token};
-    let mut poll = Poll::new().unwrap();
-    poll.registry()
-        .register(
-            ours.get_mut(),
-            Token(0),
-            Interest::READABLE | Interest::WRITABLE,
-        )
-        .unwrap();
-    let mut events = Events::with_capacity(8);
-    let mut sd = Shutdown::new(&mut *ours, policy);
-    let mut ready = Ready::NONE;
-    loop {
-        match sd.poll(Instant::now(), ready) {
-            Progress::Done(report) => return report,
-            Progress::Wait(wait) => {
-                poll.poll(&mut events, Some(wait.timeout(Instant::now())))
-                    .unwrap();
-                ready = events.iter().fold(Ready::NONE, |r, e| r | Ready::from(e));
-            }
-        }
-    }
 }
 
 #[cfg(feature = "tokio")]

@@ -6,8 +6,7 @@ mod util;
 use std::net::TcpStream;
 use std::time::Instant;
 
-use closenotify::{shutdown_blocking, Outcome, Progress, Ready, Shutdown, Stage};
-use mio::{Events, Interest, Poll, Token};
+use closenotify::{shutdown_blocking, Outcome, Stage};
 use openssl::ssl::SslStream;
 use util::*;
 
@@ -57,39 +56,6 @@ fn second_shutdown_returns_the_same_report() {
     assert_eq!(raw.conn().shutdown_blocking(&policy(500, 500)), first);
     drop(raw);
     peer.join().unwrap();
-}
-
-/// Our side as a mio user would drive it: one registration for READABLE |
-/// WRITABLE (edge-triggered), the machine's deadline as the poll timeout.
-fn drive_with_mio(
-    ours: &mut SslStream<mio::net::TcpStream>,
-    policy: &closenotify::Policy,
-) -> (closenotify::Report, u32) {
-    let mut poll = Poll::new().unwrap();
-    poll.registry()
-        .register(
-            ours.get_mut(),
-            Token(0),
-            Interest::READABLE | Interest::WRITABLE,
-        )
-        .unwrap();
-    let mut events = Events::with_capacity(8);
-    let mut sd = Shutdown::new(&mut *ours, policy);
-    let mut ready = Ready::NONE;
-    let mut wakeups = 0;
-    loop {
-        match sd.poll(Instant::now(), ready) {
-            Progress::Done(report) => return (report, wakeups),
-            Progress::Wait(wait) => {
-                poll.poll(&mut events, Some(wait.timeout(Instant::now())))
-                    .unwrap();
-                wakeups += 1;
-                ready = events
-                    .iter()
-                    .fold(Ready::NONE, |acc, e| acc | Ready::from(e));
-            }
-        }
-    }
 }
 
 fn mio_pair(tls: Tls, role: Role) -> (SslStream<mio::net::TcpStream>, SslStream<TcpStream>) {

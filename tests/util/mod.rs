@@ -525,3 +525,36 @@ pub fn expect_line(tcp: &mut TcpStream, want: &[u8], what: &str) {
         "{what}"
     );
 }
+
+/// Our side as a mio user would drive it: one registration for READABLE |
+/// WRITABLE (edge-triggered), the machine's deadline as the poll timeout, each
+/// event handed to the machine. Returns the report and the number of wake-ups.
+pub fn drive_with_mio(ours: &mut SslStream<mio::net::TcpStream>, policy: &Policy) -> (Report, u32) {
+    use closenotify::{Progress, Ready, Shutdown};
+    use mio::{Events, Interest, Poll, Token};
+    let mut poll = Poll::new().unwrap();
+    poll.registry()
+        .register(
+            ours.get_mut(),
+            Token(0),
+            Interest::READABLE | Interest::WRITABLE,
+        )
+        .unwrap();
+    let mut events = Events::with_capacity(8);
+    let mut sd = Shutdown::new(&mut *ours, policy);
+    let mut ready = Ready::NONE;
+    let mut wakeups = 0;
+    loop {
+        match sd.poll(Instant::now(), ready) {
+            Progress::Done(report) => return (report, wakeups),
+            Progress::Wait(wait) => {
+                poll.poll(&mut events, Some(wait.timeout(Instant::now())))
+                    .unwrap();
+                wakeups += 1;
+                ready = events
+                    .iter()
+                    .fold(Ready::NONE, |acc, e| acc | Ready::from(e));
+            }
+        }
+    }
+}
