@@ -49,6 +49,17 @@ enum Clock {
     Adapter(fn() -> Instant),
 }
 
+impl Clock {
+    /// The time a call ended, on the clock `now` comes from (read only for the
+    /// call that made the report).
+    fn end_of_call(self) -> Instant {
+        match self {
+            Clock::Callers(_) => Instant::now(),
+            Clock::Adapter(clock) => clock(),
+        }
+    }
+}
+
 impl<C: Connection> Shutdown<C> {
     /// Prepares a shutdown of `conn` under `policy`. Nothing happens until the
     /// first [`poll`](Shutdown::poll).
@@ -57,14 +68,6 @@ impl<C: Connection> Shutdown<C> {
             conn: Some(conn),
             machine: Machine::new(policy),
             clock: Clock::Callers(None),
-        }
-    }
-
-    /// The time a call ended, on the clock `now` comes from.
-    fn end_of_call(&self) -> Instant {
-        match self.clock {
-            Clock::Callers(_) => Instant::now(),
-            Clock::Adapter(clock) => clock(),
         }
     }
 
@@ -191,12 +194,12 @@ impl<C: Connection> Shutdown<C> {
         let now = self.now(now);
         let conn = self.conn.as_mut().expect(TAKEN);
         let (n, progress) = self.machine.poll(conn, now, ready, out);
-        let end = self.end_of_call();
         let saves = self.machine.saves_report();
+        let clock = self.clock;
         let Some(report) = self.machine.take_fresh_report() else {
             return (n, progress);
         };
-        report.elapsed += end.saturating_duration_since(now);
+        report.elapsed += clock.end_of_call().saturating_duration_since(now);
         let report = *report;
         if saves {
             self.conn.as_mut().expect(TAKEN).save_report(&report);

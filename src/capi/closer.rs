@@ -81,7 +81,7 @@ pub unsafe extern "C" fn closenotify_closer_new(
             Ok(p) => p,
             Err(code) => return code,
         };
-        let engine = match Engine::new(RawConnection::free_buffers) {
+        let engine = match Engine::new() {
             Ok(engine) => engine,
             Err(e) => return fail(CLOSENOTIFY_ERR_SYSTEM, format!("epoll_create: {e}")),
         };
@@ -144,8 +144,6 @@ pub unsafe extern "C" fn closenotify_closer_add(
             Err(Error::Busy(msg)) => return fail(CLOSENOTIFY_ERR_WRONG_STATE, msg),
             Err(other) => return fail(CLOSENOTIFY_ERR_INVALID_ARGUMENT, other.to_string()),
         };
-        let mut conn = conn;
-        conn.prepare_for_closer();
         let shutdown = Shutdown::new(conn, &policy);
         match closer.engine.add(shutdown, tag, Instant::now()) {
             Ok(()) => CLOSENOTIFY_OK,
@@ -214,7 +212,6 @@ pub unsafe extern "C" fn closenotify_closer_add_shutdown(
         let mut machine = unsafe { std::ptr::read(sd) }.machine;
         // SAFETY: the caller's contract: the SSL and the fd are theirs to give.
         unsafe { machine.get_mut().take_ownership() };
-        machine.get_mut().prepare_for_closer();
         match closer.engine.add(machine, tag, Instant::now()) {
             Ok(()) => {
                 // SAFETY: the allocation of Box::into_raw in closenotify_shutdown_new,

@@ -46,7 +46,18 @@ const IDLE_SLICE: usize = 16;
 /// Events handled per `poll` of the engine's own `mio::Poll`.
 const EVENTS: usize = 1024;
 
-pub(crate) struct Engine<C: Connection + AsRawFd, T> {
+/// What the engine needs of a connection it owns, beyond the machine's.
+pub(crate) trait Closable: Connection + AsRawFd {
+    /// Configures the connection for a closer, before its shutdown starts
+    /// (`ssl::prepare_for_closer`).
+    fn prepare_for_closer(&mut self);
+    /// Frees what the connection holds and no longer needs (OpenSSL's empty
+    /// record buffers): when its shutdown starts waiting, and when it ends with
+    /// its teardown left for a later call.
+    fn free_buffers(&mut self);
+}
+
+pub(crate) struct Engine<C: Closable, T> {
     driver: Driver,
     tokens: Range<usize>,
     slots: Vec<Slot<C, T>>,
@@ -61,11 +72,6 @@ pub(crate) struct Engine<C: Connection + AsRawFd, T> {
     /// Rounds so far: a round is the events of one poll, then `handle_timeouts`.
     /// A connection is torn down in a later round than the one that reported it.
     round: u64,
-    pending: usize,
-    /// Frees what a connection holds and no longer needs (OpenSSL's empty record
-    /// buffers): when its shutdown starts waiting, and when it ends (its
-    /// teardown comes a call later).
-    release: fn(&mut C),
 }
 
 /// Where the engine's readiness comes from.
@@ -90,9 +96,9 @@ struct Entry<C: Connection, T> {
     deadline: Option<Instant>,
 }
 
-impl<C: Connection + AsRawFd, T> Engine<C, T> {
-    /// An engine with its own `mio::Poll`; `release` as the field says.
-    pub fn new(release: fn(&mut C)) -> io::Result<Self> {
+impl<C: Closable, T> Engine<C, T> {
+    /// An engine with its own `mio::Poll`.
+    pub fn new() -> io::Result<Self> {
         let poll = Poll::new()?;
         Ok(Engine::build(
             Driver::Own {
@@ -100,24 +106,15 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
                 events: Events::with_capacity(EVENTS),
             },
             0..usize::MAX,
-            release,
         ))
     }
 
     /// An engine on the caller's registry, with the caller's tokens.
-    pub fn with_registry(
-        registry: &Registry,
-        tokens: Range<usize>,
-        release: fn(&mut C),
-    ) -> io::Result<Self> {
-        Ok(Engine::build(
-            Driver::Shared(registry.try_clone()?),
-            tokens,
-            release,
-        ))
+    pub fn with_registry(registry: &Registry, tokens: Range<usize>) -> io::Result<Self> {
+        Ok(Engine::build(Driver::Shared(registry.try_clone()?), tokens))
     }
 
-    fn build(driver: Driver, tokens: Range<usize>, release: fn(&mut C)) -> Self {
+    fn build(driver: Driver, tokens: Range<usize>) -> Self {
         Engine {
             driver,
             tokens,
@@ -128,8 +125,6 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
             reports: VecDeque::new(),
             retired: VecDeque::new(),
             round: 1,
-            pending: 0,
-            release,
         }
     }
 
@@ -142,8 +137,9 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
         }
     }
 
+    /// Shutdowns added and not yet reported: the slots in use.
     pub fn pending(&self) -> usize {
-        self.pending
+        self.slots.len() - self.free.len()
     }
 
     pub fn reports_waiting(&self) -> usize {
@@ -176,6 +172,7 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
             self.free.push(index);
             return Err((shutdown, tag, error));
         }
+        shutdown.get_mut().prepare_for_closer();
         // Registered just now: epoll reports what is already waiting, so the
         // machine need not try a read before it waits. The connection is closed
         // with its report, and `now` is always fresh.
@@ -184,7 +181,6 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
             setup.closed_after_report = true;
         }
         shutdown.adapter_clock(Instant::now);
-        self.pending += 1;
         self.slots[index].entry = Some(Entry {
             shutdown,
             tag,
@@ -202,7 +198,7 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
         if let Some(entry) = self.slots[index].entry.as_mut() {
             // Waiting now: OpenSSL's record buffers go back until the peer's alert
             // arrives (with RELEASE_BUFFERS, the ones it then needs are freed again).
-            (self.release)(entry.shutdown.get_mut());
+            entry.shutdown.get_mut().free_buffers();
         }
         Ok(())
     }
@@ -311,7 +307,7 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
 
     /// No deadline of a pending shutdown is due within `IDLE_MARGIN` of `now`.
     fn idle(&self, now: Instant) -> bool {
-        self.pending == 0 || self.deadlines.peek().is_none_or(|d| d > now + IDLE_MARGIN)
+        self.pending() == 0 || self.deadlines.peek().is_none_or(|d| d > now + IDLE_MARGIN)
     }
 
     /// The earliest deadline of a pending shutdown (it may belong to one that has
@@ -319,7 +315,7 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
     /// connections can be torn down if that is sooner (now when the engine is
     /// idle); `None` when there is neither.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let deadline = if self.pending == 0 {
+        let deadline = if self.pending() == 0 {
             None
         } else {
             self.deadlines.peek()
@@ -369,14 +365,14 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
                 let Some(mut entry) = slot.entry.take() else {
                     return;
                 };
-                (self.release)(entry.shutdown.get_mut());
                 slot.generation = slot.generation.wrapping_add(1);
                 self.reports.push_back((entry.tag, report));
                 self.free.push(index);
-                self.pending -= 1;
                 if teardown && self.idle(Instant::now()) {
                     drop(entry.shutdown);
                 } else {
+                    // Its empty buffers go now; the rest waits for the teardown.
+                    entry.shutdown.get_mut().free_buffers();
                     self.retired.push_back((now, self.round, entry.shutdown));
                 }
             }
@@ -426,7 +422,7 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
     /// With the engine's own poll: runs until every pending shutdown has reported
     /// and every finished connection is closed.
     pub fn finish(&mut self) -> io::Result<()> {
-        while self.pending > 0 {
+        while self.pending() > 0 {
             self.poll(None)?;
         }
         self.retired.clear();
@@ -434,12 +430,15 @@ impl<C: Connection + AsRawFd, T> Engine<C, T> {
     }
 }
 
-impl<C: Connection + AsRawFd, T> Drop for Engine<C, T> {
+impl<C: Closable, T> Drop for Engine<C, T> {
     /// Connections still pending are closed without waiting further (their
     /// shutdowns are abandoned and report nothing).
     fn drop(&mut self) {
-        if self.pending > 0 {
-            log::debug!("closenotify: closer dropped with {} pending", self.pending);
+        if self.pending() > 0 {
+            log::debug!(
+                "closenotify: closer dropped with {} pending",
+                self.pending()
+            );
         }
     }
 }

@@ -1,6 +1,6 @@
 //! [`Closer`]: many connections being shut down on one thread.
 
-mod engine;
+pub(crate) mod engine;
 
 use std::fmt;
 use std::io;
@@ -13,7 +13,7 @@ use mio::Registry;
 use openssl::ssl::SslStream;
 
 pub(crate) use self::engine::Engine;
-use crate::ossl::{self, Owned};
+use crate::ossl::Owned;
 use crate::policy::Policy;
 use crate::report::Report;
 use crate::shutdown::Shutdown;
@@ -121,7 +121,7 @@ impl<T> Closer<T> {
     pub fn new(policy: &Policy) -> io::Result<Self> {
         check_policy(policy)?;
         Ok(Closer {
-            engine: Engine::new(Owned::free_buffers)?,
+            engine: Engine::new()?,
             policy: policy.clone(),
         })
     }
@@ -138,7 +138,7 @@ impl<T> Closer<T> {
     ) -> io::Result<Self> {
         check_policy(policy)?;
         Ok(Closer {
-            engine: Engine::with_registry(registry, tokens, Owned::free_buffers)?,
+            engine: Engine::with_registry(registry, tokens)?,
             policy: policy.clone(),
         })
     }
@@ -180,11 +180,10 @@ impl<T> Closer<T> {
     /// As [`add`](Closer::add); `prepare` has not run then.
     pub fn add_with(
         &mut self,
-        mut stream: Stream,
+        stream: Stream,
         tag: T,
         prepare: impl FnOnce(Shutdown<Stream>) -> Shutdown<Stream>,
     ) -> Result<(), Rejected<T>> {
-        ossl::prepare_for_closer(&mut stream);
         let shutdown = prepare(Shutdown::new(stream, &self.policy)).map_conn(Owned::new);
         self.engine
             .add(shutdown, tag, Instant::now())

@@ -5,7 +5,7 @@
 
 use std::ffi::{c_int, c_void};
 use std::mem::MaybeUninit;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::ptr::NonNull;
 
 use foreign_types::ForeignTypeRef;
@@ -45,6 +45,11 @@ impl FdIo {
 
     pub(crate) fn fd(&self) -> RawFd {
         self.fd
+    }
+
+    pub(crate) fn socket(&self) -> BorrowedFd<'_> {
+        // SAFETY: `new`'s contract: the fd stays open as long as the value.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
     }
 
     pub(crate) fn ssl(&self) -> &SslRef {
@@ -169,6 +174,66 @@ impl Drop for FdIo {
         self.detach();
     }
 }
+
+/// `Backend`, `Closable` and `AsRawFd` for a type whose `io: FdIo` field does
+/// all of its I/O: the backends that own it, `Owned` and `RawConnection`.
+macro_rules! fdio_backend {
+    ($t:ty) => {
+        impl $crate::ossl::core::Backend for $t {
+            fn ssl(&self) -> &::openssl::ssl::SslRef {
+                self.io.ssl()
+            }
+            fn ssl_mut(&mut self) -> &mut ::openssl::ssl::SslRef {
+                self.io.ssl_mut()
+            }
+            fn socket(&self) -> ::std::os::fd::BorrowedFd<'_> {
+                self.io.socket()
+            }
+            fn attach(&mut self) {
+                self.io.attach();
+            }
+            fn detach(&mut self) {
+                self.io.detach();
+            }
+            fn switches_blocking(&self) -> bool {
+                !self.io.owns_io()
+            }
+            fn shutdown(
+                &mut self,
+            ) -> Result<$crate::machine::ShutdownAnswer, $crate::machine::TlsError> {
+                self.io.shutdown()
+            }
+            fn read(
+                &mut self,
+                buf: &mut [::std::mem::MaybeUninit<u8>],
+            ) -> Result<usize, $crate::machine::TlsError> {
+                self.io.read(buf)
+            }
+            fn write(&mut self, buf: &[u8]) -> Result<usize, $crate::machine::TlsError> {
+                self.io.write(buf)
+            }
+            fn set_sealed(&mut self, sealed: bool) {
+                self.io.set_sealed(sealed);
+            }
+        }
+
+        impl $crate::closer::engine::Closable for $t {
+            fn prepare_for_closer(&mut self) {
+                $crate::ossl::ssl::prepare_for_closer(self.io.ssl());
+            }
+            fn free_buffers(&mut self) {
+                $crate::ossl::ssl::free_buffers(self.io.ssl());
+            }
+        }
+
+        impl ::std::os::fd::AsRawFd for $t {
+            fn as_raw_fd(&self) -> ::std::os::fd::RawFd {
+                self.io.fd()
+            }
+        }
+    };
+}
+pub(crate) use fdio_backend;
 
 /// errno, read and reset around one call.
 mod errno {

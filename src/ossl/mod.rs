@@ -26,7 +26,7 @@ pub(crate) mod tokio;
 
 pub(crate) use self::owned::Owned;
 pub use self::raw::RawConnection;
-pub(crate) use self::stream::{prepare_for_closer, saved_report};
+pub(crate) use self::stream::saved_report;
 
 use crate::machine::TlsError;
 

@@ -1,19 +1,16 @@
 //! [`RawConnection`]: a raw `SSL*` and the socket it runs on, as C callers own them.
 
-use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, RawFd};
 use std::ptr::NonNull;
 
 use foreign_types::ForeignTypeRef;
 use openssl::ssl::SslRef;
 use openssl_sys as ffi;
 
-use super::core::Backend;
 use super::ext;
-use super::fdio::FdIo;
+use super::fdio::{fdio_backend, FdIo};
 use super::ssl;
 use crate::error::Error;
-use crate::machine::{ShutdownAnswer, TlsError};
 use crate::socket;
 
 /// A raw `SSL*` and the socket it runs on: what C callers own.
@@ -108,18 +105,6 @@ impl RawConnection {
         self.owns = false;
     }
 
-    /// Prepares a connection a C closer owns (see `ssl::prepare_for_closer`).
-    #[cfg(any(feature = "capi", test))]
-    pub(crate) fn prepare_for_closer(&mut self) {
-        ssl::prepare_for_closer(self.io.ssl());
-    }
-
-    /// Frees the connection's empty record buffers (see `ssl::free_buffers`).
-    #[cfg(any(feature = "capi", test))]
-    pub(crate) fn free_buffers(&mut self) {
-        ssl::free_buffers(self.io.ssl());
-    }
-
     /// The socket.
     pub fn fd(&self) -> RawFd {
         self.io.fd()
@@ -129,7 +114,11 @@ impl RawConnection {
     /// `SSL_write` on this connection the way the shutdown classifies its own
     /// calls (see `FdIo::classify_failure`).
     #[cfg(any(feature = "capi", test))]
-    pub(crate) fn classify_failure(&self, code: openssl::ssl::ErrorCode, errno: i32) -> TlsError {
+    pub(crate) fn classify_failure(
+        &self,
+        code: openssl::ssl::ErrorCode,
+        errno: i32,
+    ) -> crate::machine::TlsError {
         self.io.classify_failure(code, errno)
     }
 }
@@ -227,42 +216,4 @@ unsafe fn check_bios(ssl: *mut ffi::SSL, fd: RawFd) -> Result<bool, String> {
     Ok(fd_bio)
 }
 
-impl Backend for RawConnection {
-    fn ssl(&self) -> &SslRef {
-        self.io.ssl()
-    }
-    fn ssl_mut(&mut self) -> &mut SslRef {
-        self.io.ssl_mut()
-    }
-    fn socket(&self) -> BorrowedFd<'_> {
-        // SAFETY: `new`'s contract keeps the fd open while this value lives.
-        unsafe { BorrowedFd::borrow_raw(self.io.fd()) }
-    }
-    fn attach(&mut self) {
-        self.io.attach();
-    }
-    fn detach(&mut self) {
-        self.io.detach();
-    }
-    fn switches_blocking(&self) -> bool {
-        !self.io.owns_io()
-    }
-    fn shutdown(&mut self) -> Result<ShutdownAnswer, TlsError> {
-        self.io.shutdown()
-    }
-    fn read(&mut self, buf: &mut [MaybeUninit<u8>]) -> Result<usize, TlsError> {
-        self.io.read(buf)
-    }
-    fn write(&mut self, buf: &[u8]) -> Result<usize, TlsError> {
-        self.io.write(buf)
-    }
-    fn set_sealed(&mut self, sealed: bool) {
-        self.io.set_sealed(sealed);
-    }
-}
-
-impl AsRawFd for RawConnection {
-    fn as_raw_fd(&self) -> RawFd {
-        self.io.fd()
-    }
-}
+fdio_backend!(RawConnection);

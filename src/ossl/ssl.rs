@@ -352,9 +352,6 @@ pub(crate) fn has_pending(ssl: &SslRef) -> bool {
     unsafe { SSL_has_pending(ssl.as_ptr()) == 1 }
 }
 
-// The two helpers below serve the tokio adapter only, which sees OpenSSL's
-// answers through tokio-openssl's poll methods.
-
 /// The peer's close_notify has arrived (`SSL_RECEIVED_SHUTDOWN`).
 pub(crate) fn received_close_notify(ssl: &SslRef) -> bool {
     // SAFETY: `ssl` is valid; SSL_get_shutdown only reads its flags.

@@ -43,12 +43,6 @@ pub(crate) fn saved_report<S>(stream: &SslStream<S>) -> Option<Report> {
     ssl::saved_report(stream.ssl())
 }
 
-/// Prepares a stream the [`Closer`](crate::Closer) now owns (see
-/// `ssl::prepare_for_closer`).
-pub(crate) fn prepare_for_closer<S>(stream: &mut SslStream<S>) {
-    ssl::prepare_for_closer(stream.ssl());
-}
-
 /// One rust-openssl call on `stream`, on a clean error queue, its failure
 /// classified.
 fn stream_call<S, T>(

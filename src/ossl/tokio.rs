@@ -150,13 +150,13 @@ where
         ssl::with_clean_queue(|| self.poll_shutdown())
     }
     /// tokio-openssl answers `Ok` with nothing read both for close_notify and for
-    /// an EOF without it; the `SSL`'s flags tell them apart.
+    /// an EOF without it: an `Eof` here, which the core tells apart by the
+    /// `SSL`'s flags (as for every backend).
     fn read(&mut self, buf: &mut [MaybeUninit<u8>]) -> Result<usize, TlsError> {
         let mut buf = ReadBuf::uninit(buf);
         ssl::with_clean_queue(|| match self.poll(|s, cx| s.poll_read(cx, &mut buf)) {
             Poll::Pending => Err(TlsError::WantRead),
             Poll::Ready(Ok(())) => match buf.filled().len() {
-                0 if ssl::received_close_notify(self.ssl()) => Err(TlsError::CloseNotify),
                 0 => Err(TlsError::Eof),
                 n => Ok(n),
             },
