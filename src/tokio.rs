@@ -227,18 +227,12 @@ where
     driver.sd = driver.sd.with_read_limit(limit);
     let mut timer = pin!(None::<Sleep>);
     let mut buf = vec![0u8; 16 * 1024];
-    let mut written = 0u64;
     loop {
-        // One byte past the limit is enough to know the peer went past it.
-        let room = (limit - written).saturating_add(1).min(buf.len() as u64) as usize;
-        let read = poll_fn(|cx| driver.poll_read(cx, timer.as_mut(), &mut buf[..room])).await;
+        // The machine delivers nothing past the limit.
+        let read = poll_fn(|cx| driver.poll_read(cx, timer.as_mut(), &mut buf)).await;
         match read {
             Read::Data(n) => {
-                let keep = (n as u64).min(limit - written) as usize;
-                write_all(out, &buf[..keep])
-                    .await
-                    .map_err(ReadError::Write)?;
-                written += keep as u64;
+                write_all(out, &buf[..n]).await.map_err(ReadError::Write)?;
             }
             Read::Done(report) => {
                 poll_fn(|cx| Pin::new(&mut *out).poll_flush(cx))

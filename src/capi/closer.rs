@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use openssl_sys::SSL;
 
-use super::shutdown::closenotify_shutdown;
+use super::shutdown::{closenotify_shutdown, conn_error};
 use super::{
     boundary, closenotify_policy, closenotify_report, closenotify_result, fail, to_c_report,
     to_policy, CLOSENOTIFY_ERR_INVALID_ARGUMENT, CLOSENOTIFY_ERR_NULL_ARGUMENT,
@@ -19,7 +19,6 @@ use crate::closer::Engine;
 use crate::ossl::RawConnection;
 use crate::policy::{Mode, Policy};
 use crate::shutdown::Shutdown;
-use crate::Error;
 
 /// Connections being shut down on the host's event loop thread. Opaque.
 pub struct closenotify_closer {
@@ -46,14 +45,20 @@ pub struct closenotify_closed {
 unsafe fn closer_policy(policy: *const closenotify_policy) -> Result<Policy, closenotify_result> {
     // SAFETY: the caller's contract, forwarded.
     let p = unsafe { to_policy(policy) }?;
-    if p.mode() == Mode::StopTls {
+    refuse_stoptls(&p)?;
+    Ok(p)
+}
+
+/// The closer closes every connection: a STOPTLS policy is refused.
+fn refuse_stoptls(policy: &Policy) -> Result<(), closenotify_result> {
+    if policy.mode() == Mode::StopTls {
         return Err(fail(
             CLOSENOTIFY_ERR_INVALID_ARGUMENT,
             "invalid policy: the closer closes every connection, and \
              CLOSENOTIFY_MODE_STOPTLS keeps it: use the step API for STOPTLS",
         ));
     }
-    Ok(p)
+    Ok(())
 }
 
 /// Makes a closer, with `policy` (NULL: the defaults) for the connections added
@@ -138,11 +143,7 @@ pub unsafe extern "C" fn closenotify_closer_add(
         // SAFETY: the caller's contract: the SSL and the fd are theirs to give.
         let conn = match unsafe { RawConnection::owning(ssl, fd) } {
             Ok(conn) => conn,
-            Err(Error::InvalidArgument(msg)) if ssl.is_null() => {
-                return fail(CLOSENOTIFY_ERR_NULL_ARGUMENT, msg)
-            }
-            Err(Error::Busy(msg)) => return fail(CLOSENOTIFY_ERR_WRONG_STATE, msg),
-            Err(other) => return fail(CLOSENOTIFY_ERR_INVALID_ARGUMENT, other.to_string()),
+            Err(e) => return conn_error(e, ssl),
         };
         let shutdown = Shutdown::new(conn, &policy);
         match closer.engine.add(shutdown, tag, Instant::now()) {
@@ -197,12 +198,8 @@ pub unsafe extern "C" fn closenotify_closer_add_shutdown(
                  before its first step",
             );
         }
-        if shutdown.machine.policy().mode() == Mode::StopTls {
-            return fail(
-                CLOSENOTIFY_ERR_INVALID_ARGUMENT,
-                "invalid policy: the closer closes every connection, and \
-                 CLOSENOTIFY_MODE_STOPTLS keeps it: use the step API for STOPTLS",
-            );
+        if let Err(rc) = refuse_stoptls(shutdown.machine.policy()) {
+            return rc;
         }
         // The object is moved out of its allocation, which stays where it is: freed
         // once the closer has the shutdown, filled again if it cannot take it (the

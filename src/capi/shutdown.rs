@@ -49,12 +49,17 @@ unsafe fn to_args(
     // SAFETY: the caller's contract, forwarded.
     let policy = unsafe { to_policy(policy) }?;
     // SAFETY: the caller's contract, forwarded.
-    let conn = unsafe { RawConnection::new(ssl, fd) }.map_err(|e| match e {
+    let conn = unsafe { RawConnection::new(ssl, fd) }.map_err(|e| conn_error(e, ssl))?;
+    Ok((conn, policy))
+}
+
+/// The error code (with its message set) of a `RawConnection` refused for `ssl`.
+pub(super) fn conn_error(e: Error, ssl: *mut SSL) -> closenotify_result {
+    match e {
         Error::InvalidArgument(msg) if ssl.is_null() => fail(CLOSENOTIFY_ERR_NULL_ARGUMENT, msg),
         Error::Busy(msg) => fail(CLOSENOTIFY_ERR_WRONG_STATE, msg),
         other => fail(CLOSENOTIFY_ERR_INVALID_ARGUMENT, other.to_string()),
-    })?;
-    Ok((conn, policy))
+    }
 }
 
 /// Shuts `ssl` down under `policy` (NULL: the defaults), waiting with poll(2) on

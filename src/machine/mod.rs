@@ -157,6 +157,26 @@ enum State {
     Done(Report),
 }
 
+impl State {
+    /// What this state waits for; `None` before the first call and when done.
+    fn wait(&self) -> Option<Wait> {
+        match *self {
+            State::Flush { deadline, .. } => Some(Wait {
+                interest: Interest::Write,
+                deadline,
+            }),
+            State::AwaitPeer {
+                deadline, interest, ..
+            } => Some(Wait { interest, deadline }),
+            State::Linger { next_check, .. } => Some(Wait {
+                interest: Interest::Timer,
+                deadline: next_check,
+            }),
+            State::Idle(_) | State::Done(_) => None,
+        }
+    }
+}
+
 /// The state machine of one shutdown, without its connection: every call is
 /// handed the connection, `now` and the readiness (see the module documentation).
 #[derive(Debug)]
@@ -209,20 +229,7 @@ impl Machine {
 
     /// What the machine waits for now; `None` before the first call and when done.
     pub fn waiting(&self) -> Option<Wait> {
-        match self.state {
-            State::Flush { deadline, .. } => Some(Wait {
-                interest: Interest::Write,
-                deadline,
-            }),
-            State::AwaitPeer {
-                deadline, interest, ..
-            } => Some(Wait { interest, deadline }),
-            State::Linger { next_check, .. } => Some(Wait {
-                interest: Interest::Timer,
-                deadline: next_check,
-            }),
-            State::Idle(_) | State::Done(_) => None,
-        }
+        self.state.wait()
     }
 
     /// The report this machine made in the last call, once: its driver completes
@@ -682,17 +689,9 @@ impl<C: Connection + ?Sized> Step<'_, C> {
         if self.now >= deadline {
             return self.timed_out(facts, state);
         }
-        match state {
-            State::Flush { .. } => Progress::Wait(Wait {
-                interest: Interest::Write,
-                deadline,
-            }),
-            State::AwaitPeer { interest, .. } => Progress::Wait(Wait {
-                interest: *interest,
-                deadline,
-            }),
-            _ => unreachable_wait(self.now),
-        }
+        state
+            .wait()
+            .map_or_else(|| unreachable_wait(self.now), Progress::Wait)
     }
 
     fn timed_out(&mut self, facts: &mut Facts, state: &mut State) -> Progress {
